@@ -1,0 +1,298 @@
+//! Certificate authorities: the platform root, the online issuing CA, and what they sign.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use time::OffsetDateTime;
+
+use crate::error::signing;
+use crate::{Error, KeySpec};
+
+/// What a leaf certificate is for; decides its extendedKeyUsage and keyUsage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS server (agent site, console, gateway listener, package server).
+    Server,
+    /// A TLS client (agent identity, gateway→server link).
+    Client,
+    /// Both: a gateway presents one identity to agents and to the server.
+    ServerAndClient,
+}
+
+/// What to put in a leaf certificate.
+#[derive(Debug, Clone)]
+pub struct LeafRequest {
+    /// Subject CN; informational only (names are matched against SANs).
+    pub common_name: String,
+    /// dNSName SANs.
+    pub dns_names: Vec<String>,
+    /// iPAddress SANs.
+    pub ip_addrs: Vec<IpAddr>,
+    /// Server, client, or both.
+    pub usage: Usage,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
+    /// CRL distribution point URLs (every Steward-issued certificate names one).
+    pub crl_urls: Vec<String>,
+    /// The key to generate.
+    pub key: KeySpec,
+}
+
+/// A certificate with the private key generated for it.
+#[derive(Debug)]
+pub struct IssuedCert {
+    /// The certificate.
+    pub cert: CertificateDer<'static>,
+    /// The private key, PKCS#8 DER. Callers store it with mode 0600 and never log it.
+    pub key_pkcs8: Vec<u8>,
+}
+
+/// An entry for a CRL.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The revoked certificate's serial as encoded in it.
+    pub serial: Vec<u8>,
+    /// When it was revoked.
+    pub at: OffsetDateTime,
+}
+
+/// A CA that can sign certificates and CRLs.
+#[derive(Debug)]
+pub struct Authority {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+fn random_serial() -> Result<SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| signing("a serial number", "no randomness"))?;
+    // Positive, and never a leading zero octet: some verifiers reject non-minimal encodings.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from(bytes.to_vec()))
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Steward");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn ca_params(
+    cn: &str,
+    path_len: u8,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    crl_urls: &[String],
+) -> Result<CertificateParams, Error> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.serial_number = Some(random_serial()?);
+    p.use_authority_key_identifier_extension = true;
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    if !crl_urls.is_empty() {
+        p.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: crl_urls.to_vec(),
+        }];
+    }
+    Ok(p)
+}
+
+impl Authority {
+    /// Create a self-signed root CA. Path length 1: it signs issuing CAs, which sign leaves.
+    pub fn new_root(
+        common_name: &str,
+        key: KeySpec,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, Error> {
+        let key = key.generate()?;
+        let mut params = ca_params(common_name, 1, not_before, not_after, &[])?;
+        params.use_authority_key_identifier_extension = false;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| signing(format!("root CA {common_name}"), e))?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Create an issuing CA signed by this one (path length 0: it signs only leaves).
+    pub fn new_intermediate(
+        &self,
+        common_name: &str,
+        key: KeySpec,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        crl_urls: &[String],
+    ) -> Result<Self, Error> {
+        let key = key.generate()?;
+        let params = ca_params(common_name, 0, not_before, not_after, crl_urls)?;
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| signing(format!("issuing CA {common_name}"), e))?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Load a CA from its certificate and PKCS#8 key. `spec` chooses the signature hash for RSA
+    /// keys (the key itself does not say which hash to sign with).
+    pub fn from_der(
+        cert: CertificateDer<'static>,
+        key_pkcs8: &[u8],
+        spec: KeySpec,
+    ) -> Result<Self, Error> {
+        let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(key_pkcs8);
+        let key = match spec {
+            KeySpec::Rsa { .. } => KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, spec_alg(spec)),
+            _ => KeyPair::try_from(&pkcs8),
+        }
+        .map_err(|e| Error::CaMaterial(format!("key: {e}")))?;
+        let facts = crate::CertFacts::from_der(&cert)
+            .map_err(|e| Error::CaMaterial(format!("certificate: {e}")))?;
+        if crate::key_matches_cert(
+            &rustls_pki_types::PrivateKeyDer::Pkcs8(pkcs8.clone_key()),
+            &facts.spki_der,
+        ) != Ok(true)
+        {
+            return Err(Error::CaMaterial(
+                "the key does not belong to the certificate".to_owned(),
+            ));
+        }
+        Ok(Self { cert, key })
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The CA's private key, PKCS#8 DER.
+    pub fn key_pkcs8(&self) -> &[u8] {
+        self.key.serialized_der()
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, Error> {
+        Issuer::from_ca_cert_der(&self.cert, &self.key)
+            .map_err(|e| Error::CaMaterial(e.to_string()))
+    }
+
+    /// Generate a key pair and issue a leaf certificate for it.
+    pub fn issue(&self, req: &LeafRequest) -> Result<IssuedCert, Error> {
+        let key = req.key.generate()?;
+        let what = format!("certificate for {}", req.common_name);
+        let mut p = CertificateParams::default();
+        p.distinguished_name = name(&req.common_name);
+        p.subject_alt_names = req
+            .dns_names
+            .iter()
+            .map(|d| {
+                d.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| signing(&what, e))
+            })
+            .chain(req.ip_addrs.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+            .collect::<Result<_, _>>()?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = match req.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        p.key_usages = match req.key {
+            // RSA key exchange (TLS 1.2 without ECDHE) needs keyEncipherment; everything else
+            // needs only digitalSignature.
+            KeySpec::Rsa { .. } => vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ],
+            _ => vec![KeyUsagePurpose::DigitalSignature],
+        };
+        p.not_before = req.not_before;
+        p.not_after = req.not_after;
+        p.serial_number = Some(random_serial()?);
+        p.use_authority_key_identifier_extension = true;
+        if !req.crl_urls.is_empty() {
+            p.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: req.crl_urls.clone(),
+            }];
+        }
+        let cert = p
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| signing(&what, e))?;
+        Ok(IssuedCert {
+            cert: cert.der().clone(),
+            key_pkcs8: key.serialize_der(),
+        })
+    }
+
+    /// Sign a CRL listing `revoked`.
+    pub fn sign_crl(
+        &self,
+        revoked: &[Revoked],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        crl_number: u64,
+    ) -> Result<CertificateRevocationListDer<'static>, Error> {
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from(r.serial.clone()),
+                    revocation_time: r.at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer()?)
+            .map_err(|e| signing("CRL", e))?;
+        Ok(crl.der().clone())
+    }
+}
+
+fn spec_alg(spec: KeySpec) -> &'static rcgen::SignatureAlgorithm {
+    use crate::RsaHash;
+    match spec {
+        KeySpec::Rsa {
+            hash: RsaHash::Sha384,
+            ..
+        } => &rcgen::PKCS_RSA_SHA384,
+        KeySpec::Rsa {
+            hash: RsaHash::Sha512,
+            ..
+        } => &rcgen::PKCS_RSA_SHA512,
+        KeySpec::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+        KeySpec::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeySpec::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeySpec::Ed25519 => &rcgen::PKCS_ED25519,
+    }
+}

@@ -1,0 +1,102 @@
+use std::fmt;
+
+use aws_lc_rs::digest;
+
+/// SHA-1 and SHA-256 thumbprints of a certificate's DER encoding.
+///
+/// Windows (and ITMS) show the SHA-1 thumbprint as upper-case hex without separators; openssl
+/// shows colon-separated pairs. Both forms are offered so an administrator can compare with
+/// whichever tool is in front of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Thumbprint {
+    /// SHA-1 digest of the DER certificate.
+    pub sha1: [u8; 20],
+    /// SHA-256 digest of the DER certificate.
+    pub sha256: [u8; 32],
+}
+
+impl Thumbprint {
+    /// Thumbprints of a DER-encoded certificate.
+    pub fn of(der: &[u8]) -> Self {
+        let mut sha1 = [0u8; 20];
+        sha1.copy_from_slice(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref());
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
+        Self { sha1, sha256 }
+    }
+
+    /// SHA-1 as Windows shows it: `A1B2C3...` (40 hex digits).
+    pub fn sha1_hex(&self) -> String {
+        hex_upper(&self.sha1, "")
+    }
+
+    /// SHA-256 as upper-case hex without separators (64 hex digits).
+    pub fn sha256_hex(&self) -> String {
+        hex_upper(&self.sha256, "")
+    }
+
+    /// SHA-1 as openssl shows it: `A1:B2:C3:...`.
+    pub fn sha1_colons(&self) -> String {
+        hex_upper(&self.sha1, ":")
+    }
+
+    /// SHA-256 as openssl shows it: `A1:B2:C3:...`.
+    pub fn sha256_colons(&self) -> String {
+        hex_upper(&self.sha256, ":")
+    }
+
+    /// Whether `text` names this certificate: either digest, any case, with or without colons
+    /// or spaces (as copied from the Windows certificate dialog, which inserts spaces).
+    pub fn matches(&self, text: &str) -> bool {
+        let norm: String = text
+            .chars()
+            .filter(|c| !matches!(c, ':' | ' ' | '\u{200e}'))
+            .collect::<String>()
+            .to_ascii_uppercase();
+        norm == self.sha1_hex() || norm == self.sha256_hex()
+    }
+}
+
+impl fmt::Display for Thumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.sha256_hex())
+    }
+}
+
+fn hex_upper(bytes: &[u8], sep: &str) -> String {
+    let mut out = String::with_capacity(bytes.len() * (2 + sep.len()));
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(&format!("{b:02X}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_digests() {
+        // Digests of the ASCII string "abc" (FIPS 180 test vectors).
+        let t = Thumbprint::of(b"abc");
+        assert_eq!(t.sha1_hex(), "A9993E364706816ABA3E25717850C26C9CD0D89D");
+        assert_eq!(
+            t.sha256_hex(),
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+        );
+        assert!(t.sha1_colons().starts_with("A9:99:3E:"));
+        assert_eq!(t.sha256_colons().len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn matches_any_common_form() {
+        let t = Thumbprint::of(b"abc");
+        assert!(t.matches("a9993e364706816aba3e25717850c26c9cd0d89d"));
+        assert!(t.matches("a9 99 3e 36 47 06 81 6a ba 3e 25 71 78 50 c2 6c 9c d0 d8 9d"));
+        assert!(t.matches(&t.sha256_colons()));
+        assert!(!t.matches("A9993E"));
+    }
+}
