@@ -344,10 +344,9 @@ fn extract(cert: &X509Certificate<'_>, der: &[u8]) -> CertFacts {
                 for desc in &aia.accessdescs {
                     if desc.access_method
                         == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_CA_ISSUERS
+                        && let GeneralName::URI(u) = desc.access_location
                     {
-                        if let GeneralName::URI(u) = desc.access_location {
-                            ca_issuers_urls.push(u.to_owned());
-                        }
+                        ca_issuers_urls.push(u.to_owned());
                     }
                 }
             }

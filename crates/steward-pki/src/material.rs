@@ -58,10 +58,10 @@ impl Material {
             .collect();
         if let Some(key) = self.keys.first() {
             for (i, f) in facts.iter().enumerate() {
-                if let Some(f) = f {
-                    if key_matches_cert(key, &f.spki_der) == Ok(true) {
-                        return Some(i);
-                    }
+                if let Some(f) = f
+                    && key_matches_cert(key, &f.spki_der) == Ok(true)
+                {
+                    return Some(i);
                 }
             }
         }
@@ -97,14 +97,14 @@ pub fn read_material(bytes: &[u8], password: Option<&str>) -> Result<Material, M
     if looks_like_pem(bytes) {
         return read_pem(bytes);
     }
-    if let Ok((rest, _)) = x509_parser::certificate::X509Certificate::from_der(bytes) {
-        if rest.is_empty() {
-            return Ok(Material {
-                format: MaterialFormat::Der,
-                certs: vec![CertificateDer::from(bytes.to_vec())],
-                keys: Vec::new(),
-            });
-        }
+    if let Ok((rest, _)) = x509_parser::certificate::X509Certificate::from_der(bytes)
+        && rest.is_empty()
+    {
+        return Ok(Material {
+            format: MaterialFormat::Der,
+            certs: vec![CertificateDer::from(bytes.to_vec())],
+            keys: Vec::new(),
+        });
     }
     read_pkcs12(bytes, password)
 }

@@ -1,5 +1,6 @@
 //! The PKI core end to end, in memory: a root, an issuing CA, leaves, PKCS#12 round trips,
 //! chains and CRLs.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a panic is a failed test
 
 use steward_pki::*;
 use time::{Duration, OffsetDateTime};
@@ -95,7 +96,7 @@ fn chain_names_the_missing_intermediate_and_the_untrusted_root() {
     )
     .unwrap();
     let root_f = CertFacts::from_der(root.cert()).unwrap();
-    let chain = build_chain(leaf.clone(), &[], &[root_f.clone()]);
+    let chain = build_chain(leaf.clone(), &[], std::slice::from_ref(&root_f));
     match chain.end {
         ChainEnd::MissingIssuer { issuer, .. } => {
             assert!(issuer.contains("Test Issuing"), "{issuer}")
@@ -116,7 +117,7 @@ fn chain_names_the_missing_intermediate_and_the_untrusted_root() {
     let chain = build_chain(
         leaf.clone(),
         &[CertFacts::from_der(impostor.cert()).unwrap()],
-        &[root_f.clone()],
+        std::slice::from_ref(&root_f),
     );
     assert!(
         matches!(chain.end, ChainEnd::MissingIssuer { .. }),
