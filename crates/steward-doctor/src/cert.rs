@@ -583,10 +583,12 @@ fn check(
                 .iter()
                 .filter(|l| l.signature == SignatureCheck::Valid)
                 .count();
-            if bad.is_empty() {
-                Outcome::Pass(format!("{verified} signature(s) verified"))
-            } else {
+            if !bad.is_empty() {
                 fire(bad.join("; "))
+            } else if verified == 0 {
+                Outcome::Skip("no issuer in the chain to verify a signature with".to_owned())
+            } else {
+                Outcome::Pass(format!("{verified} signature(s) verified"))
             }
         }
         "CERT-REVOKED" | "CERT-CRL-UNREACHABLE" | "CERT-CRL-STALE" => {
@@ -607,6 +609,9 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
     }
     let mut faults = Vec::new();
     let mut fetched = 0;
+    // CRLs whose issuer is not in the chain cannot have their signature checked; say so rather
+    // than call them verified.
+    let mut unverified = 0;
     for c in crls {
         let Some(link) = chain.links.get(c.link) else {
             continue;
@@ -638,7 +643,8 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
                     ));
                 }
                 match issuer.map(|i| crl.verify_signed_by(i)) {
-                    Some(CrlSignature::Valid) | None => {}
+                    Some(CrlSignature::Valid) => {}
+                    None => unverified += 1,
                     Some(CrlSignature::WrongIssuer { crl_issuer }) => faults.push(format!(
                         "{}: the CRL is issued by \"{crl_issuer}\", not by \"{}\"",
                         c.url, link.cert.issuer
@@ -653,11 +659,21 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
             }
             (Ok(crl), "CERT-REVOKED") => {
                 fetched += 1;
-                let trusted =
-                    issuer.is_some_and(|i| crl.verify_signed_by(i) == CrlSignature::Valid);
-                if let (true, Some(at)) = (trusted, crl.revocation_of(&link.cert)) {
+                let signature = issuer.map(|i| crl.verify_signed_by(i));
+                if signature.is_none() {
+                    unverified += 1;
+                }
+                // A CRL that verifies against another key proves nothing; one whose issuer is
+                // missing is still the best evidence there is, and is reported as unchecked.
+                let usable = matches!(signature, None | Some(CrlSignature::Valid));
+                if let (true, Some(at)) = (usable, crl.revocation_of(&link.cert)) {
+                    let note = if signature.is_none() {
+                        " (CRL signature unchecked: its issuer is missing)"
+                    } else {
+                        ""
+                    };
                     faults.push(format!(
-                        "{subject} (serial {}) was revoked at {} according to {}",
+                        "{subject} (serial {}) was revoked at {} according to {}{note}",
                         link.cert.serial,
                         rfc3339(at),
                         c.url
@@ -674,10 +690,18 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
         "CERT-CRL-UNREACHABLE" => {
             Outcome::Pass(format!("{} distribution point(s) fetched", crls.len()))
         }
-        "CERT-CRL-STALE" if fetched > 0 => Outcome::Pass(format!(
+        "CERT-CRL-STALE" if fetched > 0 && unverified == 0 => Outcome::Pass(format!(
             "{fetched} CRL(s) current and signed by their issuer"
         )),
-        "CERT-REVOKED" if fetched > 0 => Outcome::Pass(format!("not listed in {fetched} CRL(s)")),
+        "CERT-CRL-STALE" if fetched > 0 => Outcome::Pass(format!(
+            "{fetched} CRL(s) current; {unverified} not checked against an issuer missing from the chain"
+        )),
+        "CERT-REVOKED" if fetched > 0 && unverified == 0 => {
+            Outcome::Pass(format!("not listed in {fetched} CRL(s)"))
+        }
+        "CERT-REVOKED" if fetched > 0 => Outcome::Pass(format!(
+            "not listed in {fetched} CRL(s) ({unverified} with an unchecked signature)"
+        )),
         _ => Outcome::Skip("no CRL could be fetched".to_owned()),
     }
 }
