@@ -507,6 +507,30 @@ fn the_evidence_is_in_the_message() {
 }
 
 #[test]
+fn a_crl_whose_issuer_is_missing_is_reported_as_unchecked_not_verified() {
+    let w = world();
+    let mut ev = w.good.clone();
+    let chain = ev.chain.as_mut().unwrap();
+    chain.links.truncate(1);
+    // As build_chain leaves it: with no issuer, the leaf's signature is not checked.
+    chain.links[0].signature = SignatureCheck::NotChecked;
+    chain.end = ChainEnd::MissingIssuer {
+        issuer: chain.links[0].cert.issuer.clone(),
+        ca_issuers_urls: vec![],
+    };
+    let f = evaluate(&ev, Profile::Steward, w.now);
+    let stale = find(&f, "CERT-CRL-STALE");
+    assert_eq!(stale.severity, Severity::Ok);
+    assert!(stale.message.contains("not checked"), "{}", stale.message);
+    assert!(
+        !stale.message.contains("signed by their issuer"),
+        "{}",
+        stale.message
+    );
+    assert!(find(&f, "CERT-SIGNATURE").message.starts_with("skipped"));
+}
+
+#[test]
 fn unreadable_targets_skip_the_rest_and_probe_failures_come_first() {
     let w = world();
     let mut ev = w.good.clone();
