@@ -1,1 +1,24 @@
-fn main() {}
+//! `steward`: parse the command line, run the command, map the outcome to an exit status.
+//!
+//! Exit status: 0 success (for `doctor`: no finding is an error), 1 the check found an error,
+//! 2 the command could not run (bad arguments, unreadable files).
+#![forbid(unsafe_code)]
+
+mod cli;
+mod demo;
+mod doctor_cert;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("steward: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

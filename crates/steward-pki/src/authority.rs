@@ -198,54 +198,31 @@ impl Authority {
     /// Generate a key pair and issue a leaf certificate for it.
     pub fn issue(&self, req: &LeafRequest) -> Result<IssuedCert, Error> {
         let key = req.key.generate()?;
-        let what = format!("certificate for {}", req.common_name);
-        let mut p = CertificateParams::default();
-        p.distinguished_name = name(&req.common_name);
-        p.subject_alt_names = req
-            .dns_names
-            .iter()
-            .map(|d| {
-                d.clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(|e| signing(&what, e))
-            })
-            .chain(req.ip_addrs.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
-            .collect::<Result<_, _>>()?;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.extended_key_usages = match req.usage {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::ServerAndClient => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        };
-        p.key_usages = match req.key {
-            // RSA key exchange (TLS 1.2 without ECDHE) needs keyEncipherment; everything else
-            // needs only digitalSignature.
-            KeySpec::Rsa { .. } => vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ],
-            _ => vec![KeyUsagePurpose::DigitalSignature],
-        };
-        p.not_before = req.not_before;
-        p.not_after = req.not_after;
-        p.serial_number = Some(random_serial()?);
-        p.use_authority_key_identifier_extension = true;
-        if !req.crl_urls.is_empty() {
-            p.crl_distribution_points = vec![CrlDistributionPoint {
-                uris: req.crl_urls.clone(),
-            }];
-        }
+        let p = leaf_params(req)?;
         let cert = p
             .signed_by(&key, &self.issuer()?)
-            .map_err(|e| signing(&what, e))?;
+            .map_err(|e| signing(format!("certificate for {}", req.common_name), e))?;
         Ok(IssuedCert {
             cert: cert.der().clone(),
             key_pkcs8: key.serialize_der(),
         })
+    }
+
+    /// Issue a certificate for the key in a PKCS#10 CSR (PEM), whose signature proves the
+    /// requester holds that key. Everything but the public key comes from `req` (names, usage,
+    /// dates); `req.key` only decides the keyUsage bits and should match the CSR's key type.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        req: &LeafRequest,
+    ) -> Result<CertificateDer<'static>, Error> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::Csr(e.to_string()))?;
+        csr.params = leaf_params(req)?;
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(|e| signing(format!("certificate for {}", req.common_name), e))?;
+        Ok(cert.der().clone())
     }
 
     /// Sign a CRL listing `revoked`.
@@ -277,6 +254,62 @@ impl Authority {
             .map_err(|e| signing("CRL", e))?;
         Ok(crl.der().clone())
     }
+}
+
+fn leaf_params(req: &LeafRequest) -> Result<CertificateParams, Error> {
+    let what = format!("certificate for {}", req.common_name);
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(&req.common_name);
+    p.subject_alt_names = req
+        .dns_names
+        .iter()
+        .map(|d| {
+            d.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| signing(&what, e))
+        })
+        .chain(req.ip_addrs.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+        .collect::<Result<_, _>>()?;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = match req.usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    p.key_usages = match req.key {
+        // RSA key exchange (TLS 1.2 without ECDHE) needs keyEncipherment; everything else needs
+        // only digitalSignature.
+        KeySpec::Rsa { .. } => vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ],
+        _ => vec![KeyUsagePurpose::DigitalSignature],
+    };
+    p.not_before = req.not_before;
+    p.not_after = req.not_after;
+    p.serial_number = Some(random_serial()?);
+    p.use_authority_key_identifier_extension = true;
+    if !req.crl_urls.is_empty() {
+        p.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: req.crl_urls.clone(),
+        }];
+    }
+    Ok(p)
+}
+
+/// Make a key pair and a PKCS#10 request for it: the key stays with the caller (an agent writes
+/// it 0600 and never sends it anywhere). Returns (CSR PEM, PKCS#8 DER key).
+pub fn make_csr(spec: KeySpec, common_name: &str) -> Result<(String, Vec<u8>), Error> {
+    let key = spec.generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(common_name);
+    let csr = p.serialize_request(&key).map_err(|e| signing("CSR", e))?;
+    let pem = csr.pem().map_err(|e| signing("CSR", e))?;
+    Ok((pem, key.serialize_der()))
 }
 
 fn spec_alg(spec: KeySpec) -> &'static rcgen::SignatureAlgorithm {

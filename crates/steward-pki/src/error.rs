@@ -22,6 +22,10 @@ pub enum Error {
     /// A stored CA certificate or key could not be loaded back.
     #[error("the CA material is unusable: {0}")]
     CaMaterial(String),
+    /// A certificate signing request is malformed or its signature does not verify (the
+    /// requester does not hold the key it names).
+    #[error("the certificate request is unusable: {0}")]
+    Csr(String),
     /// Writing a PKCS#12 file failed.
     #[error("could not write PKCS#12: {0}")]
     Pkcs12Write(String),

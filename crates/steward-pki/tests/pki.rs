@@ -302,3 +302,46 @@ mod base64_like {
         out
     }
 }
+
+#[test]
+fn csr_enrollment_keeps_the_key_with_the_requester() {
+    let (root, issuing) = platform(KeySpec::EcdsaP256);
+    let (csr, key) = make_csr(KeySpec::EcdsaP256, "ignored-by-the-ca").unwrap();
+    assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    let mut req = server_request(KeySpec::EcdsaP256);
+    req.common_name = "device-42".into();
+    req.dns_names.clear();
+    req.ip_addrs.clear();
+    req.usage = Usage::Client;
+    let cert = issuing.sign_csr(&csr, &req).unwrap();
+    let facts = CertFacts::from_der(&cert).unwrap();
+    assert_eq!(facts.common_names, vec!["device-42"]);
+    assert!(facts.eku.as_ref().unwrap().client_auth && !facts.eku.as_ref().unwrap().server_auth);
+    let key = PrivateKeyDer::Pkcs8(key.into());
+    assert_eq!(key_matches_cert(&key, &facts.spki_der), Ok(true));
+    let chain = build_chain(
+        facts,
+        &[CertFacts::from_der(issuing.cert()).unwrap()],
+        &[CertFacts::from_der(root.cert()).unwrap()],
+    );
+    assert_eq!(chain.end, ChainEnd::Anchor);
+    // A CSR whose signature was tampered with proves nothing and is refused.
+    use rustls_pki_types::pem::PemObject;
+    let mut der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    *der.last_mut().unwrap() ^= 0x01;
+    let tampered = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64_like::encode(&der)
+    );
+    assert!(matches!(
+        issuing.sign_csr(&tampered, &req),
+        Err(Error::Csr(_))
+    ));
+    assert!(matches!(
+        issuing.sign_csr("not a csr", &req),
+        Err(Error::Csr(_))
+    ));
+}

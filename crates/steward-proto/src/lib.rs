@@ -1,0 +1,364 @@
+//! Steward's wire protocol: what agents, gateways and the server say to each other, and the
+//! communication profile — the one document through which every change of server names, ports,
+//! protocol, trust anchors and gateways reaches agents.
+//!
+//! Architecture invariant: serde types only; no I/O, no crypto. All messages are JSON over
+//! HTTPS (mutual TLS on agent routes). Fields are added, never repurposed; unknown fields are
+//! ignored, so a newer server can talk to an older agent and the other way round.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol; sent by agents, checked by the server.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The agent site's default port (as in ITMS).
+pub const DEFAULT_AGENT_PORT: u16 = 4726;
+/// The console/admin API's default port.
+pub const DEFAULT_CONSOLE_PORT: u16 = 4727;
+/// Largest request body the agent site accepts (an inventory, or a batch of task results).
+pub const MAX_AGENT_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Paths of the agent site.
+pub mod paths {
+    /// POST [`crate::EnrollRequest`] → [`crate::EnrollResponse`]. The only agent route without a
+    /// client certificate: the bootstrap token authenticates it.
+    pub const ENROLL: &str = "/agent/v1/enroll";
+    /// POST [`crate::CheckinRequest`] → [`crate::CheckinResponse`].
+    pub const CHECKIN: &str = "/agent/v1/checkin";
+    /// GET `?config_version=N` → 200 [`crate::WakeUp`] when there is work, 204 after the
+    /// long-poll period otherwise. Lets a task reach an online agent within seconds.
+    pub const WAIT: &str = "/agent/v1/wait";
+}
+
+/// Transport of the agent site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TLS with client certificates. The default, and the only choice through a gateway.
+    #[default]
+    Https,
+}
+
+/// One address an agent can reach the server at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerEndpoint {
+    /// DNS name (must be covered by the agent-site certificate) or IP literal.
+    pub host: String,
+    /// TCP port of the agent site.
+    pub port: u16,
+}
+
+impl ServerEndpoint {
+    /// `https://host:port` (IPv6 literals bracketed).
+    pub fn base_url(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The communication profile: how agents reach and trust the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommunicationProfile {
+    /// Increases with every change; agents keep the highest they have verified.
+    pub version: u64,
+    /// LAN addresses of the server, tried in order.
+    pub servers: Vec<ServerEndpoint>,
+    /// Transport.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// PEM certificates agents trust for the server (the platform root, plus any root staged
+    /// for a certificate replacement). Never a leaf: renewing a leaf must not touch agents.
+    pub trust_anchors_pem: Vec<String>,
+}
+
+/// What `steward package agent` writes: everything an agent needs to enroll, and no secret but
+/// a single-use, expiring token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPackage {
+    /// Always [`BootstrapPackage::FORMAT`]; lets a corrupt or foreign file be named as such.
+    pub format: String,
+    /// Where and how to reach the server.
+    pub profile: CommunicationProfile,
+    /// The enrollment token (random secret, shown nowhere else).
+    pub token: String,
+    /// When the token stops working (RFC 3339).
+    pub expires_at: String,
+}
+
+impl BootstrapPackage {
+    /// The `format` marker of version 1 packages.
+    pub const FORMAT: &'static str = "steward-bootstrap/1";
+}
+
+/// Enrollment: the agent's CSR (its key never leaves the host) and the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The bootstrap token.
+    pub token: String,
+    /// PKCS#10 CSR in PEM.
+    pub csr_pem: String,
+    /// The host's name, for the console.
+    pub hostname: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// The agent's identity and first configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// Stable device ID (also the client certificate's CN).
+    pub device_id: String,
+    /// The client certificate (PEM).
+    pub cert_pem: String,
+    /// Issuing chain above it (PEM), to present with it.
+    pub chain_pem: Vec<String>,
+    /// The current profile.
+    pub profile: CommunicationProfile,
+}
+
+/// How an agent reached the server this time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ConnectionPath {
+    /// Directly, on the LAN.
+    Lan {
+        /// `host:port` used.
+        server: String,
+    },
+}
+
+/// A fault the agent met, by its stable event ID (see docs/diagnostics.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentError {
+    /// Event ID, e.g. `AGENT-TLS-UNTRUSTED`.
+    pub id: String,
+    /// What happened, with the evidence.
+    pub message: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// A disk as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Mount point.
+    pub mount: String,
+    /// File system type.
+    pub fs: String,
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Available bytes.
+    pub available_bytes: u64,
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// Name (`eth0`).
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Addresses with prefix (`192.0.2.7/24`).
+    pub addresses: Vec<String>,
+}
+
+/// Hardware and software inventory. Sent when its hash changes, and in full once a day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Host name.
+    pub hostname: String,
+    /// OS name (`Debian GNU/Linux`).
+    pub os_name: String,
+    /// OS version (`12`).
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// Total memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    pub interfaces: Vec<NetInterface>,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// A check-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinRequest {
+    /// [`PROTOCOL_VERSION`] of the agent.
+    pub protocol: u32,
+    /// Agent version.
+    pub agent_version: String,
+    /// Version of the configuration the agent holds (0: none yet).
+    pub config_version: u64,
+    /// Hash of the agent's current inventory.
+    pub inventory_hash: String,
+    /// The inventory, when it changed, was asked for, or once a day.
+    pub inventory: Option<Inventory>,
+    /// Finished task results from the durable outbox, oldest first.
+    pub results: Vec<TaskResult>,
+    /// The last fault met since the last successful check-in.
+    pub last_error: Option<AgentError>,
+    /// How the agent reached the server.
+    pub connection: ConnectionPath,
+}
+
+/// Built-in agent settings (the agent-settings policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// Seconds between check-ins.
+    pub checkin_interval_secs: u64,
+    /// Random spread added to each interval, in percent of it, so agents do not synchronise.
+    pub jitter_percent: u8,
+    /// How long a long-poll waits for work before the server answers 204.
+    pub long_poll_secs: u64,
+    /// Task output kept per task (bytes); the rest is cut and flagged.
+    pub task_output_max_bytes: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            checkin_interval_secs: 60,
+            jitter_percent: 10,
+            long_poll_secs: 50,
+            task_output_max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A policy as applied to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    /// Policy name.
+    pub name: String,
+    /// Its key/value settings.
+    pub values: BTreeMap<String, String>,
+}
+
+/// Everything the server configures on an agent; replaced atomically on the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Version; changes whenever anything below changes for this device.
+    pub version: u64,
+    /// Communication profile.
+    pub profile: CommunicationProfile,
+    /// Agent settings.
+    pub settings: AgentSettings,
+    /// Custom policies that apply to this device.
+    pub policies: Vec<AppliedPolicy>,
+}
+
+/// A task for the agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// Task ID (the same for every target device).
+    pub task_id: u64,
+    /// Program to run (no shell).
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Seconds before it is killed and reported as timed out.
+    pub timeout_secs: u64,
+}
+
+/// How a task run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// Exit status 0.
+    Succeeded,
+    /// Non-zero exit, a signal, or the program could not start.
+    Failed,
+    /// Killed at the timeout.
+    TimedOut,
+}
+
+/// The result of one task on one device. Idempotent by `task_id`: the server stores the first
+/// and acknowledges every copy, so a result re-sent after a crash is never counted twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Task ID.
+    pub task_id: u64,
+    /// Outcome.
+    pub outcome: TaskOutcome,
+    /// Exit code, when the process exited.
+    pub exit_code: Option<i32>,
+    /// stdout and stderr, capped at the configured size.
+    pub output: String,
+    /// Whether `output` was cut.
+    pub truncated: bool,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+/// The server's answer to a check-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    /// The device this certificate belongs to.
+    pub device_id: String,
+    /// New configuration, when the agent's `config_version` is not the current one.
+    pub config: Option<AgentConfig>,
+    /// Tasks to run.
+    pub tasks: Vec<TaskAssignment>,
+    /// Task IDs whose results are committed: the agent may drop them from its outbox.
+    pub acked_results: Vec<u64>,
+    /// The server wants the full inventory next time (it has none, or an unknown hash).
+    pub send_inventory: bool,
+}
+
+/// Answer to a long-poll when there is something to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeUp {
+    /// Why: `tasks`, `config`.
+    pub reason: String,
+}
+
+/// Error body of every non-2xx answer from the agent site and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable ID (`ENROLL-TOKEN-EXPIRED`, `AUTH-REQUIRED`, ...), documented in diagnostics.md.
+    pub id: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_ignored_and_optional_ones_default() {
+        let json = r#"{"version":3,"servers":[{"host":"smp.example.net","port":4726}],
+                       "trust_anchors_pem":[],"future_field":true}"#;
+        let p: CommunicationProfile = serde_json::from_str(json).unwrap();
+        assert_eq!(p.protocol, Protocol::Https);
+        assert_eq!(p.servers[0].base_url(), "https://smp.example.net:4726");
+        let v6 = ServerEndpoint {
+            host: "::1".into(),
+            port: 4726,
+        };
+        assert_eq!(v6.base_url(), "https://[::1]:4726");
+    }
+
+    #[test]
+    fn connection_path_is_tagged() {
+        let s = serde_json::to_string(&ConnectionPath::Lan {
+            server: "a:1".into(),
+        })
+        .unwrap();
+        assert_eq!(s, r#"{"kind":"lan","server":"a:1"}"#);
+    }
+}
