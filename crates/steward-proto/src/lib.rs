@@ -7,6 +7,8 @@
 //! ignored, so a newer server can talk to an older agent and the other way round.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,222 @@
+//! The admin API (JSON over HTTPS on the console listener), shared by the server, the `steward`
+//! admin commands and the console. Every route but login needs `Authorization: Bearer TOKEN`
+//! (or the console's session cookie); errors are [`crate::ApiError`] bodies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentError, AppliedPolicy, BootstrapPackage, Inventory, TaskOutcome};
+
+/// Paths of the admin API.
+pub mod paths {
+    /// POST [`super::LoginRequest`] → [`super::LoginResponse`].
+    pub const LOGIN: &str = "/api/v1/login";
+    /// GET → `Vec<`[`super::DeviceSummary`]`>`.
+    pub const DEVICES: &str = "/api/v1/devices";
+    /// GET `/api/v1/devices/{id-or-name}` → [`super::DeviceDetail`].
+    pub const DEVICE: &str = "/api/v1/devices/{id}";
+    /// GET → `Vec<`[`super::TaskSummary`]`>`; POST [`super::NewTask`] → [`super::TaskCreated`].
+    pub const TASKS: &str = "/api/v1/tasks";
+    /// GET `/api/v1/tasks/{id}` → [`super::TaskDetail`].
+    pub const TASK: &str = "/api/v1/tasks/{id}";
+    /// GET → `Vec<`[`super::Policy`]`>`; POST [`super::Policy`] creates or replaces by name.
+    pub const POLICIES: &str = "/api/v1/policies";
+    /// POST [`super::NewPackage`] → [`crate::BootstrapPackage`].
+    pub const PACKAGES: &str = "/api/v1/enrollment-packages";
+    /// GET → the OpenAPI 3.1 document of this API.
+    pub const OPENAPI: &str = "/api/v1/openapi.json";
+}
+
+/// Log in with a local account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// Account name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// A bearer token for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// The token.
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// Online or not, judged from the last check-in against the interval plus a grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Checked in within the interval plus grace.
+    Online,
+    /// Not seen for longer.
+    Offline,
+}
+
+/// A device in lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    /// Device ID.
+    pub id: String,
+    /// Host name.
+    pub name: String,
+    /// `OS name version`, when inventory arrived.
+    pub os: Option<String>,
+    /// Online/Offline.
+    pub status: DeviceStatus,
+    /// RFC 3339; `None` before the first check-in.
+    pub last_checkin: Option<String>,
+    /// How it connected last (`lan via smp.example.net:4726`).
+    pub connection_path: Option<String>,
+    /// The last fault it reported.
+    pub last_error: Option<AgentError>,
+    /// Tags (targets for policies and tasks).
+    pub tags: Vec<String>,
+}
+
+/// One device in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: DeviceSummary,
+    /// Last inventory.
+    pub inventory: Option<Inventory>,
+    /// Policies that apply, with their values (agent settings first).
+    pub applied_policies: Vec<AppliedPolicy>,
+    /// Recent tasks on this device.
+    pub tasks: Vec<DeviceTaskState>,
+}
+
+/// Where a task stands on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Not yet picked up.
+    Pending,
+    /// Delivered to the agent, no result yet.
+    Running,
+    /// Exit status 0.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Killed at the timeout.
+    TimedOut,
+}
+
+impl From<TaskOutcome> for TaskState {
+    fn from(o: TaskOutcome) -> Self {
+        match o {
+            TaskOutcome::Succeeded => TaskState::Succeeded,
+            TaskOutcome::Failed => TaskState::Failed,
+            TaskOutcome::TimedOut => TaskState::TimedOut,
+        }
+    }
+}
+
+impl TaskState {
+    /// Whether the task is over on that device.
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+/// A task's state and result on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTaskState {
+    /// Task ID.
+    pub task_id: u64,
+    /// Device ID.
+    pub device_id: String,
+    /// Device name.
+    pub device_name: String,
+    /// State.
+    pub state: TaskState,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Output (capped by the agent).
+    pub output: Option<String>,
+    /// Whether the output was cut.
+    pub truncated: bool,
+    /// RFC 3339, when finished.
+    pub finished_at: Option<String>,
+}
+
+/// Start a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// Program (no shell).
+    pub command: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Seconds before the agent kills it.
+    pub timeout_secs: u64,
+    /// `all`, `tag:NAME` or `device:NAME-OR-ID`.
+    pub target: String,
+}
+
+/// A created task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCreated {
+    /// Task ID.
+    pub id: u64,
+    /// How many devices it targets.
+    pub targets: usize,
+}
+
+/// A task in lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Task ID.
+    pub id: u64,
+    /// Program.
+    pub command: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Target expression.
+    pub target: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Devices targeted.
+    pub targets: usize,
+    /// Devices finished (any final state).
+    pub finished: usize,
+}
+
+/// A task with every device's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: TaskSummary,
+    /// One entry per targeted device.
+    pub results: Vec<DeviceTaskState>,
+}
+
+/// A named policy: key/value settings for the devices its target selects. The built-in
+/// `agent-settings` policy holds the agent settings (`checkin_interval_secs`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Unique name.
+    pub name: String,
+    /// `all` or `tag:NAME`.
+    pub target: String,
+    /// Settings.
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+/// Ask for an enrollment package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPackage {
+    /// Seconds until the token expires.
+    pub expires_secs: u64,
+    /// How many agents may enroll with it.
+    pub max_uses: u32,
+    /// Tags given to devices enrolled with it.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The package as returned (the same document `steward package agent` writes).
+pub type Package = BootstrapPackage;
