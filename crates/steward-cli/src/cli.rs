@@ -3,6 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use steward_doctor::Profile;
+use steward_proto::admin::{NewPackage, NewTask};
+
+use crate::admin::Conn;
 
 /// Steward: endpoint management whose certificate, port and protocol changes never strand an
 /// agent silently.
@@ -20,6 +23,83 @@ enum Command {
     Doctor(Doctor),
     /// Build a sample platform PKI in a temporary directory and check its certificates.
     Demo(DemoArgs),
+    /// Managed devices.
+    #[command(subcommand)]
+    Devices(Devices),
+    /// Run commands on devices and read their results.
+    #[command(subcommand)]
+    Task(Task),
+    /// Write installation packages.
+    #[command(subcommand)]
+    Package(Package),
+}
+
+#[derive(Debug, Subcommand)]
+enum Devices {
+    /// List devices: name, OS, Online/Offline, last check-in, connection path, last error.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run a command (no shell) on the targets, wait, and print every device's result.
+    Run {
+        #[command(flatten)]
+        conn: Conn,
+        /// `all`, `tag:NAME` or `device:NAME`.
+        #[arg(long)]
+        target: String,
+        /// Seconds before an agent kills the command.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// How long to wait for all results (90s, 5m, ...).
+        #[arg(long, default_value = "5m", value_parser = crate::admin::parse_duration)]
+        wait: std::time::Duration,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Show a task and every device's result.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// Task ID.
+        id: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Package {
+    /// Write an agent bootstrap package: the communication profile, the trust anchors and an
+    /// expiring, use-limited enrollment token. It holds no private key.
+    Agent {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where to write it (mode 0600: it holds a live token).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How long the token stays valid (30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = crate::admin::parse_duration)]
+        expires: std::time::Duration,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        max_uses: u32,
+        /// Tags for the devices enrolled with it (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +181,43 @@ impl Cli {
                 crate::doctor_cert::run(&args, env_password)
             }
             Command::Demo(args) => crate::demo::run(&args),
+            Command::Devices(Devices::List { conn, format }) => {
+                crate::admin::devices_list(&conn, format)
+            }
+            Command::Task(Task::Run {
+                conn,
+                target,
+                timeout,
+                wait,
+                format,
+                mut command,
+            }) => {
+                let program = command.remove(0);
+                let task = NewTask {
+                    command: program,
+                    args: command,
+                    timeout_secs: timeout,
+                    target,
+                };
+                crate::admin::task_run(&conn, task, wait, format)
+            }
+            Command::Task(Task::Show { conn, id, format }) => {
+                crate::admin::task_show(&conn, id, format)
+            }
+            Command::Package(Package::Agent {
+                conn,
+                out,
+                expires,
+                max_uses,
+                tags,
+            }) => {
+                let req = NewPackage {
+                    expires_secs: expires.as_secs(),
+                    max_uses,
+                    tags,
+                };
+                crate::admin::package_agent(&conn, &out, req)
+            }
         }
     }
 }

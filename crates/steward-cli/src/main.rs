@@ -4,6 +4,7 @@
 //! 2 the command could not run (bad arguments, unreadable files).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod demo;
 mod doctor_cert;

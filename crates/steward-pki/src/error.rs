@@ -61,7 +61,7 @@ pub enum MaterialError {
         reason: String,
     },
     /// The PKCS#12 MAC does not verify with the password given: the password is wrong.
-    #[error("the PKCS#12 password is wrong (MAC verification failed)")]
+    #[error("the PKCS#12 password is wrong (the integrity check or the decryption failed with it)")]
     WrongPassword,
     /// The PKCS#12 file needs a password and none was given (the empty password failed).
     #[error("the PKCS#12 file is password-protected and no password was given")]

@@ -190,8 +190,12 @@ fn read_pkcs12(bytes: &[u8], password: Option<&str>) -> Result<Material, Materia
     let archive = match p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password.unwrap_or("")) {
         Ok(a) => a,
         // A MAC that does not verify, or (for MAC-less files) a decryption that yields garbage,
-        // means the password is wrong: the structure itself parsed.
-        Err(P::MacError(_) | P::UnpadError) => {
+        // means the password is wrong: the structure itself parsed. PBES1 (3DES, RC2) reports
+        // bad padding as `UnpadError`, PBES2 (AES) as the pkcs5 crate's "decryption failed".
+        Err(e)
+            if matches!(&e, P::MacError(_) | P::UnpadError)
+                || matches!(&e, P::Pkcs5Error(m) if m.contains("decryption failed")) =>
+        {
             return Err(if password.is_none() {
                 MaterialError::PasswordRequired
             } else {
