@@ -33,7 +33,7 @@ pub(crate) struct Conn {
     /// File holding the password (first line); or set STEWARD_PASSWORD.
     #[arg(long, value_name = "FILE", global = true)]
     password_file: Option<PathBuf>,
-    /// PEM file of the CA that issued the console certificate [default: DATA_DIR/pki/root.pem].
+    /// PEM file of the CA that issued the console certificate [default: the platform root in DATA_DIR].
     #[arg(long, env = "STEWARD_CA", value_name = "FILE", global = true)]
     ca: Option<PathBuf>,
     /// The server's data directory, when run on the server host.
@@ -61,9 +61,9 @@ impl Conn {
         };
         let ca_path = match (&self.ca, data_dir) {
             (Some(c), _) => c.clone(),
-            (None, Some(d)) => d.join("pki").join("root.pem"),
+            (None, Some(d)) => steward_server::DataDir::new(d).root_cert(),
             (None, None) => bail!(
-                "no CA given for the console certificate: use --ca FILE (the platform root, pki/root.pem on the server)"
+                "no CA given for the console certificate: use --ca FILE (the platform root, pki/root.crt in the server data dir)"
             ),
         };
         let ca_pem = std::fs::read(&ca_path)
@@ -101,7 +101,7 @@ impl Conn {
                 resp.token
             }
             (None, Some(d)) => {
-                let f = d.join("admin-token");
+                let f = steward_server::DataDir::new(d).admin_token();
                 std::fs::read_to_string(&f)
                     .with_context(|| format!("cannot read the local admin token {} (run as the server's user, or give --password-file)", f.display()))?
                     .trim()
@@ -115,7 +115,7 @@ impl Conn {
 
 /// The console URL from the data dir: the running server's bound address if it wrote one.
 fn console_url_from(dir: &Path) -> anyhow::Result<String> {
-    let f = dir.join("run").join("addresses.json");
+    let f = steward_server::DataDir::new(dir).addresses();
     let text = std::fs::read_to_string(&f).with_context(|| {
         format!(
             "cannot read {} — is the server running? (or give --server URL)",
@@ -124,12 +124,14 @@ fn console_url_from(dir: &Path) -> anyhow::Result<String> {
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?;
+    if let Some(url) = v.get("console_url").and_then(|u| u.as_str()) {
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
     let addr = v
         .get("console")
         .and_then(|a| a.as_str())
         .with_context(|| format!("{} names no console address", f.display()))?;
-    // The console certificate names the configured FQDNs; a wildcard listen address is
-    // reached on loopback, which the certificate covers (init adds localhost and 127.0.0.1).
+    // A wildcard listen address is reached on loopback, which init puts in the certificate.
     let addr = addr
         .replace("0.0.0.0", "127.0.0.1")
         .replace("[::]", "[::1]");

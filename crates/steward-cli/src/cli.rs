@@ -23,6 +23,9 @@ enum Command {
     Doctor(Doctor),
     /// Build a sample platform PKI in a temporary directory and check its certificates.
     Demo(DemoArgs),
+    /// The management server.
+    #[command(subcommand)]
+    Server(crate::server_cmd::ServerCmd),
     /// Managed devices.
     #[command(subcommand)]
     Devices(Devices),
@@ -181,6 +184,7 @@ impl Cli {
                 crate::doctor_cert::run(&args, env_password)
             }
             Command::Demo(args) => crate::demo::run(&args),
+            Command::Server(cmd) => crate::server_cmd::run(cmd),
             Command::Devices(Devices::List { conn, format }) => {
                 crate::admin::devices_list(&conn, format)
             }

@@ -8,6 +8,8 @@ mod admin;
 mod cli;
 mod demo;
 mod doctor_cert;
+mod server_cmd;
+mod telemetry;
 
 use std::process::ExitCode;
 

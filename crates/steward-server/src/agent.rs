@@ -1,0 +1,112 @@
+//! The agent site's routes (steward_proto::paths). Every route but enrollment needs the
+//! client certificate verified at the TLS layer; the device is the one that certificate was
+//! issued to.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use steward_proto::{
+    CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, MAX_AGENT_BODY_BYTES, paths,
+};
+
+use crate::ApiFailure;
+use crate::http::{Peer, read_json};
+use crate::service::Service;
+
+/// The agent site's router.
+pub(crate) fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route(paths::ENROLL, post(enroll))
+        .route(paths::CHECKIN, post(checkin))
+        .route(paths::WAIT, get(wait))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(service)
+}
+
+async fn enroll(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EnrollResponse>, ApiFailure> {
+    let who = peer.addr.to_string();
+    let req: EnrollRequest =
+        read_json(&headers, body, MAX_AGENT_BODY_BYTES, "enroll", &who).await?;
+    Ok(Json(svc.enroll(req, &who).await?))
+}
+
+async fn checkin(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<CheckinResponse>, ApiFailure> {
+    let device = svc.agent_device(peer.cert.as_deref()).await?;
+    let who = format!("{} (device {})", peer.addr, device.id);
+    let req: CheckinRequest =
+        read_json(&headers, body, MAX_AGENT_BODY_BYTES, "check-in", &who).await?;
+    Ok(Json(svc.checkin(&device, req).await?))
+}
+
+async fn wait(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiFailure> {
+    let device = svc.agent_device(peer.cert.as_deref()).await?;
+    let version = config_version_param(query.as_deref())?;
+    Ok(match svc.wait(&device, version).await? {
+        Some(w) => Json(w).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// `config_version=N` from the query; other parameters are ignored (added by newer agents).
+fn config_version_param(query: Option<&str>) -> Result<Option<u64>, ApiFailure> {
+    let Some(q) = query else { return Ok(None) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("config_version=") {
+            return v.parse().map(Some).map_err(|_| {
+                ApiFailure::bad_request(
+                    "REQUEST-MALFORMED",
+                    format!("config_version={v:?} is not a whole number"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) async fn not_found() -> ApiFailure {
+    ApiFailure::not_found("NOT-FOUND", "no such route")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD-NOT-ALLOWED",
+        "this route does not take that method",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameter() {
+        assert_eq!(config_version_param(None), Ok(None));
+        assert_eq!(config_version_param(Some("config_version=7")), Ok(Some(7)));
+        assert_eq!(
+            config_version_param(Some("x=1&config_version=8")),
+            Ok(Some(8))
+        );
+        assert!(config_version_param(Some("config_version=-1")).is_err());
+    }
+}

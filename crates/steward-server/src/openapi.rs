@@ -1,0 +1,364 @@
+//! The OpenAPI 3.1 description of the admin API (and, for reference, the agent site), written
+//! by hand from steward_proto. A test checks that every route of `steward_proto::admin::paths`
+//! and `steward_proto::paths` is described.
+
+use serde_json::{Value, json};
+use steward_proto::admin::paths as admin;
+use steward_proto::paths as agent;
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn body(name: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": r(name) } } })
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn err(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": r("ApiError") } } })
+}
+
+fn array(name: &str) -> Value {
+    json!({ "type": "array", "items": r(name) })
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn strings() -> Value {
+    json!({ "type": "array", "items": { "type": "string" } })
+}
+
+fn int() -> Value {
+    json!({ "type": "integer", "minimum": 0 })
+}
+
+fn nullable(v: Value) -> Value {
+    json!({ "oneOf": [v, { "type": "null" }] })
+}
+
+fn object(required: &[&str], props: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": props })
+}
+
+fn string_map() -> Value {
+    json!({ "type": "object", "additionalProperties": { "type": "string" } })
+}
+
+fn auth_errors(mut responses: Value) -> Value {
+    responses["401"] = err("AUTH-REQUIRED: no token, or an unknown or expired one");
+    responses
+}
+
+/// The document.
+pub fn document() -> Value {
+    let secured = json!([{ "bearer": [] }, { "session": [] }]);
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        admin::LOGIN.to_owned(),
+        json!({ "post": {
+            "summary": "Log in with a local account",
+            "security": [],
+            "requestBody": body("LoginRequest"),
+            "responses": {
+                "200": ok("A bearer token (12 hours)", r("LoginResponse")),
+                "400": err("REQUEST-MALFORMED"),
+                "401": err("AUTH-FAILED: wrong user name or password"),
+                "429": err("AUTH-LOCKED: 5 failed logins lock the account for 5 minutes; the message says until when"),
+            }
+        }}),
+    );
+    paths.insert(
+        admin::DEVICES.to_owned(),
+        json!({ "get": {
+            "summary": "List devices",
+            "security": secured,
+            "responses": auth_errors(json!({ "200": ok("Devices", array("DeviceSummary")) })),
+        }}),
+    );
+    paths.insert(
+        admin::DEVICE.to_owned(),
+        json!({ "get": {
+            "summary": "One device by ID or name",
+            "security": secured,
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": string(),
+                             "description": "Device ID or host name" }],
+            "responses": auth_errors(json!({
+                "200": ok("The device", r("DeviceDetail")),
+                "404": err("DEVICE-NOT-FOUND"),
+                "409": err("DEVICE-NAME-AMBIGUOUS: several devices have that name; use an ID"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::TASKS.to_owned(),
+        json!({
+            "get": {
+                "summary": "List tasks, newest first",
+                "security": secured,
+                "responses": auth_errors(json!({ "200": ok("Tasks", array("TaskSummary")) })),
+            },
+            "post": {
+                "summary": "Run a command on the devices a target selects",
+                "security": secured,
+                "requestBody": body("NewTask"),
+                "responses": auth_errors(json!({
+                    "200": ok("Created; online targets are woken at once", r("TaskCreated")),
+                    "400": err("TASK-INVALID, TASK-TARGET-INVALID, TASK-NO-TARGETS or REQUEST-MALFORMED"),
+                })),
+            }
+        }),
+    );
+    paths.insert(
+        admin::TASK.to_owned(),
+        json!({ "get": {
+            "summary": "One task with each device's state and output",
+            "security": secured,
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": int() }],
+            "responses": auth_errors(json!({
+                "200": ok("The task", r("TaskDetail")),
+                "404": err("TASK-NOT-FOUND"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::POLICIES.to_owned(),
+        json!({
+            "get": {
+                "summary": "List policies",
+                "security": secured,
+                "responses": auth_errors(json!({ "200": ok("Policies", array("Policy")) })),
+            },
+            "post": {
+                "summary": "Create or replace a policy by name (agent-settings keys: checkin_interval_secs, jitter_percent, long_poll_secs, task_output_max_bytes)",
+                "security": secured,
+                "requestBody": body("Policy"),
+                "responses": auth_errors(json!({
+                    "200": ok("Saved; every waiting agent is woken to fetch its configuration", r("Policy")),
+                    "400": err("POLICY-INVALID or REQUEST-MALFORMED"),
+                })),
+            }
+        }),
+    );
+    paths.insert(
+        admin::PACKAGES.to_owned(),
+        json!({ "post": {
+            "summary": "Make an enrollment (bootstrap) package",
+            "security": secured,
+            "requestBody": body("NewPackage"),
+            "responses": auth_errors(json!({
+                "200": ok("The package; its token is shown only here", r("BootstrapPackage")),
+                "400": err("PACKAGE-INVALID or REQUEST-MALFORMED"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::OPENAPI.to_owned(),
+        json!({ "get": {
+            "summary": "This document",
+            "security": [],
+            "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } },
+        }}),
+    );
+    // The agent site is another listener (mutual TLS); described here so one document holds
+    // the whole wire contract.
+    let agent_server = json!([{ "url": "https://{fqdn}:4726", "description": "agent site (mutual TLS)",
+                                "variables": { "fqdn": { "default": "localhost" } } }]);
+    paths.insert(
+        agent::ENROLL.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "Enroll: CSR plus bootstrap token; no client certificate",
+            "security": [],
+            "requestBody": body("EnrollRequest"),
+            "responses": {
+                "200": ok("The client certificate and profile", r("EnrollResponse")),
+                "400": err("ENROLL-CSR-INVALID or REQUEST-MALFORMED"),
+                "403": err("ENROLL-TOKEN-INVALID, ENROLL-TOKEN-EXPIRED or ENROLL-TOKEN-EXHAUSTED"),
+                "413": err("REQUEST-TOO-LARGE"),
+            }
+        }}),
+    );
+    paths.insert(
+        agent::CHECKIN.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "Check in (client certificate required)",
+            "security": [{ "clientCertificate": [] }],
+            "requestBody": body("CheckinRequest"),
+            "responses": {
+                "200": ok("Configuration when changed, tasks, acknowledged results", r("CheckinResponse")),
+                "400": err("REQUEST-MALFORMED"),
+                "401": err("AGENT-CERT-REQUIRED"),
+                "403": err("AGENT-UNKNOWN-DEVICE"),
+                "413": err("REQUEST-TOO-LARGE"),
+            }
+        }}),
+    );
+    paths.insert(
+        agent::WAIT.to_owned(),
+        json!({ "servers": agent_server, "get": {
+            "summary": "Long-poll for work (client certificate required)",
+            "security": [{ "clientCertificate": [] }],
+            "parameters": [{ "name": "config_version", "in": "query", "required": false, "schema": int() }],
+            "responses": {
+                "200": ok("Work is waiting: reason `tasks` or `config`", r("WakeUp")),
+                "204": { "description": "Nothing within long_poll_secs" },
+                "401": err("AGENT-CERT-REQUIRED"),
+                "403": err("AGENT-UNKNOWN-DEVICE"),
+            }
+        }}),
+    );
+
+    let agent_error = object(
+        &["id", "message", "at"],
+        json!({ "id": string(), "message": string(), "at": string() }),
+    );
+    let task_state = json!({ "type": "string",
+        "enum": ["pending", "running", "succeeded", "failed", "timed_out"] });
+    let task_summary_props = json!({
+        "id": int(), "command": string(), "args": strings(), "target": string(),
+        "created_at": string(), "targets": int(), "finished": int()
+    });
+    let mut task_detail_props = task_summary_props.clone();
+    task_detail_props["results"] = array("DeviceTaskState");
+    let summary_props = json!({
+        "id": string(), "name": string(), "os": nullable(string()),
+        "status": { "type": "string", "enum": ["online", "offline"] },
+        "last_checkin": nullable(string()), "connection_path": nullable(string()),
+        "last_error": nullable(r("AgentError")), "tags": strings()
+    });
+    let mut detail_props = summary_props.clone();
+    detail_props["inventory"] = nullable(json!({ "type": "object" }));
+    detail_props["applied_policies"] = array("AppliedPolicy");
+    detail_props["tasks"] = array("DeviceTaskState");
+    let profile = object(
+        &["version", "servers", "trust_anchors_pem"],
+        json!({
+            "version": int(),
+            "servers": { "type": "array", "items": object(&["host", "port"], json!({ "host": string(), "port": int() })) },
+            "protocol": { "type": "string", "enum": ["https"] },
+            "trust_anchors_pem": strings()
+        }),
+    );
+    let settings = object(
+        &[
+            "checkin_interval_secs",
+            "jitter_percent",
+            "long_poll_secs",
+            "task_output_max_bytes",
+        ],
+        json!({ "checkin_interval_secs": int(), "jitter_percent": int(),
+                "long_poll_secs": int(), "task_output_max_bytes": int() }),
+    );
+    let schemas = json!({
+        "ApiError": object(&["id", "message"], json!({ "id": string(), "message": string() })),
+        "LoginRequest": object(&["username", "password"], json!({ "username": string(), "password": { "type": "string", "format": "password" } })),
+        "LoginResponse": object(&["token", "expires_at"], json!({ "token": string(), "expires_at": string() })),
+        "AgentError": agent_error,
+        "DeviceSummary": object(&["id", "name", "status", "tags"], summary_props),
+        "DeviceDetail": object(&["id", "name", "status", "tags", "applied_policies", "tasks"], detail_props),
+        "AppliedPolicy": object(&["name", "values"], json!({ "name": string(), "values": string_map() })),
+        "DeviceTaskState": object(&["task_id", "device_id", "device_name", "state", "truncated"], json!({
+            "task_id": int(), "device_id": string(), "device_name": string(), "state": task_state,
+            "exit_code": nullable(json!({ "type": "integer" })), "output": nullable(string()),
+            "truncated": { "type": "boolean" }, "finished_at": nullable(string())
+        })),
+        "NewTask": object(&["command", "args", "timeout_secs", "target"], json!({
+            "command": string(), "args": strings(), "timeout_secs": int(),
+            "target": { "type": "string", "description": "all, tag:NAME or device:NAME-OR-ID" }
+        })),
+        "TaskCreated": object(&["id", "targets"], json!({ "id": int(), "targets": int() })),
+        "TaskSummary": object(&["id", "command", "args", "target", "created_at", "targets", "finished"], task_summary_props),
+        "TaskDetail": object(&["id", "command", "args", "target", "created_at", "targets", "finished", "results"], task_detail_props),
+        "Policy": object(&["name", "target", "values"], json!({
+            "name": string(), "target": { "type": "string", "description": "all or tag:NAME" }, "values": string_map()
+        })),
+        "NewPackage": object(&["expires_secs", "max_uses"], json!({ "expires_secs": int(), "max_uses": int(), "tags": strings() })),
+        "CommunicationProfile": profile,
+        "BootstrapPackage": object(&["format", "profile", "token", "expires_at"], json!({
+            "format": { "const": "steward-bootstrap/1" }, "profile": r("CommunicationProfile"),
+            "token": string(), "expires_at": string()
+        })),
+        "EnrollRequest": object(&["token", "csr_pem", "hostname", "agent_version"], json!({
+            "token": string(), "csr_pem": string(), "hostname": string(), "agent_version": string()
+        })),
+        "EnrollResponse": object(&["device_id", "cert_pem", "chain_pem", "profile"], json!({
+            "device_id": string(), "cert_pem": string(), "chain_pem": strings(), "profile": r("CommunicationProfile")
+        })),
+        "AgentSettings": settings,
+        "CheckinRequest": object(&["protocol", "agent_version", "config_version", "inventory_hash", "results", "connection"], json!({
+            "protocol": int(), "agent_version": string(), "config_version": int(), "inventory_hash": string(),
+            "inventory": nullable(json!({ "type": "object" })), "results": { "type": "array", "items": { "type": "object" } },
+            "last_error": nullable(r("AgentError")),
+            "connection": object(&["kind"], json!({ "kind": { "type": "string", "enum": ["lan"] }, "server": string() }))
+        })),
+        "CheckinResponse": object(&["device_id", "tasks", "acked_results", "send_inventory"], json!({
+            "device_id": string(),
+            "config": nullable(object(&["version", "profile", "settings", "policies"], json!({
+                "version": int(), "profile": r("CommunicationProfile"), "settings": r("AgentSettings"),
+                "policies": array("AppliedPolicy")
+            }))),
+            "tasks": { "type": "array", "items": object(&["task_id", "command", "args", "timeout_secs"], json!({
+                "task_id": int(), "command": string(), "args": strings(), "timeout_secs": int()
+            })) },
+            "acked_results": { "type": "array", "items": int() },
+            "send_inventory": { "type": "boolean" }
+        })),
+        "WakeUp": object(&["reason"], json!({ "reason": string() })),
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Steward admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "JSON over HTTPS on the console listener. Errors are ApiError bodies with stable IDs documented in docs/diagnostics.md."
+        },
+        "servers": [{ "url": "/" }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "session": { "type": "apiKey", "in": "cookie", "name": crate::service::SESSION_COOKIE },
+                "clientCertificate": { "type": "mutualTLS" }
+            },
+            "schemas": schemas
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_and_refs_resolve() {
+        let doc = document();
+        for p in [
+            admin::LOGIN,
+            admin::DEVICES,
+            admin::DEVICE,
+            admin::TASKS,
+            admin::TASK,
+            admin::POLICIES,
+            admin::PACKAGES,
+            admin::OPENAPI,
+            agent::ENROLL,
+            agent::CHECKIN,
+            agent::WAIT,
+        ] {
+            assert!(doc["paths"].get(p).is_some(), "{p} is not described");
+        }
+        let text = doc.to_string();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name: String = part.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(
+                doc["components"]["schemas"].get(&name).is_some(),
+                "unresolved $ref {name}"
+            );
+        }
+    }
+}

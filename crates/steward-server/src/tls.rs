@@ -1,0 +1,87 @@
+//! rustls server configurations for the agent site (client certificates checked against the
+//! platform root and both CRLs) and the console (no client authentication).
+
+use std::sync::{Arc, RwLock};
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+
+use crate::ServerError;
+use crate::pki::{Crls, ListenerCert, Pki};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn base(
+    provider: Arc<CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, ServerError> {
+    ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))
+}
+
+/// The agent site: the client certificate is optional at the TLS layer (enrollment has none),
+/// but one that is presented must chain to the platform root, carry clientAuth, and not be
+/// revoked by either CRL; anything else fails the handshake. Routes other than enrollment
+/// then refuse requests that came without one.
+pub(crate) fn agent_config(
+    cert: &ListenerCert,
+    pki: &Pki,
+    crls: &Crls,
+) -> Result<Arc<ServerConfig>, ServerError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(pki.root.cert().clone())
+        .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls([crls.issuing.clone(), crls.root.clone()])
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServerError::Tls(format!("the client certificate verifier: {e}")))?;
+    let mut cfg = base(provider)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(|e| ServerError::Tls(format!("the agent-site certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The console and admin API: server authentication only.
+pub(crate) fn console_config(cert: &ListenerCert) -> Result<Arc<ServerConfig>, ServerError> {
+    let mut cfg = base(provider())?
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(|e| ServerError::Tls(format!("the console certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A server configuration that can be replaced while serving (new CRLs): each accepted
+/// connection uses the configuration current at its accept.
+#[derive(Debug)]
+pub(crate) struct SwappableConfig {
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl SwappableConfig {
+    pub(crate) fn new(cfg: Arc<ServerConfig>) -> Self {
+        Self {
+            current: RwLock::new(cfg),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Arc<ServerConfig> {
+        // Replacing an Arc cannot leave it half-written, so a poisoned lock is still usable.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set(&self, cfg: Arc<ServerConfig>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+}

@@ -1,0 +1,554 @@
+//! The agent site over real mutual TLS on 127.0.0.1: enrollment, check-ins, long-polls,
+//! results, and the refusals (tokens, certificates, bodies), each by its stable ID.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, checkin_request, client};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use steward_pki::{Authority, CertFacts, KeySpec, LeafRequest, OffsetDateTime, Usage};
+use steward_proto::admin::{
+    DeviceDetail, DeviceStatus, DeviceSummary, NewTask, Policy, TaskCreated, TaskDetail, TaskState,
+    paths as admin,
+};
+use steward_proto::{Inventory, TaskOutcome, TaskResult, paths};
+
+fn inventory(host: &str) -> Inventory {
+    Inventory {
+        hostname: host.into(),
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "13".into(),
+        kernel: "6.12.0".into(),
+        cpu_model: "Test CPU".into(),
+        cpu_count: 2,
+        memory_total_bytes: 4 << 30,
+        disks: vec![],
+        interfaces: vec![],
+        agent_version: "0.1.0-test".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_checkin_config_tasks_and_results() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 5, &["lab"]).await;
+    assert_eq!(pkg.format, "steward-bootstrap/1");
+    assert_eq!(pkg.profile.servers[0].host, "localhost");
+    assert_eq!(pkg.profile.servers[0].port, ts.running().agent_addr.port());
+    assert_eq!(pkg.profile.trust_anchors_pem, vec![ts.root_pem.clone()]);
+
+    let agent = ts.enroll(&pkg.token, "web-1").await.unwrap();
+    // The certificate names the device, is a client certificate, and points at the CRL.
+    let leaf = CertFacts::from_der(
+        &CertificateDer::from_pem_slice(agent.enrolled.cert_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(leaf.common_names, vec![agent.id.clone()]);
+    assert!(leaf.eku.as_ref().unwrap().client_auth);
+    assert_eq!(
+        leaf.crl_urls,
+        vec![format!(
+            "http://localhost:{}/crl/issuing.crl",
+            ts.running().crl_addr.port()
+        )]
+    );
+
+    // First check-in: no configuration yet, no inventory on the server.
+    let first = agent.checkin(&checkin_request(0)).await.unwrap();
+    assert_eq!(first.device_id, agent.id);
+    let config = first.config.expect("configuration on the first check-in");
+    assert_eq!(config.settings.checkin_interval_secs, 60);
+    assert!(first.send_inventory);
+    assert!(first.tasks.is_empty());
+
+    // Second: same version, inventory sent: nothing new.
+    let mut req = checkin_request(config.version);
+    req.inventory = Some(inventory("web-1.example"));
+    req.inventory_hash = "H1".into();
+    let second = agent.checkin(&req).await.unwrap();
+    assert!(second.config.is_none(), "same version: no configuration");
+    assert!(!second.send_inventory);
+    // Same hash without a body: still nothing asked.
+    let mut same = checkin_request(config.version);
+    same.inventory_hash = "H1".into();
+    assert!(!agent.checkin(&same).await.unwrap().send_inventory);
+    // An unknown hash without a body: the server asks for the inventory.
+    let mut r = checkin_request(config.version);
+    r.inventory_hash = "H2".into();
+    assert!(agent.checkin(&r).await.unwrap().send_inventory);
+
+    let devices: Vec<DeviceSummary> = ts.get_admin(admin::DEVICES).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].status, DeviceStatus::Online);
+    assert_eq!(devices[0].name, "web-1.example");
+    assert_eq!(devices[0].os.as_deref(), Some("Debian GNU/Linux 13"));
+    assert_eq!(
+        devices[0].connection_path.as_deref(),
+        Some("lan via localhost:4726")
+    );
+    assert_eq!(devices[0].tags, vec!["lab".to_owned()]);
+
+    // A waiting long-poll gets a new task within about a second.
+    let waiter = {
+        let http = agent.http.clone();
+        let url = format!(
+            "{}{}?config_version={}",
+            agent.base,
+            paths::WAIT,
+            config.version
+        );
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap(), Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created_at = Instant::now();
+    let created: TaskCreated = ts
+        .post_admin(
+            admin::TASKS,
+            &NewTask {
+                command: "echo".into(),
+                args: vec!["hello".into()],
+                timeout_secs: 30,
+                target: "tag:lab".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.targets, 1);
+    let (status, body, woke_at) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tasks"), "{body}");
+    let latency = woke_at.duration_since(created_at);
+    assert!(latency < Duration::from_secs(2), "woken after {latency:?}");
+
+    // The check-in hands the task out, once.
+    let got = agent
+        .checkin(&checkin_request(config.version))
+        .await
+        .unwrap();
+    assert_eq!(got.tasks.len(), 1);
+    assert_eq!(got.tasks[0].task_id, created.id);
+    assert_eq!(got.tasks[0].args, vec!["hello".to_owned()]);
+    assert!(
+        agent
+            .checkin(&checkin_request(config.version))
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    let running: TaskDetail = ts
+        .get_admin(&format!("/api/v1/tasks/{}", created.id))
+        .await
+        .unwrap();
+    assert_eq!(running.results[0].state, TaskState::Running);
+
+    // The result is sent twice (the first acknowledgement "lost"): acknowledged both times,
+    // stored once, the first copy kept.
+    let result = TaskResult {
+        task_id: created.id,
+        outcome: TaskOutcome::Succeeded,
+        exit_code: Some(0),
+        output: "hello\n".into(),
+        truncated: false,
+        started_at: "2027-01-01T00:00:00Z".into(),
+        finished_at: "2027-01-01T00:00:01Z".into(),
+    };
+    for copy in 0..2 {
+        let mut req = checkin_request(config.version);
+        let mut r = result.clone();
+        if copy == 1 {
+            r.output = "a different second copy".into();
+        }
+        req.results = vec![r];
+        let resp = agent.checkin(&req).await.unwrap();
+        assert_eq!(resp.acked_results, vec![created.id], "copy {copy}");
+    }
+    let done: TaskDetail = ts
+        .get_admin(&format!("/api/v1/tasks/{}", created.id))
+        .await
+        .unwrap();
+    assert_eq!(done.summary.finished, 1);
+    assert_eq!(done.results.len(), 1);
+    assert_eq!(done.results[0].state, TaskState::Succeeded);
+    assert_eq!(done.results[0].output.as_deref(), Some("hello\n"));
+
+    let detail: DeviceDetail = ts
+        .get_admin(&format!("/api/v1/devices/{}", agent.id))
+        .await
+        .unwrap();
+    assert_eq!(detail.inventory.unwrap().hostname, "web-1.example");
+    assert_eq!(detail.applied_policies[0].name, "agent-settings");
+    assert_eq!(detail.tasks.len(), 1);
+    // By name too.
+    let by_name: DeviceDetail = ts.get_admin("/api/v1/devices/web-1.example").await.unwrap();
+    assert_eq!(by_name.summary.id, agent.id);
+    let (status, e) = ts
+        .get_admin::<DeviceDetail>("/api/v1/devices/nope")
+        .await
+        .unwrap_err();
+    assert_eq!((status, e.id.as_str()), (404, "DEVICE-NOT-FOUND"));
+
+    // No match: named.
+    let (status, e) = ts
+        .post_admin::<_, TaskCreated>(
+            admin::TASKS,
+            &NewTask {
+                command: "echo".into(),
+                args: vec![],
+                timeout_secs: 30,
+                target: "tag:nobody".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((status, e.id.as_str()), (400, "TASK-NO-TARGETS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_with_the_reason() {
+    let ts = TestServer::start().await;
+    let (status, e) = match ts.enroll("forged-token", "h").await {
+        Err(x) => x,
+        Ok(_) => panic!("a forged token enrolled"),
+    };
+    assert_eq!((status, e.id.as_str()), (403, "ENROLL-TOKEN-INVALID"));
+
+    let once = ts.package(3600, 1, &[]).await;
+    ts.enroll(&once.token, "first").await.unwrap();
+    let (status, e) = match ts.enroll(&once.token, "second").await {
+        Err(x) => x,
+        Ok(_) => panic!("an exhausted token enrolled"),
+    };
+    assert_eq!((status, e.id.as_str()), (403, "ENROLL-TOKEN-EXHAUSTED"));
+
+    let short = ts.package(1, 5, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, e) = match ts.enroll(&short.token, "late").await {
+        Err(x) => x,
+        Ok(_) => panic!("an expired token enrolled"),
+    };
+    assert_eq!((status, e.id.as_str()), (403, "ENROLL-TOKEN-EXPIRED"));
+    assert!(e.message.contains("expired at"), "{}", e.message);
+
+    // A request that is not a CSR is refused as such, and does not use the token.
+    let good = ts.package(3600, 1, &[]).await;
+    let resp = ts
+        .anonymous_agent()
+        .post(ts.agent_url(paths::ENROLL))
+        .json(&steward_proto::EnrollRequest {
+            token: good.token.clone(),
+            csr_pem:
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+            hostname: "h".into(),
+            agent_version: "0".into(),
+        })
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = common::decode::<serde_json::Value>(resp).await.unwrap_err();
+    assert_eq!((status, e.id.as_str()), (400, "ENROLL-CSR-INVALID"));
+    ts.enroll(&good.token, "still-usable").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_routes_need_a_platform_client_certificate() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 1, &[]).await;
+    let agent = ts.enroll(&pkg.token, "h").await.unwrap();
+    agent.checkin(&checkin_request(0)).await.unwrap();
+
+    // No client certificate: the handshake succeeds (enrollment needs that) but every other
+    // route answers 401 AGENT-CERT-REQUIRED.
+    let anon = ts.anonymous_agent();
+    let resp = anon
+        .post(ts.agent_url(paths::CHECKIN))
+        .json(&checkin_request(0))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = common::decode::<serde_json::Value>(resp).await.unwrap_err();
+    assert_eq!((status, e.id.as_str()), (401, "AGENT-CERT-REQUIRED"));
+    let resp = anon.get(ts.agent_url(paths::WAIT)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+
+    // A client certificate from another CA never gets past the TLS layer.
+    let now = OffsetDateTime::now_utc();
+    let other = Authority::new_root(
+        "Other Root",
+        KeySpec::EcdsaP256,
+        now - time::Duration::hours(1),
+        now + time::Duration::days(30),
+    )
+    .unwrap();
+    let foreign = other
+        .issue(&LeafRequest {
+            common_name: agent.id.clone(),
+            dns_names: vec![],
+            ip_addrs: vec![],
+            usage: Usage::Client,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(30),
+            crl_urls: vec![],
+            key: KeySpec::EcdsaP256,
+        })
+        .unwrap();
+    let stranger = client(
+        &ts.root_pem,
+        Some((
+            vec![foreign.cert.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(foreign.key_pkcs8.clone())),
+        )),
+        Some(ts.running().agent_addr),
+    );
+    let outcome = stranger
+        .post(ts.agent_url(paths::CHECKIN))
+        .json(&checkin_request(0))
+        .send()
+        .await;
+    let err = match outcome {
+        Err(e) => e,
+        Ok(r) => panic!(
+            "a foreign client certificate got an HTTP answer: {}",
+            r.status()
+        ),
+    };
+    // The server's alert, as the client saw it.
+    let chain = {
+        let mut s = err.to_string();
+        let mut src = std::error::Error::source(&err);
+        while let Some(e) = src {
+            s.push_str(&format!(": {e}"));
+            src = e.source();
+        }
+        s
+    };
+    eprintln!("foreign certificate refused: {chain}");
+    assert!(
+        chain.contains("alert") || chain.contains("UnknownCA") || chain.contains("BadCertificate"),
+        "{chain}"
+    );
+
+    // The real agent still works.
+    agent.checkin(&checkin_request(0)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_without_a_client_certificate_is_refused() {
+    let ts = TestServer::start().await;
+    let root = ts.data_dir().join("pki/root.crt");
+    let port = ts.running().agent_addr.port();
+    // curl blocks; run it off the runtime so the in-process server keeps serving.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "20",
+                "--cacert",
+                root.to_str().unwrap(),
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                "--write-out",
+                "\n%{http_code}",
+                "--data",
+                "{}",
+                "--header",
+                "content-type: application/json",
+                &format!("https://localhost:{port}{}", paths::CHECKIN),
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("curl is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("\n401"), "{stdout}");
+    assert!(stdout.contains("AGENT-CERT-REQUIRED"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_bodies_get_4xx_and_the_server_goes_on() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 1, &[]).await;
+    let agent = ts.enroll(&pkg.token, "h").await.unwrap();
+    let url = format!("{}{}", agent.base, paths::CHECKIN);
+
+    let huge = vec![b'x'; steward_proto::MAX_AGENT_BODY_BYTES + 1];
+    let resp = agent
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = common::decode::<serde_json::Value>(resp).await.unwrap_err();
+    assert_eq!((status, e.id.as_str()), (413, "REQUEST-TOO-LARGE"));
+
+    for bad in [&b"{not json"[..], b"{}", b"[]", b"\xff\xfe"] {
+        let resp = agent
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(bad.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let (status, e) = common::decode::<serde_json::Value>(resp).await.unwrap_err();
+        assert_eq!(
+            (status, e.id.as_str()),
+            (400, "REQUEST-MALFORMED"),
+            "{bad:?}"
+        );
+    }
+    let resp = ts
+        .anonymous_agent()
+        .post(ts.agent_url(paths::ENROLL))
+        .body("{\"token\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = ts
+        .anonymous_agent()
+        .get(ts.agent_url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = common::decode::<serde_json::Value>(resp).await.unwrap_err();
+    assert_eq!((status, e.id.as_str()), (404, "NOT-FOUND"));
+
+    agent.checkin(&checkin_request(0)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_change_configuration_and_wake_long_polls() {
+    let ts = TestServer::start().await;
+    let lab = ts.package(3600, 1, &["lab"]).await;
+    let office = ts.package(3600, 1, &[]).await;
+    let a = ts.enroll(&lab.token, "lab-1").await.unwrap();
+    let b = ts.enroll(&office.token, "office-1").await.unwrap();
+    let va = a
+        .checkin(&checkin_request(0))
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    let vb = b
+        .checkin(&checkin_request(0))
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(va.version, vb.version, "same settings, same version");
+
+    // Short long-polls for the lab: a waiting lab agent is woken by the change itself.
+    let waiter = {
+        let http = a.http.clone();
+        let url = format!("{}{}?config_version={}", a.base, paths::WAIT, va.version);
+        tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let saved: Policy = ts
+        .post_admin(
+            admin::POLICIES,
+            &Policy {
+                name: "agent-settings".into(),
+                target: "tag:lab".into(),
+                values: [("long_poll_secs".to_owned(), "1".to_owned())].into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved.target, "tag:lab");
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(woke.contains("config"), "{woke}");
+
+    let na = a
+        .checkin(&checkin_request(va.version))
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(na.settings.long_poll_secs, 1);
+    assert!(
+        b.checkin(&checkin_request(vb.version))
+            .await
+            .unwrap()
+            .config
+            .is_none(),
+        "the office device is not targeted"
+    );
+    // Nothing to do: the short long-poll ends with 204.
+    let started = Instant::now();
+    assert_eq!(a.wait(na.version).await, None);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A custom policy for everyone.
+    let _: Policy = ts
+        .post_admin(
+            admin::POLICIES,
+            &Policy {
+                name: "motd".into(),
+                target: "all".into(),
+                values: [("text".to_owned(), "hello".to_owned())].into(),
+            },
+        )
+        .await
+        .unwrap();
+    let nb = b
+        .checkin(&checkin_request(vb.version))
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(nb.policies.len(), 1);
+    assert_eq!(nb.policies[0].values["text"], "hello");
+    let list: Vec<Policy> = ts.get_admin(admin::POLICIES).await.unwrap();
+    assert_eq!(list.len(), 2);
+
+    // Invalid values are named.
+    for (name, target, key, value) in [
+        ("agent-settings", "all", "checkin_interval_secs", "soon"),
+        ("agent-settings", "all", "checkin_interval_secs", "1"),
+        ("agent-settings", "all", "colour", "1"),
+        ("x", "everyone", "k", "v"),
+        ("bad name", "all", "k", "v"),
+    ] {
+        let (status, e) = ts
+            .post_admin::<_, Policy>(
+                admin::POLICIES,
+                &Policy {
+                    name: name.into(),
+                    target: target.into(),
+                    values: [(key.to_owned(), value.to_owned())].into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status, e.id.as_str()),
+            (400, "POLICY-INVALID"),
+            "{name} {key}={value}"
+        );
+    }
+}

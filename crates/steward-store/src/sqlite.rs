@@ -1,0 +1,892 @@
+//! The embedded SQLite store.
+//!
+//! Durability: WAL journal with `synchronous = FULL`, so a commit is on disk (fsync'd WAL)
+//! before the call returns. `NORMAL` would survive kill -9 (the WAL is in the OS's buffers) but
+//! could lose the last commits on power loss — and those may already be acknowledged to agents
+//! (task results dropped from their outbox), which the product promises never happens. Commits
+//! are rare (results, enrollments, admin actions, one batched last-seen flush every few
+//! seconds), so the cost of FULL is small.
+//!
+//! Concurrency: one writer connection (SQLite has one writer at a time anyway; serialising in
+//! the pool avoids busy-waiting between our own connections) and a small pool of readers, which
+//! WAL never blocks. Write transactions start with `BEGIN IMMEDIATE` so that another process
+//! holding the database cannot make a read-then-write transaction fail half-way.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
+use steward_proto::admin::{DeviceTaskState, TaskState};
+use steward_proto::{AgentError, Inventory, TaskAssignment, TaskResult};
+
+use crate::{
+    Admin, Device, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Result, Seen,
+    SeenBuffer, Store, StoreError, TaskRecord, TokenCheck, parse_state, state_str,
+};
+
+/// How long a statement waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers: enough for concurrent check-ins and admin reads on a small machine.
+const READERS: u32 = 4;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    seen: Arc<SeenBuffer>,
+    path: PathBuf,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+fn u64_col(what: &'static str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|e| corrupt(what, e))
+}
+
+fn i64_arg(what: &'static str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|e| corrupt(what, e))
+}
+
+/// The columns of [`Device`], as a macro so queries stay `&'static str` (sqlx's injection guard).
+macro_rules! device_cols {
+    () => {
+        "id, name, cert_serial, cert_sha256, tags, created_at, last_seen, connection_path, \
+         last_error, config_version_acked, os, inventory_hash, inventory_at, revoked"
+    };
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies the embedded migrations.
+    /// A new file is made readable by its owner only: it holds password hashes.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let open_err = |e: sqlx::Error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(open_err)?;
+        restrict_permissions(path);
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            seen: Arc::new(SeenBuffer::new()),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the pools (after a final [`Store::flush_seen`], which the caller does).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "could not make the database file private (mode 0600)");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) {}
+
+fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
+    let id: String = row.try_get("id")?;
+    let tags: String = row.try_get("tags")?;
+    let last_error: Option<String> = row.try_get("last_error")?;
+    let (last_seen, connection_path) = seen.merge(
+        &id,
+        row.try_get("last_seen")?,
+        row.try_get("connection_path")?,
+    );
+    Ok(Device {
+        name: row.try_get("name")?,
+        cert_serial: row.try_get("cert_serial")?,
+        cert_sha256: row.try_get("cert_sha256")?,
+        tags: json_col("devices.tags", &tags)?,
+        created_at: row.try_get("created_at")?,
+        last_seen,
+        connection_path,
+        last_error: last_error
+            .map(|e| json_col::<AgentError>("devices.last_error", &e))
+            .transpose()?,
+        config_version_acked: u64_col(
+            "devices.config_version_acked",
+            row.try_get("config_version_acked")?,
+        )?,
+        os: row.try_get("os")?,
+        inventory_hash: row.try_get("inventory_hash")?,
+        inventory_at: row.try_get("inventory_at")?,
+        revoked: row.try_get::<i64, _>("revoked")? != 0,
+        id,
+    })
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
+    let args: String = row.try_get("args")?;
+    let targets: i64 = row.try_get("targets")?;
+    let finished: Option<i64> = row.try_get("finished")?;
+    Ok(TaskRecord {
+        id: u64_col("tasks.id", row.try_get("id")?)?,
+        command: row.try_get("command")?,
+        args: json_col("tasks.args", &args)?,
+        timeout_secs: u64_col("tasks.timeout_secs", row.try_get("timeout_secs")?)?,
+        target: row.try_get("target")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        targets: usize::try_from(targets).map_err(|e| corrupt("task_devices", e))?,
+        finished: usize::try_from(finished.unwrap_or(0)).map_err(|e| corrupt("task_devices", e))?,
+    })
+}
+
+fn device_task_from_row(row: &SqliteRow) -> Result<DeviceTaskState> {
+    let state: String = row.try_get("state")?;
+    let exit_code: Option<i64> = row.try_get("exit_code")?;
+    Ok(DeviceTaskState {
+        task_id: u64_col("task_devices.task_id", row.try_get("task_id")?)?,
+        device_id: row.try_get("device_id")?,
+        device_name: row.try_get("device_name")?,
+        state: parse_state(&state).ok_or_else(|| corrupt("task_devices.state", &state))?,
+        exit_code: exit_code
+            .map(i32::try_from)
+            .transpose()
+            .map_err(|e| corrupt("task_devices.exit_code", e))?,
+        output: row.try_get("output")?,
+        truncated: row.try_get::<i64, _>("truncated")? != 0,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// A task with its counts; `finished` counts rows in a final state.
+macro_rules! task_select {
+    () => {
+        "SELECT t.id, t.command, t.args, t.timeout_secs, t.target, t.created_at, t.created_by, \
+         COUNT(td.device_id) AS targets, \
+         SUM(CASE WHEN td.state IN ('pending', 'running') THEN 0 ELSE 1 END) AS finished \
+         FROM tasks t LEFT JOIN task_devices td ON td.task_id = t.id"
+    };
+}
+
+async fn token_verdict(
+    tx: &mut Transaction<'static, Sqlite>,
+    token_hash: &str,
+    now: i64,
+) -> Result<TokenCheck> {
+    let row = sqlx::query(
+        "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens WHERE token_hash = ?",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut **tx)
+    .await?;
+    verdict_from_row(row, now)
+}
+
+fn verdict_from_row(row: Option<SqliteRow>, now: i64) -> Result<TokenCheck> {
+    let Some(row) = row else {
+        return Ok(TokenCheck::Unknown);
+    };
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let max_uses: i64 = row.try_get("max_uses")?;
+    let uses: i64 = row.try_get("uses")?;
+    let max_uses_u32 =
+        u32::try_from(max_uses).map_err(|e| corrupt("enrollment_tokens.max_uses", e))?;
+    // Expiry is named first: an expired token is refused whatever its use count.
+    if expires_at <= now {
+        return Ok(TokenCheck::Expired { expires_at });
+    }
+    if uses >= max_uses {
+        return Ok(TokenCheck::Exhausted {
+            max_uses: max_uses_u32,
+        });
+    }
+    let tags: String = row.try_get("tags")?;
+    Ok(TokenCheck::Usable {
+        tags: json_col("enrollment_tokens.tags", &tags)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_counter(&self, key: &str) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = match current {
+            None => 0,
+            Some(v) => v.parse::<u64>().map_err(|e| corrupt("settings.value", e))?,
+        };
+        let next = current.saturating_add(1);
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(next.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn create_enrollment_token(&self, t: &NewEnrollmentToken) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens \
+             (token_hash, expires_at, max_uses, uses, tags, created_at, created_by) \
+             VALUES (?, ?, ?, 0, ?, ?, ?)",
+        )
+        .bind(&t.token_hash)
+        .bind(t.expires_at)
+        .bind(i64::from(t.max_uses))
+        .bind(to_json("enrollment_tokens.tags", &t.tags)?)
+        .bind(t.created_at)
+        .bind(&t.created_by)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn check_enrollment_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
+        let row = sqlx::query(
+            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens WHERE token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        verdict_from_row(row, now)
+    }
+
+    async fn enroll_device(
+        &self,
+        token_hash: &str,
+        now: i64,
+        device: &NewDevice,
+    ) -> Result<TokenCheck> {
+        let mut tx = self.begin().await?;
+        // The use is taken only if the token is unexpired and has uses left, in one statement:
+        // two enrollments racing for the last use cannot both succeed.
+        let tags: Option<String> = sqlx::query_scalar(
+            "UPDATE enrollment_tokens SET uses = uses + 1 \
+             WHERE token_hash = ? AND expires_at > ? AND uses < max_uses RETURNING tags",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token_tags) = tags else {
+            let verdict = token_verdict(&mut tx, token_hash, now).await?;
+            tx.rollback().await?;
+            // The row changed between the UPDATE and the SELECT only if another process wrote
+            // in between, which IMMEDIATE prevents; "usable" here would be a logic error, so
+            // report the conservative answer.
+            return Ok(match verdict {
+                TokenCheck::Usable { .. } => TokenCheck::Unknown,
+                other => other,
+            });
+        };
+        let mut all_tags = device.tags.clone();
+        for t in json_col::<Vec<String>>("enrollment_tokens.tags", &token_tags)? {
+            if !all_tags.contains(&t) {
+                all_tags.push(t);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&device.id)
+        .bind(&device.name)
+        .bind(&device.cert_serial)
+        .bind(&device.cert_sha256)
+        .bind(to_json("devices.tags", &all_tags)?)
+        .bind(device.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(TokenCheck::Usable { tags: all_tags })
+    }
+
+    async fn device(&self, id: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| device_from_row(&r, &self.seen)).transpose()
+    }
+
+    async fn devices(&self) -> Result<Vec<Device>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices ORDER BY name, id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| device_from_row(r, &self.seen))
+            .collect()
+    }
+
+    async fn devices_named(&self, name: &str) -> Result<Vec<Device>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE name = ? COLLATE NOCASE ORDER BY created_at, id"
+        ))
+        .bind(name)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| device_from_row(r, &self.seen))
+            .collect()
+    }
+
+    async fn device_inventory(&self, id: &str) -> Result<Option<Inventory>> {
+        let inv: Option<Option<String>> =
+            sqlx::query_scalar("SELECT inventory FROM devices WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        inv.flatten()
+            .map(|s| json_col("devices.inventory", &s))
+            .transpose()
+    }
+
+    async fn save_inventory(
+        &self,
+        id: &str,
+        inventory: &Inventory,
+        hash: &str,
+        now: i64,
+    ) -> Result<()> {
+        let os = format!("{} {}", inventory.os_name, inventory.os_version)
+            .trim()
+            .to_owned();
+        // An empty host name would leave the device nameless in the console; keep the old one.
+        sqlx::query(
+            "UPDATE devices SET inventory = ?, inventory_hash = ?, inventory_at = ?, os = ?, \
+             name = CASE WHEN ? = '' THEN name ELSE ? END WHERE id = ?",
+        )
+        .bind(to_json("devices.inventory", inventory)?)
+        .bind(hash)
+        .bind(now)
+        .bind(os)
+        .bind(&inventory.hostname)
+        .bind(&inventory.hostname)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn save_last_error(&self, id: &str, error: &AgentError) -> Result<()> {
+        sqlx::query("UPDATE devices SET last_error = ? WHERE id = ?")
+            .bind(to_json("devices.last_error", error)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_config_acked(&self, id: &str, version: u64) -> Result<()> {
+        sqlx::query("UPDATE devices SET config_version_acked = ? WHERE id = ?")
+            .bind(i64_arg("devices.config_version_acked", version)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    fn note_seen(&self, id: &str, seen: Seen) {
+        self.seen.note(id, seen);
+    }
+
+    async fn flush_seen(&self) -> Result<usize> {
+        let taken = self.seen.take();
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let write = async {
+            let mut tx = self.begin().await?;
+            for (id, seen) in &taken {
+                sqlx::query(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?), \
+                     connection_path = COALESCE(?, connection_path) WHERE id = ?",
+                )
+                .bind(seen.at)
+                .bind(seen.connection_path.as_deref())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        match write.await {
+            Ok(()) => Ok(taken.len()),
+            Err(e) => {
+                self.seen.restore(taken);
+                Err(e)
+            }
+        }
+    }
+
+    async fn revoked_serials(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM devices \
+             WHERE revoked != 0",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("cert_serial")?, r.try_get("at")?)))
+            .collect()
+    }
+
+    async fn create_task(&self, task: &NewTaskRecord, device_ids: &[String]) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO tasks (command, args, timeout_secs, target, created_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&task.command)
+        .bind(to_json("tasks.args", &task.args)?)
+        .bind(i64_arg("tasks.timeout_secs", task.timeout_secs)?)
+        .bind(&task.target)
+        .bind(task.created_at)
+        .bind(&task.created_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        for device in device_ids {
+            sqlx::query(
+                "INSERT OR IGNORE INTO task_devices (task_id, device_id, state) \
+                 VALUES (?, ?, 'pending')",
+            )
+            .bind(id)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        u64_col("tasks.id", id)
+    }
+
+    async fn has_pending_tasks(&self, device_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1",
+        )
+        .bind(device_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn take_pending_tasks(&self, device_id: &str, now: i64) -> Result<Vec<TaskAssignment>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT t.id, t.command, t.args, t.timeout_secs FROM task_devices td \
+             JOIN tasks t ON t.id = td.task_id \
+             WHERE td.device_id = ? AND td.state = 'pending' ORDER BY t.id",
+        )
+        .bind(device_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let tasks = rows
+            .iter()
+            .map(|r| {
+                let args: String = r.try_get("args")?;
+                Ok(TaskAssignment {
+                    task_id: u64_col("tasks.id", r.try_get("id")?)?,
+                    command: r.try_get("command")?,
+                    args: json_col("tasks.args", &args)?,
+                    timeout_secs: u64_col("tasks.timeout_secs", r.try_get("timeout_secs")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(
+            "UPDATE task_devices SET state = 'running', delivered_at = ? \
+             WHERE device_id = ? AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(tasks)
+    }
+
+    async fn commit_results(
+        &self,
+        device_id: &str,
+        results: &[TaskResult],
+        now: i64,
+    ) -> Result<Vec<u64>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let mut acked = Vec::with_capacity(results.len());
+        let mut seen_ids = HashSet::new();
+        for r in results {
+            if !seen_ids.insert(r.task_id) {
+                continue;
+            }
+            let Ok(task_id) = i64::try_from(r.task_id) else {
+                tracing::warn!(
+                    device = device_id,
+                    task = r.task_id,
+                    "result for a task ID that cannot exist; acknowledged and dropped"
+                );
+                acked.push(r.task_id);
+                continue;
+            };
+            let state = state_str(TaskState::from(r.outcome));
+            let updated = sqlx::query(
+                "UPDATE task_devices SET state = ?, exit_code = ?, output = ?, truncated = ?, \
+                 finished_at = ?, committed_at = ? \
+                 WHERE task_id = ? AND device_id = ? AND state IN ('pending', 'running')",
+            )
+            .bind(state)
+            .bind(r.exit_code.map(i64::from))
+            .bind(&r.output)
+            .bind(i64::from(r.truncated))
+            .bind(&r.finished_at)
+            .bind(now)
+            .bind(task_id)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                let exists: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?",
+                )
+                .bind(task_id)
+                .bind(device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    tracing::warn!(
+                        device = device_id,
+                        task = r.task_id,
+                        "result for a task this device was never given; acknowledged and dropped"
+                    );
+                }
+            }
+            acked.push(r.task_id);
+        }
+        tx.commit().await?;
+        Ok(acked)
+    }
+
+    async fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(concat!(task_select!(), " WHERE t.id = ? GROUP BY t.id"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| task_from_row(&r)).transpose()
+    }
+
+    async fn task_results(&self, id: u64) -> Result<Vec<DeviceTaskState>> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT td.task_id, td.device_id, d.name AS device_name, td.state, td.exit_code, \
+             td.output, td.truncated, td.finished_at FROM task_devices td \
+             JOIN devices d ON d.id = td.device_id WHERE td.task_id = ? ORDER BY d.name, d.id",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(device_task_from_row).collect()
+    }
+
+    async fn tasks(&self, limit: u32) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(concat!(
+            task_select!(),
+            " GROUP BY t.id ORDER BY t.id DESC LIMIT ?"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn device_tasks(&self, device_id: &str, limit: u32) -> Result<Vec<DeviceTaskState>> {
+        let rows = sqlx::query(
+            "SELECT td.task_id, td.device_id, d.name AS device_name, td.state, td.exit_code, \
+             td.output, td.truncated, td.finished_at FROM task_devices td \
+             JOIN devices d ON d.id = td.device_id WHERE td.device_id = ? \
+             ORDER BY td.task_id DESC LIMIT ?",
+        )
+        .bind(device_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(device_task_from_row).collect()
+    }
+
+    async fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        let rows =
+            sqlx::query("SELECT name, target, settings, updated_at FROM policies ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let values: String = r.try_get("settings")?;
+                Ok(PolicyRecord {
+                    name: r.try_get("name")?,
+                    target: r.try_get("target")?,
+                    values: json_col::<BTreeMap<String, String>>("policies.settings", &values)?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_policy(&self, p: &PolicyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO policies (name, target, settings, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET target = excluded.target, \
+             settings = excluded.settings, updated_at = excluded.updated_at",
+        )
+        .bind(&p.name)
+        .bind(&p.target)
+        .bind(to_json("policies.settings", &p.values)?)
+        .bind(p.updated_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn ensure_policy(&self, p: &PolicyRecord) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO policies (name, target, settings, updated_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(&p.name)
+        .bind(&p.target)
+        .bind(to_json("policies.settings", &p.values)?)
+        .bind(p.updated_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_admin(&self, username: &str, password_hash: &str) -> Result<()> {
+        let done =
+            sqlx::query("INSERT OR IGNORE INTO admins (username, password_hash) VALUES (?, ?)")
+                .bind(username)
+                .bind(password_hash)
+                .execute(&self.writer)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Exists(format!("admin {username:?}")));
+        }
+        Ok(())
+    }
+
+    async fn admin(&self, username: &str) -> Result<Option<Admin>> {
+        let row = sqlx::query(
+            "SELECT username, password_hash, failed_logins, locked_until FROM admins \
+             WHERE username = ?",
+        )
+        .bind(username)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(Admin {
+                username: r.try_get("username")?,
+                password_hash: r.try_get("password_hash")?,
+                failed_logins: u32::try_from(r.try_get::<i64, _>("failed_logins")?)
+                    .map_err(|e| corrupt("admins.failed_logins", e))?,
+                locked_until: r.try_get("locked_until")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_login_failure(
+        &self,
+        username: &str,
+        now: i64,
+        max_failures: u32,
+        lock_secs: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.begin().await?;
+        let count: Option<i64> = sqlx::query_scalar(
+            "UPDATE admins SET failed_logins = failed_logins + 1 WHERE username = ? \
+             RETURNING failed_logins",
+        )
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut locked = None;
+        if let Some(count) = count
+            && count >= i64::from(max_failures)
+        {
+            let until = now.saturating_add(lock_secs);
+            sqlx::query("UPDATE admins SET failed_logins = 0, locked_until = ? WHERE username = ?")
+                .bind(until)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
+            locked = Some(until);
+        }
+        tx.commit().await?;
+        Ok(locked)
+    }
+
+    async fn record_login_success(&self, username: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE admins SET failed_logins = 0, locked_until = NULL WHERE username = ? \
+             AND (failed_logins != 0 OR locked_until IS NOT NULL)",
+        )
+        .bind(username)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &str,
+        username: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_hash, username, expires_at) VALUES (?, ?, ?)")
+            .bind(token_hash)
+            .bind(username)
+            .bind(expires_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &str, now: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT username FROM sessions WHERE token_hash = ? AND expires_at > ?",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(token_hash)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_expired_sessions(&self, now: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+}

@@ -1,0 +1,460 @@
+//! The SQLite store against a real database file in a temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use steward_proto::admin::TaskState;
+use steward_proto::{AgentError, Inventory, TaskOutcome, TaskResult};
+use steward_store::{
+    NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Seen, SqliteStore, Store,
+    StoreError, TokenCheck,
+};
+
+const NOW: i64 = 1_800_000_000;
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("steward.db"))
+        .await
+        .unwrap()
+}
+
+fn token(hash: &str, max_uses: u32, expires_at: i64) -> NewEnrollmentToken {
+    NewEnrollmentToken {
+        token_hash: hash.into(),
+        expires_at,
+        max_uses,
+        tags: vec!["lab".into()],
+        created_at: NOW,
+        created_by: "admin".into(),
+    }
+}
+
+fn device(id: &str, name: &str) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        name: name.into(),
+        cert_serial: format!("SERIAL-{id}"),
+        cert_sha256: format!("SHA-{id}"),
+        tags: vec!["lab".into()],
+        created_at: NOW,
+    }
+}
+
+async fn enrolled(store: &SqliteStore, ids: &[&str]) {
+    store
+        .create_enrollment_token(&token("setup", 1000, NOW + 3600))
+        .await
+        .unwrap();
+    for id in ids {
+        let v = store
+            .enroll_device("setup", NOW, &device(id, &format!("host-{id}")))
+            .await
+            .unwrap();
+        assert!(matches!(v, TokenCheck::Usable { .. }));
+    }
+}
+
+fn result(task_id: u64, outcome: TaskOutcome, output: &str) -> TaskResult {
+    TaskResult {
+        task_id,
+        outcome,
+        exit_code: Some(if outcome == TaskOutcome::Succeeded {
+            0
+        } else {
+            1
+        }),
+        output: output.into(),
+        truncated: false,
+        started_at: "2027-01-15T08:00:00Z".into(),
+        finished_at: "2027-01-15T08:00:01Z".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enrollments_never_exceed_max_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir).await);
+    // A second store on the same file has its own writer connection: the race is then between
+    // two SQLite connections, not serialised by one pool.
+    let second = Arc::new(open(&dir).await);
+    store
+        .create_enrollment_token(&token("t", 3, NOW + 60))
+        .await
+        .unwrap();
+    let mut joins = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        joins.push(tokio::spawn(async move {
+            store
+                .enroll_device("t", NOW, &device(&format!("d{i}"), "h"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut usable = 0;
+    let mut exhausted = 0;
+    for j in joins {
+        match j.await.unwrap() {
+            TokenCheck::Usable { tags } => {
+                assert_eq!(tags, vec!["lab".to_owned()]);
+                usable += 1;
+            }
+            TokenCheck::Exhausted { max_uses: 3 } => exhausted += 1,
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    assert_eq!((usable, exhausted), (3, 17));
+    assert_eq!(store.devices().await.unwrap().len(), 3);
+    assert_eq!(
+        store.check_enrollment_token("t", NOW).await.unwrap(),
+        TokenCheck::Exhausted { max_uses: 3 }
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_judged_unknown_expired_or_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .create_enrollment_token(&token("old", 5, NOW - 1))
+        .await
+        .unwrap();
+    store
+        .create_enrollment_token(&token("new", 5, NOW + 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_enrollment_token("nope", NOW).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store
+            .enroll_device("nope", NOW, &device("a", "a"))
+            .await
+            .unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store
+            .enroll_device("old", NOW, &device("a", "a"))
+            .await
+            .unwrap(),
+        TokenCheck::Expired {
+            expires_at: NOW - 1
+        }
+    );
+    assert!(matches!(
+        store.check_enrollment_token("new", NOW).await.unwrap(),
+        TokenCheck::Usable { .. }
+    ));
+    // Nothing was inserted by the refused enrollments.
+    assert!(store.device("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn last_seen_is_kept_in_memory_merged_on_read_and_flushed_in_one_go() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        enrolled(&store, &["a", "b"]).await;
+        store.note_seen(
+            "a",
+            Seen {
+                at: NOW + 5,
+                connection_path: Some("lan via s:4726".into()),
+            },
+        );
+        store.note_seen(
+            "a",
+            Seen {
+                at: NOW + 9,
+                connection_path: None,
+            },
+        );
+        // Merged on read before any flush.
+        let a = store.device("a").await.unwrap().unwrap();
+        assert_eq!(a.last_seen, Some(NOW + 9));
+        assert_eq!(a.connection_path.as_deref(), Some("lan via s:4726"));
+        assert_eq!(store.device("b").await.unwrap().unwrap().last_seen, None);
+        // A store opened on the same file does not see unflushed values...
+        let other = open(&dir).await;
+        assert_eq!(other.device("a").await.unwrap().unwrap().last_seen, None);
+        // ...until the flush commits them.
+        assert_eq!(store.flush_seen().await.unwrap(), 1);
+        assert_eq!(store.flush_seen().await.unwrap(), 0);
+        let a = other.device("a").await.unwrap().unwrap();
+        assert_eq!(a.last_seen, Some(NOW + 9));
+        assert_eq!(a.connection_path.as_deref(), Some("lan via s:4726"));
+        store.close().await;
+        other.close().await;
+    }
+    // And they survive a restart.
+    let store = open(&dir).await;
+    let a = store.device("a").await.unwrap().unwrap();
+    assert_eq!(a.last_seen, Some(NOW + 9));
+    // An older sighting never moves last_seen backwards.
+    store.note_seen(
+        "a",
+        Seen {
+            at: NOW,
+            connection_path: None,
+        },
+    );
+    store.flush_seen().await.unwrap();
+    assert_eq!(
+        store.device("a").await.unwrap().unwrap().last_seen,
+        Some(NOW + 9)
+    );
+}
+
+#[tokio::test]
+async fn results_are_stored_once_and_acknowledged_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    enrolled(&store, &["a", "b"]).await;
+    let id = store
+        .create_task(
+            &NewTaskRecord {
+                command: "echo".into(),
+                args: vec!["hi".into()],
+                timeout_secs: 30,
+                target: "all".into(),
+                created_at: NOW,
+                created_by: "admin".into(),
+            },
+            &["a".into(), "b".into()],
+        )
+        .await
+        .unwrap();
+    assert!(store.has_pending_tasks("a").await.unwrap());
+    let taken = store.take_pending_tasks("a", NOW).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].args, vec!["hi".to_owned()]);
+    assert!(!store.has_pending_tasks("a").await.unwrap());
+    assert!(store.take_pending_tasks("a", NOW).await.unwrap().is_empty());
+
+    let first = result(id, TaskOutcome::Succeeded, "hi\n");
+    assert_eq!(
+        store
+            .commit_results("a", std::slice::from_ref(&first), NOW)
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    // Re-sent (the acknowledgement was lost), with different content: acknowledged, not stored.
+    let again = result(id, TaskOutcome::Failed, "second copy");
+    assert_eq!(
+        store
+            .commit_results("a", &[again.clone(), again], NOW)
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    // A result for a task never given to this device is acknowledged (so the agent can drop
+    // it) but stored nowhere; device b's row is untouched by a's results.
+    assert_eq!(
+        store
+            .commit_results("a", &[result(id + 100, TaskOutcome::Succeeded, "x")], NOW)
+            .await
+            .unwrap(),
+        vec![id + 100]
+    );
+    let rows = store.task_results(id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let a = rows.iter().find(|r| r.device_id == "a").unwrap();
+    assert_eq!(a.state, TaskState::Succeeded);
+    assert_eq!(a.output.as_deref(), Some("hi\n"));
+    assert_eq!(a.exit_code, Some(0));
+    let b = rows.iter().find(|r| r.device_id == "b").unwrap();
+    assert_eq!(b.state, TaskState::Pending);
+    let t = store.task(id).await.unwrap().unwrap();
+    assert_eq!((t.targets, t.finished), (2, 1));
+    assert_eq!(store.tasks(10).await.unwrap().len(), 1);
+    assert_eq!(store.device_tasks("a", 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn logins_lock_after_the_limit_and_unlock_on_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.create_admin("admin", "$argon2id$x").await.unwrap();
+    assert!(matches!(
+        store.create_admin("admin", "y").await,
+        Err(StoreError::Exists(_))
+    ));
+    for _ in 0..4 {
+        assert_eq!(
+            store
+                .record_login_failure("admin", NOW, 5, 300)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .record_login_failure("admin", NOW, 5, 300)
+            .await
+            .unwrap(),
+        Some(NOW + 300)
+    );
+    let a = store.admin("admin").await.unwrap().unwrap();
+    assert_eq!((a.failed_logins, a.locked_until), (0, Some(NOW + 300)));
+    store.record_login_success("admin").await.unwrap();
+    let a = store.admin("admin").await.unwrap().unwrap();
+    assert_eq!((a.failed_logins, a.locked_until), (0, None));
+    // Unknown accounts are not created by failures.
+    assert_eq!(
+        store
+            .record_login_failure("ghost", NOW, 5, 300)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.admin("ghost").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn sessions_settings_policies_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.create_session("h1", "admin", NOW + 10).await.unwrap();
+    assert_eq!(
+        store.session("h1", NOW).await.unwrap().as_deref(),
+        Some("admin")
+    );
+    assert_eq!(store.session("h1", NOW + 10).await.unwrap(), None);
+    assert_eq!(store.purge_expired_sessions(NOW + 10).await.unwrap(), 1);
+
+    assert_eq!(store.next_counter("crl").await.unwrap(), 1);
+    assert_eq!(store.next_counter("crl").await.unwrap(), 2);
+    store.set_setting("k", "v").await.unwrap();
+    assert_eq!(store.setting("k").await.unwrap().as_deref(), Some("v"));
+
+    let p = PolicyRecord {
+        name: "agent-settings".into(),
+        target: "all".into(),
+        values: BTreeMap::new(),
+        updated_at: NOW,
+    };
+    assert!(store.ensure_policy(&p).await.unwrap());
+    assert!(!store.ensure_policy(&p).await.unwrap());
+    let mut changed = p.clone();
+    changed
+        .values
+        .insert("checkin_interval_secs".into(), "5".into());
+    store.put_policy(&changed).await.unwrap();
+    assert_eq!(store.policies().await.unwrap(), vec![changed]);
+
+    enrolled(&store, &["a"]).await;
+    let inv = Inventory {
+        hostname: "renamed".into(),
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "13".into(),
+        kernel: "6.12".into(),
+        cpu_model: "x".into(),
+        cpu_count: 2,
+        memory_total_bytes: 1,
+        disks: vec![],
+        interfaces: vec![],
+        agent_version: "0.1.0".into(),
+    };
+    store.save_inventory("a", &inv, "H1", NOW).await.unwrap();
+    store
+        .save_last_error(
+            "a",
+            &AgentError {
+                id: "AGENT-TLS-UNTRUSTED".into(),
+                message: "m".into(),
+                at: "2027-01-01T00:00:00Z".into(),
+            },
+        )
+        .await
+        .unwrap();
+    store.save_config_acked("a", 42).await.unwrap();
+    let d = store.device("a").await.unwrap().unwrap();
+    assert_eq!(d.name, "renamed");
+    assert_eq!(d.os.as_deref(), Some("Debian GNU/Linux 13"));
+    assert_eq!(d.inventory_hash.as_deref(), Some("H1"));
+    assert_eq!(d.config_version_acked, 42);
+    assert_eq!(d.last_error.unwrap().id, "AGENT-TLS-UNTRUSTED");
+    assert_eq!(store.device_inventory("a").await.unwrap(), Some(inv));
+    assert_eq!(store.devices_named("RENAMED").await.unwrap().len(), 1);
+}
+
+/// The child half of `acknowledged_results_survive_kill_9`: commits a result, says so, and
+/// waits to be killed. Does nothing unless the parent set the variable.
+#[tokio::test]
+async fn kill_9_child() {
+    let Ok(path) = std::env::var("STEWARD_STORE_KILL_CHILD") else {
+        return;
+    };
+    let store = SqliteStore::open(std::path::Path::new(&path))
+        .await
+        .unwrap();
+    enrolled(&store, &["a"]).await;
+    let id = store
+        .create_task(
+            &NewTaskRecord {
+                command: "true".into(),
+                args: vec![],
+                timeout_secs: 5,
+                target: "all".into(),
+                created_at: NOW,
+                created_by: "admin".into(),
+            },
+            &["a".into()],
+        )
+        .await
+        .unwrap();
+    store.take_pending_tasks("a", NOW).await.unwrap();
+    let acked = store
+        .commit_results("a", &[result(id, TaskOutcome::Succeeded, "done")], NOW)
+        .await
+        .unwrap();
+    // What a server would now send to the agent as acknowledged.
+    println!("\nACKED {}", acked[0]);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn acknowledged_results_survive_kill_9() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("steward.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_9_child", "--nocapture", "--test-threads=1"])
+        .env("STEWARD_STORE_KILL_CHILD", &db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let acked = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the child ended before acknowledging: {seen:?}"))
+            .unwrap();
+        seen.push(line.clone());
+        // The harness prints "test kill_9_child ... " on the same line first.
+        if let Some((_, id)) = line.split_once("ACKED ") {
+            break id.trim().parse::<u64>().unwrap();
+        }
+    };
+    // SIGKILL: no destructor, no close, no checkpoint.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = SqliteStore::open(&db).await.unwrap();
+    let rows = store.task_results(acked).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, TaskState::Succeeded);
+    assert_eq!(rows[0].output.as_deref(), Some("done"));
+}
