@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cert;
+pub mod logs;
 mod names;
 mod report;
 pub mod rules;

@@ -1,0 +1,1009 @@
+//! `run`: check in, apply configuration, run tasks, long-poll, repeat.
+//!
+//! # Delivery and execution semantics
+//!
+//! **Results are exactly-once at the server.** A result is written to the durable outbox
+//! (`outbox/<task_id>.json`, atomically) before anything else happens with it, is re-sent with
+//! every check-in until the server lists its task ID in `acked_results`, and only then
+//! deleted. The server stores the first copy and acknowledges every copy, so a crash between
+//! "server committed" and "agent deleted" causes a harmless re-send, never a duplicate, and no
+//! crash, outage or restart can lose a result.
+//!
+//! **Execution is at-most-once.** A task's ID is recorded durably in `executed.json` as soon
+//! as the check-in that delivers it returns, *before* the program can start, and marked
+//! finished once its result is in the outbox. If the agent dies in between (kill -9, power
+//! loss, a crash while the task runs or waits for a slot), the next start finds the task
+//! started-but-unfinished, does not run it again, and stores a `failed` result saying the run
+//! was interrupted (event `AGENT-TASK-SKIPPED`), so the task never hangs as "running" on the
+//! server. A task delivered again (a server may re-deliver one without a committed result) is
+//! never run a second time either. Management commands are rarely idempotent (install,
+//! reboot, delete, send a mail): running one twice silently is worse than asking an
+//! administrator to re-run one that was interrupted, which the console shows plainly. A
+//! graceful stop (SIGTERM) kills running tasks and reports them the same way.
+//!
+//! # Timing
+//!
+//! After a successful check-in the agent long-polls the wait route until the next check-in is
+//! due (the interval from the agent-settings policy, ± its jitter), so a new task reaches it
+//! within seconds. A finished task triggers a check-in at once, so its result arrives within
+//! seconds too. After a failure it retries with exponential backoff (2 s doubling, capped at
+//! the interval, with jitter so a fleet does not return in lock-step), trying every server of
+//! the profile in order each time.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateRevocationListDer;
+use steward_pki::{CertFacts, OffsetDateTime};
+use steward_proto::{
+    AgentConfig, AgentError, AgentSettings, CheckinRequest, CheckinResponse, CommunicationProfile,
+    ConnectionPath, PROTOCOL_VERSION, TaskAssignment, TaskResult, paths,
+};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::events::{ids, rfc3339};
+use crate::net::{self, ClientIdentity, Connection, Connector, Fault, IdentityError};
+use crate::store::{self, AgentState, DataDir, ExecutedSet, Identity, Outbox, StoreError};
+use crate::{inventory, task};
+
+/// Tasks run at the same time; more wait (the server delivers them again next time).
+pub const MAX_CONCURRENT_TASKS: usize = 4;
+/// Result bytes sent per check-in, well under the server's 4 MiB body limit; the rest follow
+/// in immediate further check-ins.
+pub const RESULTS_BUDGET_BYTES: usize = 3 * 1024 * 1024;
+/// The inventory is sent in full at least this often.
+pub const INVENTORY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The agent warns when its certificate expires within this many days.
+pub const CERT_WARNING_DAYS: i64 = 30;
+/// A long-poll answered faster than this is not repeated until the next check-in (a server
+/// that does not hold the request must not turn the wait into a busy loop).
+const MIN_LONG_POLL: Duration = Duration::from_secs(1);
+/// How long a graceful stop waits for killed tasks to write their results.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What `run` needs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Check in, run what arrives, deliver the results, and return (instead of looping).
+    pub once: bool,
+    /// CRLs to check server certificates against (none: revocation is not checked).
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+/// Why `run` could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory holds no identity.
+    #[error("{0} is not enrolled: run `steward-agent enroll --package FILE --data-dir DIR` first")]
+    NotEnrolled(String),
+    /// The stored identity cannot be used.
+    #[error("the stored identity cannot be used: {0}; enroll again with --force")]
+    Identity(String),
+    /// The data directory cannot be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `--once`: the check-in failed.
+    #[error("check-in failed: {0}")]
+    CheckinFailed(Fault),
+}
+
+impl RunError {
+    /// The event ID of this failure.
+    pub fn id(&self) -> &'static str {
+        match self {
+            RunError::NotEnrolled(_) | RunError::Identity(_) => ids::IDENTITY_INVALID,
+            RunError::Store(_) => ids::STORE_FAILED,
+            RunError::CheckinFailed(f) => f.id(),
+        }
+    }
+}
+
+/// Settings as the agent applies them: the policy's values within sane bounds, so a typo in a
+/// policy (an interval of 0, a 10 GB output cap) cannot turn agents into a flood or a crash.
+pub fn effective_settings(s: &AgentSettings) -> AgentSettings {
+    AgentSettings {
+        checkin_interval_secs: s.checkin_interval_secs.clamp(5, 24 * 3600),
+        jitter_percent: s.jitter_percent.min(50),
+        long_poll_secs: s.long_poll_secs.clamp(1, 3600),
+        task_output_max_bytes: s.task_output_max_bytes.min(1024 * 1024),
+    }
+}
+
+/// Run the agent until `shutdown` completes (or, with `once`, after one round).
+pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let mut agent = Agent::load(&opts)?;
+    tracing::info!(
+        id = ids::STARTED,
+        "steward-agent {} started: device {}, data directory {}, {} result(s) waiting in the outbox",
+        env!("CARGO_PKG_VERSION"),
+        agent.identity.device_id,
+        agent.dir.root().display(),
+        agent.outbox.load().map(|(r, _)| r.len()).unwrap_or(0)
+    );
+    agent.report_interrupted();
+    agent.check_cert_expiry();
+    tokio::pin!(shutdown);
+    let outcome = if opts.once {
+        tokio::select! {
+            biased;
+            () = shutdown.as_mut() => Ok(()),
+            r = agent.run_once() => r,
+        }
+    } else {
+        agent.run_loop(&mut shutdown).await;
+        Ok(())
+    };
+    agent.stop().await;
+    outcome
+}
+
+/// What woke the wait phase.
+enum Wake {
+    Shutdown,
+    TaskDone(Option<Joined>),
+    Work { fast: bool },
+    PollEnded { fast: bool },
+    PollFailed,
+    Due,
+}
+
+/// A finished task as the JoinSet hands it back.
+type Joined = Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>;
+
+struct Agent {
+    dir: DataDir,
+    identity: Identity,
+    key_pem: String,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    config: Option<AgentConfig>,
+    settings: AgentSettings,
+    profile: CommunicationProfile,
+    connector: Connector,
+    conn: Option<Connection>,
+    state: AgentState,
+    outbox: Outbox,
+    executed: ExecutedSet,
+    /// Results whose outbox write failed (disk full): kept in memory and sent all the same.
+    unsaved: Vec<TaskResult>,
+    running: HashMap<tokio::task::Id, u64>,
+    /// Received and recorded, waiting for a free slot.
+    queued: VecDeque<TaskAssignment>,
+    tasks: JoinSet<TaskResult>,
+    cancel: watch::Sender<bool>,
+    inventory_requested: bool,
+    connected_reported: bool,
+    rejected_config: Option<u64>,
+    /// Consecutive long-poll wake-ups answered at once.
+    fast_wakes: u32,
+}
+
+impl Agent {
+    fn load(opts: &RunOptions) -> Result<Self, RunError> {
+        let dir = DataDir::new(&opts.data_dir);
+        let identity = dir
+            .load_identity()
+            .map_err(|e| RunError::Identity(e.to_string()))?
+            .ok_or_else(|| RunError::NotEnrolled(opts.data_dir.display().to_string()))?;
+        let key_pem = store::read_bytes(&dir.key_path())?
+            .ok_or_else(|| RunError::Identity(format!("{} is missing", dir.key_path().display())))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+        store::sweep_temps(dir.root())?;
+        let outbox = Outbox::open(dir.outbox_dir())?;
+        let executed = ExecutedSet::load(dir.executed_path())?;
+        let mut state = dir.load_state()?;
+        let config = match dir.load_config() {
+            Ok(c) => c,
+            Err(e) => {
+                // A configuration is only a cache of what the server will send again: start
+                // from the enrollment profile rather than refuse to run.
+                tracing::error!(
+                    id = ids::STORE_FAILED,
+                    "{e}; starting from the enrollment profile"
+                );
+                None
+            }
+        };
+        let (profile, settings) = match &config {
+            Some(c) if net::check_profile(&c.profile).is_ok() => {
+                (c.profile.clone(), effective_settings(&c.settings))
+            }
+            _ => (
+                identity.profile.clone(),
+                effective_settings(&AgentSettings::default()),
+            ),
+        };
+        let connector = build_connector(&profile, &identity, &key_pem, &opts.crls)?;
+        state.pid = Some(std::process::id());
+        state.device_id = Some(identity.device_id.clone());
+        state.config_version = config.as_ref().map_or(0, |c| c.version);
+        let (cancel, _) = watch::channel(false);
+        Ok(Self {
+            dir,
+            identity,
+            key_pem,
+            crls: opts.crls.clone(),
+            config,
+            settings,
+            profile,
+            connector,
+            conn: None,
+            state,
+            outbox,
+            executed,
+            unsaved: Vec::new(),
+            running: HashMap::new(),
+            queued: VecDeque::new(),
+            tasks: JoinSet::new(),
+            cancel,
+            inventory_requested: false,
+            connected_reported: false,
+            rejected_config: None,
+            fast_wakes: 0,
+        })
+    }
+
+    async fn run_loop(&mut self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
+        loop {
+            let now = Instant::now();
+            // A stop must not wait for a check-in stuck on unreachable servers (each step has
+            // its own timeout, and there may be several servers); abandoning one is safe, as
+            // nothing is acknowledged or deleted before its response is in hand.
+            let outcome = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return,
+                r = self.checkin() => r,
+            };
+            let deadline = match outcome {
+                Ok(true) => now,
+                Ok(false) => now + self.next_interval(),
+                Err(_) => now + self.backoff(),
+            };
+            // Three wake-ups in a row that came back at once and led nowhere mean the server and
+            // agent disagree about what is new: stop polling until the next interval rather
+            // than spin.
+            let mut may_poll =
+                self.conn.as_ref().is_some_and(Connection::is_open) && self.fast_wakes < 3;
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let poll = may_poll && remaining > MIN_LONG_POLL;
+                // A rejected configuration is "seen": the server must not wake us for it again.
+                let config_version = self.rejected_config.unwrap_or(self.state.config_version);
+                let started = Instant::now();
+                let wake = tokio::select! {
+                    biased;
+                    () = shutdown.as_mut() => Wake::Shutdown,
+                    done = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                        Wake::TaskDone(done)
+                    }
+                    r = long_poll(&mut self.conn, config_version, remaining), if poll => match r {
+                        Ok(Some(_)) => Wake::Work { fast: started.elapsed() < MIN_LONG_POLL },
+                        Ok(None) => Wake::PollEnded { fast: started.elapsed() < MIN_LONG_POLL },
+                        Err(()) => Wake::PollFailed,
+                    },
+                    () = tokio::time::sleep_until(deadline) => Wake::Due,
+                };
+                match wake {
+                    Wake::Shutdown => return,
+                    Wake::TaskDone(done) => {
+                        self.task_done(done);
+                        // Deliver the result now rather than at the next interval.
+                        break;
+                    }
+                    Wake::Work { fast } => {
+                        self.fast_wakes = if fast { self.fast_wakes + 1 } else { 0 };
+                        break;
+                    }
+                    Wake::Due => {
+                        self.fast_wakes = 0;
+                        break;
+                    }
+                    Wake::PollEnded { fast } => may_poll = !fast,
+                    Wake::PollFailed => {
+                        // The next check-in will say what is wrong, with its own evidence.
+                        self.conn = None;
+                        may_poll = false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_once(&mut self) -> Result<(), RunError> {
+        // Bounded: each round either delivers results or starts tasks; a server that keeps
+        // sending work would otherwise keep `--once` going forever.
+        for _ in 0..16 {
+            let more = self.checkin().await.map_err(RunError::CheckinFailed)?;
+            if self.tasks.is_empty() && !more {
+                return Ok(());
+            }
+            while let Some(done) = self.tasks.join_next_with_id().await {
+                self.task_done(Some(done));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop: kill running tasks (they write their results), report queued ones as not run,
+    /// save the state.
+    async fn stop(&mut self) {
+        while let Some(t) = self.queued.pop_front() {
+            self.store_result(not_run(
+                t.task_id,
+                "the agent stopped before this task could start; it was not run",
+            ));
+            self.mark_finished(t.task_id);
+        }
+        if !self.tasks.is_empty() {
+            tracing::info!(
+                id = ids::STOPPED,
+                "stopping: {} running task(s) are killed and reported as interrupted",
+                self.tasks.len()
+            );
+            let _ = self.cancel.send(true);
+            let deadline = Instant::now() + STOP_GRACE;
+            while !self.tasks.is_empty() {
+                match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                    Ok(done) => self.task_done(done),
+                    Err(_) => break,
+                }
+            }
+        } else {
+            tracing::info!(id = ids::STOPPED, "stopping");
+        }
+        self.save_state();
+    }
+
+    fn next_interval(&self) -> Duration {
+        jittered(
+            self.settings.checkin_interval_secs,
+            self.settings.jitter_percent,
+            random_unit(),
+        )
+    }
+
+    fn backoff(&self) -> Duration {
+        backoff_delay(
+            self.state.consecutive_failures,
+            self.settings.checkin_interval_secs,
+            random_unit(),
+        )
+    }
+
+    fn config_version(&self) -> u64 {
+        self.config.as_ref().map_or(0, |c| c.version)
+    }
+
+    /// One check-in against the servers of the profile, in order. `Ok(true)` asks for another
+    /// one right away (more results to deliver, inventory asked for).
+    async fn checkin(&mut self) -> Result<bool, Fault> {
+        let now = OffsetDateTime::now_utc();
+        self.state.last_attempt_at = Some(rfc3339(now));
+        let inv = inventory::collect();
+        let hash = inventory::hash(&inv);
+        let reason = if self.inventory_requested {
+            Some("requested by the server")
+        } else if self.state.inventory_hash.as_deref() != Some(hash.as_str()) {
+            Some("changed")
+        } else if self.inventory_stale(now) {
+            Some("daily")
+        } else {
+            None
+        };
+        let (results, more_results) = self.pending_results();
+        let sent_ids: Vec<u64> = results.iter().map(|r| r.task_id).collect();
+        let mut request = CheckinRequest {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            config_version: self.config_version(),
+            inventory_hash: hash.clone(),
+            inventory: reason.is_some().then_some(inv),
+            results,
+            last_error: self.state.pending_error.clone(),
+            connection: ConnectionPath::Lan {
+                server: String::new(),
+            },
+        };
+
+        let (server, response) = match self.send_checkin(&mut request).await {
+            Ok(ok) => ok,
+            Err(fault) => {
+                self.state.consecutive_failures = self.state.consecutive_failures.saturating_add(1);
+                self.save_state();
+                return Err(fault);
+            }
+        };
+
+        let recovered = self.state.consecutive_failures > 0 || !self.connected_reported;
+        let moved = self.state.server.as_deref() != Some(server.as_str());
+        self.state.consecutive_failures = 0;
+        self.state.pending_error = None;
+        self.state.last_checkin_at = Some(rfc3339(OffsetDateTime::now_utc()));
+        self.state.connection = Some(request.connection.clone());
+        self.state.server = Some(server.clone());
+        self.state.device_id = Some(response.device_id.clone());
+        if recovered || moved {
+            tracing::info!(
+                id = ids::CONNECTED,
+                "connected to {server}, path lan (device {}, configuration version {})",
+                response.device_id,
+                self.config_version()
+            );
+            self.connected_reported = true;
+        }
+        if let Some(why) = reason {
+            self.state.inventory_hash = Some(hash.clone());
+            self.state.inventory_sent_at = self.state.last_checkin_at.clone();
+            tracing::info!(
+                id = ids::INVENTORY_SENT,
+                "inventory sent ({why}; hash {})",
+                hash.get(..16).unwrap_or(&hash)
+            );
+        }
+        // Asked for while we did not send it: send next time, which is right away.
+        self.inventory_requested = response.send_inventory && reason.is_none();
+
+        self.ack(&response.acked_results);
+        let unacked = sent_ids
+            .iter()
+            .any(|id| !response.acked_results.contains(id));
+        if let Some(config) = response.config {
+            self.apply_config(config);
+        }
+        self.check_cert_expiry();
+        self.accept_tasks(&response.tasks);
+        self.save_state();
+        // Another round now if results remain that did not fit, or inventory was asked for —
+        // but not when the server left results we just sent unacknowledged (it would only
+        // leave them again) or only started tasks (their completion wakes the loop).
+        Ok((more_results && !unacked) || self.inventory_requested)
+    }
+
+    async fn send_checkin(
+        &mut self,
+        request: &mut CheckinRequest,
+    ) -> Result<(String, CheckinResponse), Fault> {
+        let servers = self.profile.servers.clone();
+        // The server of the open connection first: it worked a moment ago.
+        let current = self.conn.as_ref().map(|c| c.host_port().to_owned());
+        let mut order: Vec<_> = servers.iter().collect();
+        if let Some(cur) = &current {
+            order.sort_by_key(|s| host_port(s) != *cur);
+        }
+        let mut last = None;
+        for server in order {
+            let hp = host_port(server);
+            request.connection = ConnectionPath::Lan { server: hp.clone() };
+            let reused = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.is_open() && c.host_port() == hp);
+            if !reused {
+                self.conn = None;
+            }
+            let mut attempt = self.post_checkin(server, request).await;
+            if reused && matches!(&attempt, Err(f) if f.is_stale_connection()) {
+                // The server closed the idle keep-alive connection: not a fault, reconnect.
+                self.conn = None;
+                attempt = self.post_checkin(server, request).await;
+            }
+            match attempt {
+                Ok(resp) => return Ok((server.base_url(), resp)),
+                Err(fault) => {
+                    self.conn = None;
+                    self.fault(&fault);
+                    last = Some(fault);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Fault::ConnectionFailed {
+            addr: String::new(),
+            reason: "the profile lists no server".to_owned(),
+        }))
+    }
+
+    async fn post_checkin(
+        &mut self,
+        server: &steward_proto::ServerEndpoint,
+        request: &CheckinRequest,
+    ) -> Result<CheckinResponse, Fault> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connector.connect(server).await?);
+        }
+        let timeout = self.connector.timeouts.request;
+        match self.conn.as_mut() {
+            Some(conn) => conn.post_json(paths::CHECKIN, request, timeout).await,
+            None => Err(Fault::ConnectionFailed {
+                addr: server.base_url(),
+                reason: "no connection".to_owned(),
+            }),
+        }
+    }
+
+    fn inventory_stale(&self, now: OffsetDateTime) -> bool {
+        let Some(sent) = self.state.inventory_sent_at.as_deref() else {
+            return true;
+        };
+        match OffsetDateTime::parse(sent, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => (now - t) >= INVENTORY_MAX_AGE,
+            Err(_) => true,
+        }
+    }
+
+    /// Results to send now (oldest first, within the byte budget) and whether more wait.
+    fn pending_results(&mut self) -> (Vec<TaskResult>, bool) {
+        let mut all = match self.outbox.load() {
+            Ok((results, quarantined)) => {
+                for q in quarantined {
+                    self.log_store_fault(&format!(
+                        "an outbox file could not be read and was moved to {}: {}",
+                        q.path, q.reason
+                    ));
+                }
+                results
+            }
+            Err(e) => {
+                self.log_store_fault(&format!("cannot read the outbox: {e}"));
+                Vec::new()
+            }
+        };
+        for r in &self.unsaved {
+            if !all.iter().any(|a| a.task_id == r.task_id) {
+                all.push(r.clone());
+            }
+        }
+        let mut used = 0usize;
+        let mut batch = Vec::new();
+        let total = all.len();
+        for r in all {
+            let size = r.output.len() + 256;
+            if !batch.is_empty() && used + size > RESULTS_BUDGET_BYTES {
+                break;
+            }
+            used += size;
+            batch.push(r);
+        }
+        let more = batch.len() < total;
+        (batch, more)
+    }
+
+    fn ack(&mut self, acked: &[u64]) {
+        if acked.is_empty() {
+            return;
+        }
+        self.unsaved.retain(|r| !acked.contains(&r.task_id));
+        match self.outbox.ack(acked) {
+            Ok(removed) => {
+                for id in removed {
+                    tracing::info!(
+                        id = ids::RESULT_ACKED,
+                        "result of task {id} committed by the server; removed from the outbox"
+                    );
+                }
+            }
+            Err(e) => self.log_store_fault(&format!(
+                "cannot remove acknowledged results from the outbox: {e} (they will be sent again; the server ignores copies)"
+            )),
+        }
+    }
+
+    fn apply_config(&mut self, config: AgentConfig) {
+        if Some(config.version) == self.config.as_ref().map(|c| c.version) {
+            return;
+        }
+        let connector = match net::check_profile(&config.profile)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                build_connector(&config.profile, &self.identity, &self.key_pem, &self.crls)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(c) => c,
+            Err(reason) => {
+                if self.rejected_config != Some(config.version) {
+                    let message = format!(
+                        "configuration version {} not applied, it would strand this agent: {reason}; keeping version {}",
+                        config.version,
+                        self.config_version()
+                    );
+                    tracing::warn!(id = ids::CONFIG_REJECTED, "{message}");
+                    self.set_pending(ids::CONFIG_REJECTED, message);
+                    self.rejected_config = Some(config.version);
+                }
+                return;
+            }
+        };
+        if let Err(e) = self.dir.store_config(&config) {
+            // Not applied either: the version the server sees must be the one on disk, or a
+            // restart would silently go back to the old one.
+            self.log_store_fault(&format!(
+                "cannot store configuration version {}: {e}",
+                config.version
+            ));
+            return;
+        }
+        let profile_changed = config.profile != self.profile;
+        if profile_changed {
+            self.connector = connector;
+            // The open connection was made under the old profile's trust; the next request
+            // must prove the new one works.
+            self.conn = None;
+        }
+        self.settings = effective_settings(&config.settings);
+        self.profile = config.profile.clone();
+        self.rejected_config = None;
+        self.state.config_version = config.version;
+        let servers: Vec<String> = config.profile.servers.iter().map(host_port).collect();
+        tracing::info!(
+            id = ids::CONFIG_UPDATED,
+            "configuration version {} applied: profile version {} (servers {}; {} trust anchor(s)), check-in every {} s ±{}%, {} policy(ies)",
+            config.version,
+            config.profile.version,
+            servers.join(", "),
+            config.profile.trust_anchors_pem.len(),
+            self.settings.checkin_interval_secs,
+            self.settings.jitter_percent,
+            config.policies.len()
+        );
+        self.config = Some(config);
+    }
+
+    /// Take the tasks of a check-in: record each durably (before it can run, and before a
+    /// crash could make it look never received), then queue it.
+    fn accept_tasks(&mut self, tasks: &[TaskAssignment]) {
+        for t in tasks {
+            if self.executed.contains(t.task_id)
+                || self.queued.iter().any(|q| q.task_id == t.task_id)
+                || self.outbox.contains(t.task_id)
+            {
+                // Delivered again (a server may re-deliver a task with no committed result):
+                // it is running, queued, or its result is on the way; or it was interrupted,
+                // which the start-up check already reported. Never a second run.
+                continue;
+            }
+            if let Err(e) = self.executed.record(t.task_id) {
+                // Without the mark a crash could run it twice, so it does not run at all; the
+                // failure goes to the server as a result, so the task does not hang.
+                let message = format!("cannot record task {} before running it: {e}", t.task_id);
+                self.log_store_fault(&message);
+                self.store_result(not_run(t.task_id, &message));
+                continue;
+            }
+            self.queued.push_back(t.clone());
+        }
+        self.launch_queued();
+    }
+
+    /// Start queued tasks while fewer than [`MAX_CONCURRENT_TASKS`] run.
+    fn launch_queued(&mut self) {
+        while self.running.len() < MAX_CONCURRENT_TASKS {
+            let Some(t) = self.queued.pop_front() else {
+                return;
+            };
+            tracing::info!(
+                id = ids::TASK_STARTED,
+                "task {} started: {} with {} argument(s), timeout {} s",
+                t.task_id,
+                t.command,
+                t.args.len(),
+                t.timeout_secs
+            );
+            let task_id = t.task_id;
+            let outbox = self.outbox.clone();
+            let max = usize::try_from(self.settings.task_output_max_bytes).unwrap_or(usize::MAX);
+            let mut cancel = self.cancel.subscribe();
+            let handle = self.tasks.spawn(async move {
+                let stop = async move {
+                    let _ = cancel.wait_for(|stop| *stop).await;
+                };
+                let result = task::run(&t, max, stop).await;
+                // Durable before anything else: from here on the result survives a crash.
+                let saved = outbox.put(&result);
+                log_finished(&result, saved.as_ref().err());
+                result
+            });
+            self.running.insert(handle.id(), task_id);
+        }
+    }
+
+    /// At start: tasks recorded as started whose result never reached the outbox were cut off
+    /// by a crash (or were waiting to run). They are reported as failed, never run again.
+    fn report_interrupted(&mut self) {
+        for id in self.executed.unfinished() {
+            if !self.outbox.contains(id) {
+                tracing::warn!(
+                    id = ids::TASK_SKIPPED,
+                    "task {id} was started (or waiting to start) when the agent last stopped, and its result was never recorded; not run again, reported as failed"
+                );
+                self.store_result(not_run(
+                    id,
+                    "the agent stopped while this task was running or waiting to run, before its result was recorded; it was not run again (tasks run at most once) — check the device and run it again if needed",
+                ));
+            }
+            self.mark_finished(id);
+        }
+    }
+
+    /// Put a result in the outbox, or keep it in memory when the disk refuses.
+    fn store_result(&mut self, result: TaskResult) {
+        if let Err(e) = self.outbox.put(&result) {
+            self.log_store_fault(&format!(
+                "cannot store the result of task {}: {e}; kept in memory until acknowledged",
+                result.task_id
+            ));
+            self.unsaved.push(result);
+        }
+    }
+
+    fn mark_finished(&mut self, id: u64) {
+        if let Err(e) = self.executed.finish(id) {
+            // Harmless beyond the log line: at the next start the task would be reported as
+            // interrupted, and the server keeps the first result it got.
+            self.log_store_fault(&format!("cannot record that task {id} finished: {e}"));
+        }
+    }
+
+    fn task_done(&mut self, done: Option<Joined>) {
+        let Some(done) = done else {
+            return;
+        };
+        let (handle, outcome) = match done {
+            Ok((handle, result)) => (handle, Ok(result)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let task_id = self.running.remove(&handle);
+        match outcome {
+            Ok(result) => {
+                let id = result.task_id;
+                if !self.outbox.contains(id) {
+                    // The write failed (already logged): keep it in memory, send it anyway.
+                    self.unsaved.push(result);
+                }
+                self.mark_finished(id);
+            }
+            Err(e) => {
+                if let Some(id) = task_id {
+                    self.store_result(not_run(id, &format!("the task runner failed: {e}")));
+                    self.mark_finished(id);
+                }
+            }
+        }
+        self.launch_queued();
+    }
+
+    fn check_cert_expiry(&mut self) {
+        let Ok(certs) = net::parse_certs(&self.identity.cert_pem) else {
+            return;
+        };
+        let Some(facts) = certs.first().and_then(|c| CertFacts::from_der(c).ok()) else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let days = (facts.not_after - now).whole_days();
+        if days >= CERT_WARNING_DAYS {
+            return;
+        }
+        let warned_recently = self
+            .state
+            .cert_warned_at
+            .as_deref()
+            .and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| (now - t) < INVENTORY_MAX_AGE);
+        if warned_recently {
+            return;
+        }
+        let message = if facts.not_after <= now {
+            format!(
+                "this agent's certificate ({}) expired at {}: the server will refuse it; enroll again with a new package",
+                facts.subject,
+                rfc3339(facts.not_after)
+            )
+        } else {
+            format!(
+                "this agent's certificate ({}) expires at {} ({days} day(s)); enroll again with a new package before then",
+                facts.subject,
+                rfc3339(facts.not_after)
+            )
+        };
+        tracing::warn!(id = ids::CERT_EXPIRING, "{message}");
+        self.set_pending(ids::CERT_EXPIRING, message);
+        self.state.cert_warned_at = Some(rfc3339(now));
+    }
+
+    fn fault(&mut self, fault: &Fault) {
+        tracing::error!(id = fault.id(), "{fault}");
+        let e = fault.to_agent_error(OffsetDateTime::now_utc());
+        self.record_error(e);
+    }
+
+    fn log_store_fault(&mut self, message: &str) {
+        tracing::error!(id = ids::STORE_FAILED, "{message}");
+        self.set_pending(ids::STORE_FAILED, message.to_owned());
+    }
+
+    fn set_pending(&mut self, id: &str, message: String) {
+        self.record_error(AgentError {
+            id: id.to_owned(),
+            message,
+            at: rfc3339(OffsetDateTime::now_utc()),
+        });
+    }
+
+    fn record_error(&mut self, e: AgentError) {
+        self.state.last_error = Some(e.clone());
+        self.state.pending_error = Some(e);
+        self.connected_reported = false;
+    }
+
+    fn save_state(&mut self) {
+        self.state.updated_at = Some(rfc3339(OffsetDateTime::now_utc()));
+        if let Err(e) = self.dir.store_state(&self.state) {
+            // Logged only: the state file is for `status`; the agent goes on without it.
+            tracing::error!(id = ids::STORE_FAILED, "cannot write the state file: {e}");
+        }
+    }
+}
+
+/// A failed result for a task that did not (fully) run, explaining why in its output.
+fn not_run(task_id: u64, why: &str) -> TaskResult {
+    let now = rfc3339(OffsetDateTime::now_utc());
+    TaskResult {
+        task_id,
+        outcome: steward_proto::TaskOutcome::Failed,
+        exit_code: None,
+        output: format!("[steward-agent: {why}]\n"),
+        truncated: false,
+        started_at: now.clone(),
+        finished_at: now,
+    }
+}
+
+fn log_finished(result: &TaskResult, save_error: Option<&StoreError>) {
+    let outcome = match result.outcome {
+        steward_proto::TaskOutcome::Succeeded => "succeeded",
+        steward_proto::TaskOutcome::Failed => "failed",
+        steward_proto::TaskOutcome::TimedOut => "timed out",
+    };
+    let exit = result
+        .exit_code
+        .map_or_else(|| "no exit code".to_owned(), |c| format!("exit code {c}"));
+    match save_error {
+        None => tracing::info!(
+            id = ids::TASK_FINISHED,
+            "task {} {outcome} ({exit}, {} byte(s) of output{}); result stored in the outbox",
+            result.task_id,
+            result.output.len(),
+            if result.truncated { ", truncated" } else { "" }
+        ),
+        Some(e) => tracing::error!(
+            id = ids::STORE_FAILED,
+            "task {} {outcome} ({exit}) but its result could not be stored: {e}; kept in memory until acknowledged",
+            result.task_id
+        ),
+    }
+}
+
+async fn long_poll(
+    conn: &mut Option<Connection>,
+    config_version: u64,
+    remaining: Duration,
+) -> Result<Option<steward_proto::WakeUp>, ()> {
+    let Some(c) = conn.as_mut() else {
+        return Err(());
+    };
+    match c.wait(config_version, remaining).await {
+        Ok(w) => Ok(w),
+        Err(Fault::Timeout { .. }) if !c.is_open() => {
+            // Our own deadline (the check-in is due), not a fault; the connection is spent.
+            Err(())
+        }
+        Err(f) => {
+            tracing::debug!(id = f.id(), "long-poll ended: {f}");
+            Err(())
+        }
+    }
+}
+
+fn host_port(s: &steward_proto::ServerEndpoint) -> String {
+    if s.host.contains(':') && !s.host.starts_with('[') {
+        format!("[{}]:{}", s.host, s.port)
+    } else {
+        format!("{}:{}", s.host, s.port)
+    }
+}
+
+fn build_connector(
+    profile: &CommunicationProfile,
+    identity: &Identity,
+    key_pem: &str,
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<Connector, RunError> {
+    let id = ClientIdentity::from_pem(&identity.cert_pem, &identity.chain_pem, key_pem).map_err(
+        |e: IdentityError| RunError::Identity(format!("{e} (files identity.json and agent.key)")),
+    )?;
+    Connector::new(profile, Some(id), crls.to_vec()).map_err(|e| RunError::Identity(e.to_string()))
+}
+
+/// The interval ± `jitter_percent`, placed by `r` (uniform in [0, 1)).
+fn jittered(interval_secs: u64, jitter_percent: u8, r: f64) -> Duration {
+    let base = interval_secs as f64;
+    let spread = f64::from(jitter_percent) / 100.0;
+    let factor = 1.0 + spread * (2.0 * r - 1.0);
+    Duration::from_secs_f64((base * factor).max(1.0))
+}
+
+/// The wait after the `failures`-th failure in a row: 2 s doubling, capped at the interval,
+/// between half and all of that step (placed by `r`) so a fleet that lost its server does not
+/// come back in lock-step, and never an immediate retry.
+fn backoff_delay(failures: u32, cap_secs: u64, r: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let full = (2.0 * f64::from(1u32 << exp)).min(cap_secs as f64);
+    Duration::from_secs_f64(full * (0.5 + 0.5 * r))
+}
+
+/// A uniform random number in [0, 1), for jitter (not for secrets).
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_stay_within_the_jitter() {
+        assert_eq!(jittered(60, 10, 0.0), Duration::from_secs(54));
+        assert_eq!(jittered(60, 10, 0.5), Duration::from_secs(60));
+        assert!(jittered(60, 10, 0.999_999) <= Duration::from_secs(66));
+        assert_eq!(jittered(60, 0, 0.9), Duration::from_secs(60));
+        for _ in 0..1000 {
+            let d = jittered(60, 10, random_unit());
+            assert!(
+                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped_by_the_interval() {
+        let top = |n| backoff_delay(n, 60, 1.0);
+        assert_eq!(top(1), Duration::from_secs(2));
+        assert_eq!(top(2), Duration::from_secs(4));
+        assert_eq!(top(5), Duration::from_secs(32));
+        assert_eq!(top(6), Duration::from_secs(60));
+        assert_eq!(top(u32::MAX), Duration::from_secs(60));
+        assert_eq!(backoff_delay(1, 60, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff_delay(40, 60, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn settings_are_kept_sane() {
+        let wild = AgentSettings {
+            checkin_interval_secs: 0,
+            jitter_percent: 250,
+            long_poll_secs: 0,
+            task_output_max_bytes: u64::MAX,
+        };
+        let s = effective_settings(&wild);
+        assert_eq!(s.checkin_interval_secs, 5);
+        assert_eq!(s.jitter_percent, 50);
+        assert_eq!(s.long_poll_secs, 1);
+        assert_eq!(s.task_output_max_bytes, 1024 * 1024);
+        let d = AgentSettings::default();
+        assert_eq!(effective_settings(&d), d);
+    }
+}
