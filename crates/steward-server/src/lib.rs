@@ -16,6 +16,8 @@
 
 mod admin;
 mod agent;
+#[cfg(test)]
+mod checkin_writes;
 mod config;
 mod config_check;
 mod console;

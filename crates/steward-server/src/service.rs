@@ -910,8 +910,14 @@ impl Service {
                 .save_config_acked(&device.id, req.config_version)
                 .await?;
         }
-        let tasks = if self.store.has_pending_tasks(&device.id).await? {
-            self.store.take_pending_tasks(&device.id, now).await?
+        // Tasks still running are sent again once a check-in interval has passed since their
+        // last delivery, in case that answer never reached the agent (the agent skips tasks it
+        // already has). The existence probe keeps an unchanged check-in free of writes.
+        let interval = i64::try_from(config.settings.checkin_interval_secs).unwrap_or(i64::MAX);
+        let tasks = if self.store.has_open_tasks(&device.id).await? {
+            self.store
+                .take_tasks(&device.id, now, now.saturating_sub(interval))
+                .await?
         } else {
             Vec::new()
         };

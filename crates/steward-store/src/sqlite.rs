@@ -29,8 +29,8 @@ use steward_proto::admin::{DeviceTaskState, TaskState};
 use steward_proto::{AgentError, Inventory, TaskAssignment, TaskResult};
 
 use crate::{
-    Admin, Device, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Result, Seen,
-    SeenBuffer, Store, StoreError, TaskRecord, TokenCheck, parse_state, state_str,
+    Admin, Device, ImportedDevice, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord,
+    Result, Seen, SeenBuffer, Store, StoreError, TaskRecord, TokenCheck, parse_state, state_str,
 };
 
 /// How long a statement waits for a lock held by another connection or process.
@@ -48,13 +48,27 @@ pub struct SqliteStore {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(migrations())
+}
+
+/// The embedded schema migrations, oldest first.
+fn migrations() -> Vec<Migration> {
+    vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("device seen"),
+            MigrationType::Simple,
+            include_str!("../migrations/0002_device_seen.sql").into_sql_str(),
+            false,
+        ),
+    ]
 }
 
 fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
@@ -81,11 +95,46 @@ fn i64_arg(what: &'static str, v: u64) -> Result<i64> {
 }
 
 /// The columns of [`Device`], as a macro so queries stay `&'static str` (sqlx's injection guard).
+/// Select them [`device_from!`].
 macro_rules! device_cols {
     () => {
         "id, name, cert_serial, cert_sha256, tags, created_at, last_seen, connection_path, \
          last_error, config_version_acked, os, inventory_hash, inventory_at, revoked"
     };
+}
+
+/// Where [`device_cols!`] come from: the device and its flushed last-seen (a narrow table of
+/// its own, so that the batched last-seen flush dirties few pages; migration 0002).
+macro_rules! device_from {
+    () => {
+        " FROM devices LEFT JOIN device_seen ON device_seen.device_id = devices.id"
+    };
+}
+
+// The reads of every check-in. Their cost must not grow with the number of devices: each is a
+// probe of an index (the primary key's, `task_devices_by_device_state`), never a scan; the
+// test `checkin_queries_probe_indexes` holds them to that with EXPLAIN QUERY PLAN.
+
+/// One device by ID (the check-in's identity look-up).
+const DEVICE_BY_ID: &str = concat!("SELECT ", device_cols!(), device_from!(), " WHERE id = ?");
+/// Whether a task is pending for a device (asked on every check-in and long-poll).
+const HAS_PENDING_TASK: &str =
+    "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1";
+const HAS_OPEN_TASK: &str =
+    "SELECT 1 FROM task_devices WHERE device_id = ? AND state IN ('pending', 'running') LIMIT 1";
+/// One device's last-seen write, repeated for each device in a batched flush: the newer time
+/// wins, a path-less sighting keeps the stored path. A device that does not exist (any more) is
+/// skipped rather than failing the whole batch on the foreign key.
+const FLUSH_SEEN_ONE: &str = "INSERT INTO device_seen (device_id, last_seen, connection_path) \
+     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?1) \
+     ON CONFLICT (device_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
+     connection_path = COALESCE(excluded.connection_path, connection_path)";
+
+/// `OS name version` as shown in the console, from an inventory.
+fn os_of(inventory: &Inventory) -> String {
+    format!("{} {}", inventory.os_name, inventory.os_version)
+        .trim()
+        .to_owned()
 }
 
 impl SqliteStore {
@@ -140,8 +189,82 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
+    /// Rows inserted, updated or deleted through this store since it was opened: SQLite's
+    /// `total_changes()` on the single writer connection, which every write goes through. It
+    /// counts a row an `UPDATE` matched even when the values did not change (which SQLite may
+    /// not even write to disk), so tests can hold the check-in of an unchanged agent to "no
+    /// write statement at all".
+    pub async fn total_changes(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT total_changes()")
+            .fetch_one(&self.writer)
+            .await?)
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Inserts many devices, with the state their check-ins would have left, in one
+    /// transaction: all of them or none. For moving a fleet from another server and for
+    /// benchmarks that need a large fleet quickly (one commit instead of one per enrollment).
+    ///
+    /// The rows go through the same table, indexes and constraints as an enrollment: a device
+    /// imported here is found, checked in and flushed exactly like an enrolled one. No
+    /// enrollment token is consumed. An ID already present fails the whole import with
+    /// [`StoreError::Exists`]. Returns how many devices were inserted.
+    pub async fn import_devices(&self, devices: &[ImportedDevice]) -> Result<usize> {
+        let mut tx = self.begin().await?;
+        for d in devices {
+            let (inventory, hash) = match &d.inventory {
+                Some((inv, hash)) => (Some(inv), Some(hash.as_str())),
+                None => (None, None),
+            };
+            let done = sqlx::query(
+                "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at, \
+                 config_version_acked, os, inventory, inventory_hash, inventory_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&d.device.id)
+            .bind(&d.device.name)
+            .bind(&d.device.cert_serial)
+            .bind(&d.device.cert_sha256)
+            .bind(to_json("devices.tags", &d.device.tags)?)
+            .bind(d.device.created_at)
+            .bind(i64_arg(
+                "devices.config_version_acked",
+                d.config_version_acked,
+            )?)
+            .bind(inventory.map(os_of))
+            .bind(
+                inventory
+                    .map(|i| to_json("devices.inventory", i))
+                    .transpose()?,
+            )
+            .bind(hash)
+            .bind(d.inventory_at)
+            .execute(&mut *tx)
+            .await;
+            match done {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    return Err(StoreError::Exists(format!("device {}", d.device.id)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(at) = d.last_seen {
+                sqlx::query(
+                    "INSERT INTO device_seen (device_id, last_seen, connection_path) \
+                     VALUES (?, ?, ?)",
+                )
+                .bind(&d.device.id)
+                .bind(at)
+                .bind(d.connection_path.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(devices.len())
     }
 }
 
@@ -396,14 +519,10 @@ impl Store for SqliteStore {
     }
 
     async fn device(&self, id: &str) -> Result<Option<Device>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            device_cols!(),
-            " FROM devices WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(DEVICE_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
         row.map(|r| device_from_row(&r, &self.seen)).transpose()
     }
 
@@ -411,7 +530,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             device_cols!(),
-            " FROM devices ORDER BY name, id"
+            device_from!(),
+            " ORDER BY name, id"
         ))
         .fetch_all(&self.reader)
         .await?;
@@ -424,7 +544,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             device_cols!(),
-            " FROM devices WHERE name = ? COLLATE NOCASE ORDER BY created_at, id"
+            device_from!(),
+            " WHERE name = ? COLLATE NOCASE ORDER BY created_at, id"
         ))
         .bind(name)
         .fetch_all(&self.reader)
@@ -452,9 +573,7 @@ impl Store for SqliteStore {
         hash: &str,
         now: i64,
     ) -> Result<()> {
-        let os = format!("{} {}", inventory.os_name, inventory.os_version)
-            .trim()
-            .to_owned();
+        let os = os_of(inventory);
         // An empty host name would leave the device nameless in the console; keep the old one.
         sqlx::query(
             "UPDATE devices SET inventory = ?, inventory_hash = ?, inventory_at = ?, os = ?, \
@@ -500,23 +619,25 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let write = async {
+            // In key order: consecutive rows share pages, so each page is read and written once.
+            let mut rows: Vec<(&String, &Seen)> = taken.iter().collect();
+            rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut tx = self.begin().await?;
-            for (id, seen) in &taken {
-                sqlx::query(
-                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?), \
-                     connection_path = COALESCE(?, connection_path) WHERE id = ?",
-                )
-                .bind(seen.at)
-                .bind(seen.connection_path.as_deref())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            let mut written = 0;
+            for (id, seen) in rows {
+                written += sqlx::query(FLUSH_SEEN_ONE)
+                    .bind(id)
+                    .bind(seen.at)
+                    .bind(seen.connection_path.as_deref())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
             tx.commit().await?;
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(usize::try_from(written).unwrap_or(usize::MAX))
         };
         match write.await {
-            Ok(()) => Ok(taken.len()),
+            Ok(written) => Ok(written),
             Err(e) => {
                 self.seen.restore(taken);
                 Err(e)
@@ -565,23 +686,36 @@ impl Store for SqliteStore {
     }
 
     async fn has_pending_tasks(&self, device_id: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1",
-        )
-        .bind(device_id)
-        .fetch_optional(&self.reader)
-        .await?;
+        let found: Option<i64> = sqlx::query_scalar(HAS_PENDING_TASK)
+            .bind(device_id)
+            .fetch_optional(&self.reader)
+            .await?;
         Ok(found.is_some())
     }
 
-    async fn take_pending_tasks(&self, device_id: &str, now: i64) -> Result<Vec<TaskAssignment>> {
+    async fn has_open_tasks(&self, device_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(HAS_OPEN_TASK)
+            .bind(device_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn take_tasks(
+        &self,
+        device_id: &str,
+        now: i64,
+        redeliver_before: i64,
+    ) -> Result<Vec<TaskAssignment>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "SELECT t.id, t.command, t.args, t.timeout_secs FROM task_devices td \
              JOIN tasks t ON t.id = td.task_id \
-             WHERE td.device_id = ? AND td.state = 'pending' ORDER BY t.id",
+             WHERE td.device_id = ? AND (td.state = 'pending' \
+                OR (td.state = 'running' AND td.delivered_at <= ?)) ORDER BY t.id",
         )
         .bind(device_id)
+        .bind(redeliver_before)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -602,10 +736,12 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         sqlx::query(
             "UPDATE task_devices SET state = 'running', delivered_at = ? \
-             WHERE device_id = ? AND state = 'pending'",
+             WHERE device_id = ? AND (state = 'pending' \
+                OR (state = 'running' AND delivered_at <= ?))",
         )
         .bind(now)
         .bind(device_id)
+        .bind(redeliver_before)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -888,5 +1024,151 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await?
             .rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, one line per step (`SEARCH devices USING INDEX ...`).
+    async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind("device-id")
+            .bind("x")
+            .bind("device-id")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect()
+    }
+
+    /// A database made by the first schema keeps its devices' last-seen times and paths
+    /// through migration 0002, which moves them to `device_seen`.
+    #[tokio::test]
+    async fn migration_2_moves_last_seen_out_of_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steward.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            Migrator::with_migrations(migrations().into_iter().take(1).collect())
+                .run(&pool)
+                .await
+                .unwrap();
+            for (id, seen, path) in [
+                ("a", Some(1_700_000_000_i64), Some("lan via s:4726")),
+                ("b", None, None),
+            ] {
+                sqlx::query(
+                    "INSERT INTO devices (id, name, cert_serial, cert_sha256, created_at, \
+                     last_seen, connection_path) VALUES (?, ?, 'S', 'H', 1, ?, ?)",
+                )
+                .bind(id)
+                .bind(format!("host-{id}"))
+                .bind(seen)
+                .bind(path)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let a = store.device("a").await.unwrap().unwrap();
+        assert_eq!(a.last_seen, Some(1_700_000_000));
+        assert_eq!(a.connection_path.as_deref(), Some("lan via s:4726"));
+        let b = store.device("b").await.unwrap().unwrap();
+        assert_eq!((b.last_seen, b.connection_path), (None, None));
+        // The old columns are gone, so nothing can read a stale copy.
+        let cols: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('devices')")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        assert!(
+            !cols
+                .iter()
+                .any(|c| c == "last_seen" || c == "connection_path"),
+            "{cols:?}"
+        );
+        // Sightings of a device that does not exist are dropped, not a failed batch.
+        for id in ["b", "ghost"] {
+            store.note_seen(
+                id,
+                Seen {
+                    at: 1_700_000_100,
+                    connection_path: None,
+                },
+            );
+        }
+        assert_eq!(store.flush_seen().await.unwrap(), 1);
+        assert!(store.seen.is_empty());
+        let b = store.device("b").await.unwrap().unwrap();
+        assert_eq!(b.last_seen, Some(1_700_000_100));
+        store.close().await;
+    }
+
+    /// The per-check-in reads and the per-device flush statement each probe one index: a
+    /// SCAN here would make every check-in cost grow with the number of devices.
+    #[tokio::test]
+    async fn checkin_queries_probe_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("steward.db"))
+            .await
+            .unwrap();
+        // No ANALYZE statistics, as on a fresh server: the planner must pick the index alone.
+        let devices_pk = "SEARCH devices USING INDEX sqlite_autoindex_devices_1 (id=?)";
+        let devices_exists =
+            "SEARCH devices EXISTS USING COVERING INDEX sqlite_autoindex_devices_1 (id=?)";
+        let seen_pk = "SEARCH device_seen USING PRIMARY KEY (device_id=?) LEFT-JOIN";
+        for (sql, probes) in [
+            (DEVICE_BY_ID, vec![devices_pk, seen_pk]),
+            (
+                HAS_PENDING_TASK,
+                vec![
+                    "SEARCH task_devices USING COVERING INDEX task_devices_by_device_state \
+                     (device_id=? AND state=?)",
+                ],
+            ),
+            (
+                HAS_OPEN_TASK,
+                vec![
+                    "SEARCH task_devices USING COVERING INDEX task_devices_by_device_state \
+                     (device_id=? AND state=?)",
+                ],
+            ),
+            // The upsert's own conflict check is not part of the plan; the guard is.
+            (FLUSH_SEEN_ONE, vec![devices_exists]),
+        ] {
+            let steps = plan(&store, sql).await;
+            // Every step that reads a table is one of the expected index probes; other steps
+            // only name subqueries.
+            let reads: Vec<&String> = steps
+                .iter()
+                .filter(|s| s.starts_with("SEARCH") || s.starts_with("SCAN"))
+                .collect();
+            assert_eq!(
+                reads.len(),
+                probes.len(),
+                "{sql}: plan {steps:?}, expected {probes:?}"
+            );
+            for (step, probe) in reads.iter().zip(&probes) {
+                assert_eq!(step.as_str(), *probe, "{sql}: plan {steps:?}");
+            }
+            assert!(
+                !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+                "{sql}: sorts: {steps:?}"
+            );
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use steward_proto::admin::TaskState;
 use steward_proto::{AgentError, Inventory, TaskOutcome, TaskResult};
 use steward_store::{
-    NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Seen, SqliteStore, Store,
-    StoreError, TokenCheck,
+    ImportedDevice, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Seen, SqliteStore,
+    Store, StoreError, TokenCheck,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -212,6 +212,119 @@ async fn last_seen_is_kept_in_memory_merged_on_read_and_flushed_in_one_go() {
     );
 }
 
+/// SQLite's `PRAGMA data_version` on a connection of its own: it changes exactly when another
+/// connection (the store's writer) commits, so equal values before and after mean nothing was
+/// written in between.
+async fn data_version(observer: &mut sqlx::SqliteConnection) -> i64 {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(observer)
+        .await
+        .unwrap()
+}
+
+async fn observer(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("steward.db")),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_reads_of_an_unchanged_checkin_commit_nothing_until_the_batched_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    enrolled(&store, &["a", "b"]).await;
+    let mut obs = observer(&dir).await;
+    let before = data_version(&mut obs).await;
+    let changes = store.total_changes().await.unwrap();
+    // What the service does for an unchanged agent: look the device up, note it seen, ask for
+    // pending tasks. Many times, for both devices.
+    for i in 0..50 {
+        for id in ["a", "b"] {
+            assert!(store.device(id).await.unwrap().is_some());
+            store.note_seen(
+                id,
+                Seen {
+                    at: NOW + i,
+                    connection_path: Some("lan via s:4726".into()),
+                },
+            );
+            assert!(!store.has_pending_tasks(id).await.unwrap());
+        }
+    }
+    assert_eq!(store.total_changes().await.unwrap(), changes);
+    assert_eq!(
+        data_version(&mut obs).await,
+        before,
+        "a check-in's reads or note_seen committed a write"
+    );
+    // The control: the batched flush is one commit of one row per device, and both see it.
+    assert_eq!(store.flush_seen().await.unwrap(), 2);
+    assert_eq!(store.total_changes().await.unwrap(), changes + 2);
+    assert_ne!(data_version(&mut obs).await, before);
+}
+
+fn imported(id: &str, name: &str) -> ImportedDevice {
+    ImportedDevice {
+        device: device(id, name),
+        config_version_acked: 42,
+        inventory: Some((
+            Inventory {
+                hostname: name.into(),
+                os_name: "Debian GNU/Linux".into(),
+                os_version: "13".into(),
+                kernel: "6.12".into(),
+                cpu_model: "cpu".into(),
+                cpu_count: 2,
+                memory_total_bytes: 1 << 30,
+                disks: vec![],
+                interfaces: vec![],
+                agent_version: "0.1.0".into(),
+            },
+            "H".into(),
+        )),
+        inventory_at: Some(NOW - 10),
+        last_seen: Some(NOW - 5),
+        connection_path: Some("lan via s:4726".into()),
+    }
+}
+
+#[tokio::test]
+async fn imported_devices_are_stored_like_enrolled_ones_all_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let n = store
+        .import_devices(&[imported("a", "host-a"), imported("b", "host-b")])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let a = store.device("a").await.unwrap().unwrap();
+    assert_eq!(a.name, "host-a");
+    assert_eq!(a.config_version_acked, 42);
+    assert_eq!(a.inventory_hash.as_deref(), Some("H"));
+    assert_eq!(a.os.as_deref(), Some("Debian GNU/Linux 13"));
+    assert_eq!(a.last_seen, Some(NOW - 5));
+    assert_eq!(a.tags, vec!["lab".to_owned()]);
+    assert_eq!(
+        store.device_inventory("a").await.unwrap().unwrap().hostname,
+        "host-a"
+    );
+    assert_eq!(store.devices_named("HOST-B").await.unwrap().len(), 1);
+    // A collision fails the whole import: "c" is not inserted either.
+    let err = store
+        .import_devices(&[imported("c", "host-c"), imported("a", "again")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Exists(ref m) if m.contains('a')),
+        "{err}"
+    );
+    assert!(store.device("c").await.unwrap().is_none());
+    assert_eq!(store.devices().await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn results_are_stored_once_and_acknowledged_every_time() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,11 +345,34 @@ async fn results_are_stored_once_and_acknowledged_every_time() {
         .await
         .unwrap();
     assert!(store.has_pending_tasks("a").await.unwrap());
-    let taken = store.take_pending_tasks("a", NOW).await.unwrap();
+    assert!(store.has_open_tasks("a").await.unwrap());
+    let taken = store.take_tasks("a", NOW, NOW - 60).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].args, vec!["hi".to_owned()]);
     assert!(!store.has_pending_tasks("a").await.unwrap());
-    assert!(store.take_pending_tasks("a", NOW).await.unwrap().is_empty());
+    // Delivered but without a result: still open, not re-sent within the interval...
+    assert!(store.has_open_tasks("a").await.unwrap());
+    assert!(
+        store
+            .take_tasks("a", NOW + 10, NOW + 10 - 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...and re-sent once the interval has passed since its delivery (a lost answer).
+    let again = store.take_tasks("a", NOW + 61, NOW + 1).await.unwrap();
+    assert_eq!(
+        again.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    assert!(
+        store
+            .take_tasks("a", NOW + 62, NOW + 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "spaced by its new delivery time"
+    );
 
     let first = result(id, TaskOutcome::Succeeded, "hi\n");
     assert_eq!(
@@ -412,7 +548,7 @@ async fn kill_9_child() {
         )
         .await
         .unwrap();
-    store.take_pending_tasks("a", NOW).await.unwrap();
+    store.take_tasks("a", NOW, NOW - 60).await.unwrap();
     let acked = store
         .commit_results("a", &[result(id, TaskOutcome::Succeeded, "done")], NOW)
         .await
