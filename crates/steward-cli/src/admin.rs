@@ -49,6 +49,17 @@ pub(crate) struct Admin {
 }
 
 impl Conn {
+    /// Connect as the local admin of the server whose data directory this is.
+    pub(crate) fn for_data_dir(dir: &Path) -> Self {
+        Conn {
+            server: None,
+            user: "admin".into(),
+            password_file: None,
+            ca: None,
+            data_dir: Some(dir.to_path_buf()),
+        }
+    }
+
     /// Resolve the connection and log in.
     pub(crate) async fn connect(&self) -> anyhow::Result<Admin> {
         let data_dir = self.data_dir.as_deref();
@@ -170,7 +181,7 @@ fn describe(e: reqwest::Error, base: &str) -> anyhow::Error {
 }
 
 impl Admin {
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         send(
             self.http
                 .get(format!("{}{path}", self.base))
@@ -180,7 +191,7 @@ impl Admin {
         .await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,

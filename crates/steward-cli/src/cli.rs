@@ -21,8 +21,15 @@ enum Command {
     /// Diagnose: every check names its fault by a stable ID, with evidence and a fix.
     #[command(subcommand)]
     Doctor(Doctor),
-    /// Build a sample platform PKI in a temporary directory and check its certificates.
-    Demo(DemoArgs),
+    /// Start a server and three agents on loopback in a temporary directory (Ctrl-C stops
+    /// all); `steward demo cert` checks a sample PKI's certificates instead.
+    Demo {
+        #[command(subcommand)]
+        what: Option<DemoWhat>,
+        /// Keep the demo's files here instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// The management server.
     #[command(subcommand)]
     Server(crate::server_cmd::ServerCmd),
@@ -106,9 +113,24 @@ enum Package {
 }
 
 #[derive(Debug, Subcommand)]
+enum DemoWhat {
+    /// Build a sample platform PKI, serve its CRLs on loopback, and check a sound and a broken
+    /// server certificate.
+    Cert(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum Doctor {
     /// Check a certificate file or a live TLS endpoint against a requirement profile.
     Cert(CertArgs),
+    /// Read an agent log and name each fault found in it, with its remedy.
+    Logs {
+        /// The agent log (DATA_DIR/logs/agent.log*).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 /// Output format.
@@ -183,7 +205,14 @@ impl Cli {
                 let env_password = std::env::var(PASSWORD_ENV).ok();
                 crate::doctor_cert::run(&args, env_password)
             }
-            Command::Demo(args) => crate::demo::run(&args),
+            Command::Doctor(Doctor::Logs { file, format }) => {
+                crate::doctor_logs::run(&file, format)
+            }
+            Command::Demo {
+                what: Some(DemoWhat::Cert(args)),
+                ..
+            } => crate::demo_cert::run(&args),
+            Command::Demo { what: None, out } => crate::demo::run(out.as_deref()),
             Command::Server(cmd) => crate::server_cmd::run(cmd),
             Command::Devices(Devices::List { conn, format }) => {
                 crate::admin::devices_list(&conn, format)

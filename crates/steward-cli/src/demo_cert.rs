@@ -1,4 +1,4 @@
-//! `steward demo`: until the server exists, the main job is the certificate check. The demo
+//! `steward demo cert`: a certificate check on a sample. The demo
 //! builds a small platform PKI (root, issuing CA, CRLs served over HTTP on loopback), exports a
 //! server certificate twice — once correctly, once without its intermediate, the most common
 //! field failure — and runs `doctor cert` on both.

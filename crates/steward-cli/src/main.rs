@@ -7,7 +7,9 @@
 mod admin;
 mod cli;
 mod demo;
+mod demo_cert;
 mod doctor_cert;
+mod doctor_logs;
 mod server_cmd;
 mod telemetry;
 
