@@ -162,7 +162,7 @@ impl Authority {
     ) -> Result<Self, Error> {
         let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(key_pkcs8);
         let key = match spec {
-            KeySpec::Rsa { .. } => KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, spec_alg(spec)),
+            KeySpec::Rsa { .. } => KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, spec.algorithm()),
             _ => KeyPair::try_from(&pkcs8),
         }
         .map_err(|e| Error::CaMaterial(format!("key: {e}")))?;
@@ -310,22 +310,4 @@ pub fn make_csr(spec: KeySpec, common_name: &str) -> Result<(String, Vec<u8>), E
     let csr = p.serialize_request(&key).map_err(|e| signing("CSR", e))?;
     let pem = csr.pem().map_err(|e| signing("CSR", e))?;
     Ok((pem, key.serialize_der()))
-}
-
-fn spec_alg(spec: KeySpec) -> &'static rcgen::SignatureAlgorithm {
-    use crate::RsaHash;
-    match spec {
-        KeySpec::Rsa {
-            hash: RsaHash::Sha384,
-            ..
-        } => &rcgen::PKCS_RSA_SHA384,
-        KeySpec::Rsa {
-            hash: RsaHash::Sha512,
-            ..
-        } => &rcgen::PKCS_RSA_SHA512,
-        KeySpec::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
-        KeySpec::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        KeySpec::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        KeySpec::Ed25519 => &rcgen::PKCS_ED25519,
-    }
 }

@@ -53,7 +53,8 @@ impl KeySpec {
         hash: RsaHash::Sha256,
     };
 
-    fn algorithm(self) -> &'static SignatureAlgorithm {
+    /// The signature algorithm a key of this kind signs with.
+    pub(crate) fn algorithm(self) -> &'static SignatureAlgorithm {
         match self {
             KeySpec::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeySpec::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
