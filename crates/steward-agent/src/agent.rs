@@ -39,7 +39,7 @@ use rustls::pki_types::CertificateRevocationListDer;
 use steward_pki::{CertFacts, OffsetDateTime};
 use steward_proto::{
     AgentConfig, AgentError, AgentSettings, CheckinRequest, CheckinResponse, CommunicationProfile,
-    ConnectionPath, PROTOCOL_VERSION, TaskAssignment, TaskResult, paths,
+    ConnectionPath, GatewayEntry, PROTOCOL_VERSION, TaskAssignment, TaskResult, paths,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -74,6 +74,43 @@ pub struct RunOptions {
     pub once: bool,
     /// CRLs to check server certificates against (none: revocation is not checked).
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// How long a gateway that failed is skipped while another way remains
+    /// (`None`: [`DEFAULT_GATEWAY_SET_ASIDE`]).
+    pub gateway_set_aside: Option<Duration>,
+}
+
+/// How long a failing gateway is set aside by default (as ITMS does).
+pub const DEFAULT_GATEWAY_SET_ASIDE: Duration = Duration::from_secs(3600);
+
+/// One way to the server: a LAN address, or a gateway of the profile.
+#[derive(Debug, Clone)]
+enum Route {
+    Lan(steward_proto::ServerEndpoint),
+    Gateway(GatewayEntry),
+}
+
+impl Route {
+    fn endpoint(&self) -> steward_proto::ServerEndpoint {
+        match self {
+            Route::Lan(s) => s.clone(),
+            Route::Gateway(g) => steward_proto::ServerEndpoint {
+                host: g.host.clone(),
+                port: g.port,
+            },
+        }
+    }
+
+    fn path(&self) -> ConnectionPath {
+        match self {
+            Route::Lan(s) => ConnectionPath::Lan {
+                server: host_port(s),
+            },
+            Route::Gateway(g) => ConnectionPath::Gateway {
+                gateway: g.name.clone(),
+                via: g.authority(),
+            },
+        }
+    }
 }
 
 /// Why `run` could not start or had to stop.
@@ -181,6 +218,9 @@ struct Agent {
     rejected_config: Option<u64>,
     /// Consecutive long-poll wake-ups answered at once.
     fast_wakes: u32,
+    /// Gateways that failed, by name, and until when they are skipped.
+    set_aside: HashMap<String, Instant>,
+    set_aside_for: Duration,
 }
 
 impl Agent {
@@ -245,6 +285,8 @@ impl Agent {
             connected_reported: false,
             rejected_config: None,
             fast_wakes: 0,
+            set_aside: HashMap::new(),
+            set_aside_for: opts.gateway_set_aside.unwrap_or(DEFAULT_GATEWAY_SET_ASIDE),
         })
     }
 
@@ -431,9 +473,15 @@ impl Agent {
         self.state.server = Some(server.clone());
         self.state.device_id = Some(response.device_id.clone());
         if recovered || moved {
+            let path = match &request.connection {
+                ConnectionPath::Lan { .. } => "path lan".to_owned(),
+                ConnectionPath::Gateway { gateway, via } => {
+                    format!("through gateway {via} ({gateway})")
+                }
+            };
             tracing::info!(
                 id = ids::CONNECTED,
-                "connected to {server}, path lan (device {}, configuration version {})",
+                "connected to {server}, {path} (device {}, configuration version {})",
                 response.device_id,
                 self.config_version()
             );
@@ -467,21 +515,47 @@ impl Agent {
         Ok((more_results && !unacked) || self.inventory_requested)
     }
 
+    /// The ways to try, in order: the LAN servers, then the gateways not set aside (all of
+    /// them when every one is, so a set-aside never leaves an internet agent with nothing).
+    fn routes(&mut self) -> Vec<Route> {
+        let now = Instant::now();
+        self.set_aside.retain(|_, until| *until > now);
+        let mut routes: Vec<Route> = self
+            .profile
+            .servers
+            .iter()
+            .cloned()
+            .map(Route::Lan)
+            .collect();
+        let gateways = &self.profile.gateways;
+        let usable: Vec<&GatewayEntry> = gateways
+            .iter()
+            .filter(|g| !self.set_aside.contains_key(&g.name))
+            .collect();
+        let chosen = if usable.is_empty() {
+            gateways.iter().collect()
+        } else {
+            usable
+        };
+        routes.extend(chosen.into_iter().cloned().map(Route::Gateway));
+        routes
+    }
+
     async fn send_checkin(
         &mut self,
         request: &mut CheckinRequest,
     ) -> Result<(String, CheckinResponse), Fault> {
-        let servers = self.profile.servers.clone();
-        // The server of the open connection first: it worked a moment ago.
+        let mut order = self.routes();
+        // The route of the open connection first: it worked a moment ago.
         let current = self.conn.as_ref().map(|c| c.host_port().to_owned());
-        let mut order: Vec<_> = servers.iter().collect();
         if let Some(cur) = &current {
-            order.sort_by_key(|s| host_port(s) != *cur);
+            order.sort_by_key(|r| host_port(&r.endpoint()) != *cur);
         }
         let mut last = None;
-        for server in order {
-            let hp = host_port(server);
-            request.connection = ConnectionPath::Lan { server: hp.clone() };
+        for route in order {
+            let server = route.endpoint();
+            let hp = host_port(&server);
+            request.connection = route.path();
             let reused = self
                 .conn
                 .as_ref()
@@ -489,17 +563,29 @@ impl Agent {
             if !reused {
                 self.conn = None;
             }
-            let mut attempt = self.post_checkin(server, request).await;
+            let mut attempt = self.post_checkin(&route, request).await;
             if reused && matches!(&attempt, Err(f) if f.is_stale_connection()) {
                 // The server closed the idle keep-alive connection: not a fault, reconnect.
                 self.conn = None;
-                attempt = self.post_checkin(server, request).await;
+                attempt = self.post_checkin(&route, request).await;
             }
             match attempt {
-                Ok(resp) => return Ok((server.base_url(), resp)),
+                Ok(resp) => {
+                    if let Route::Gateway(g) = &route {
+                        self.set_aside.remove(&g.name);
+                    }
+                    return Ok((server.base_url(), resp));
+                }
                 Err(fault) => {
                     self.conn = None;
                     self.fault(&fault);
+                    // Reported by the next way that works, in this same round: a fallback to
+                    // a gateway must not hide why the LAN failed.
+                    request.last_error = Some(fault.to_agent_error(OffsetDateTime::now_utc()));
+                    if let Route::Gateway(g) = &route {
+                        self.set_aside
+                            .insert(g.name.clone(), Instant::now() + self.set_aside_for);
+                    }
                     last = Some(fault);
                 }
             }
@@ -512,11 +598,29 @@ impl Agent {
 
     async fn post_checkin(
         &mut self,
-        server: &steward_proto::ServerEndpoint,
+        route: &Route,
         request: &CheckinRequest,
     ) -> Result<CheckinResponse, Fault> {
+        let server = route.endpoint();
         if self.conn.is_none() {
-            self.conn = Some(self.connector.connect(server).await?);
+            let conn = self.connector.connect(&server).await?;
+            if let Route::Gateway(g) = route {
+                // The chain is trusted already; the thumbprint proves it is this gateway.
+                let presented = conn.peer_sha256().unwrap_or_default();
+                if !g
+                    .thumbprints
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(presented))
+                {
+                    return Err(Fault::GatewayThumbprint {
+                        gateway: g.name.clone(),
+                        addr: g.authority(),
+                        presented: presented.to_owned(),
+                        expected: g.thumbprints.join(", "),
+                    });
+                }
+            }
+            self.conn = Some(conn);
         }
         let timeout = self.connector.timeouts.request;
         match self.conn.as_mut() {

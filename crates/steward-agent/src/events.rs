@@ -78,6 +78,8 @@ pub mod ids {
     pub const PROTOCOL_ERROR: &str = "AGENT-PROTOCOL-ERROR";
     /// The data directory could not be written (outbox, configuration, state).
     pub const STORE_FAILED: &str = "AGENT-STORE-FAILED";
+    /// A gateway presented a certificate whose SHA-256 the profile does not list for it.
+    pub const GATEWAY_THUMBPRINT: &str = "AGENT-GATEWAY-THUMBPRINT";
 
     /// Every ID the agent writes.
     pub const ALL: &[&str] = &[
@@ -108,6 +110,7 @@ pub mod ids {
         SERVER_REJECTED,
         PROTOCOL_ERROR,
         STORE_FAILED,
+        GATEWAY_THUMBPRINT,
     ];
 }
 

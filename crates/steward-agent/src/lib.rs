@@ -27,5 +27,5 @@ pub mod status;
 pub mod store;
 pub mod task;
 
-pub use agent::{RunError, RunOptions, run};
+pub use agent::{DEFAULT_GATEWAY_SET_ASIDE, RunError, RunOptions, run};
 pub use enroll::{EnrollError, EnrollOptions, Enrolled, enroll};

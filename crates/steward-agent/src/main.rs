@@ -51,6 +51,9 @@ enum Command {
         /// Daily log files kept.
         #[arg(long, default_value_t = 7)]
         keep_logs: usize,
+        /// Seconds a failing internet gateway is skipped while another way remains.
+        #[arg(long, default_value_t = steward_agent::DEFAULT_GATEWAY_SET_ASIDE.as_secs())]
+        gateway_set_aside_secs: u64,
     },
     /// Show identity, server, connection path, last check-in and last error.
     Status {
@@ -142,6 +145,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             once,
             verbose,
             keep_logs,
+            gateway_set_aside_secs,
         } => {
             let dir = steward_agent::store::DataDir::new(&data_dir);
             dir.create()
@@ -162,6 +166,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 data_dir,
                 once,
                 crls: Vec::new(),
+                gateway_set_aside: Some(std::time::Duration::from_secs(gateway_set_aside_secs)),
             };
             let rt = runtime()?;
             match rt.block_on(steward_agent::run(opts, shutdown_signal())) {

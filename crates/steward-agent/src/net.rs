@@ -438,6 +438,12 @@ impl Connector {
             }
             Ok(Ok(tls)) => tls,
         };
+        let peer_sha256 = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| steward_pki::Thumbprint::of(c).sha256_hex());
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| classify_hyper(&shown, &name, &e))?;
@@ -453,6 +459,7 @@ impl Connector {
             shown,
             name,
             poisoned: false,
+            peer_sha256,
             _driver: driver,
         })
     }
@@ -556,6 +563,8 @@ pub struct Connection {
     shown: String,
     name: ServerName<'static>,
     poisoned: bool,
+    /// SHA-256 (upper-case hex) of the certificate the peer presented.
+    peer_sha256: Option<String>,
     _driver: AbortOnDrop,
 }
 
@@ -568,6 +577,12 @@ impl Connection {
     /// `host:port` as the profile names it.
     pub fn host_port(&self) -> &str {
         &self.host_header
+    }
+
+    /// SHA-256 (upper-case hex) of the certificate the peer presented (already verified
+    /// against the profile's anchors); a gateway's is checked against the profile too.
+    pub fn peer_sha256(&self) -> Option<&str> {
+        self.peer_sha256.as_deref()
     }
 
     /// Whether another request can be sent on this connection.
@@ -821,6 +836,23 @@ pub enum Fault {
         /// The server's message.
         message: String,
     },
+    /// A gateway's certificate chains to a trust anchor but is not one the profile lists for
+    /// that gateway: something else answers on its name and port, or its certificate was
+    /// replaced without the server learning of it.
+    #[error(
+        "gateway {gateway} at {addr} presented a certificate with SHA-256 {presented}, but the \
+         profile lists {expected} for it; the gateway is refused"
+    )]
+    GatewayThumbprint {
+        /// The gateway's name in the profile.
+        gateway: String,
+        /// `host:port` connected to.
+        addr: String,
+        /// SHA-256 of the presented certificate.
+        presented: String,
+        /// The thumbprints the profile lists, comma-separated.
+        expected: String,
+    },
     /// The server's answer could not be understood.
     #[error("unexpected answer from {url}: {detail}")]
     Protocol {
@@ -847,6 +879,7 @@ impl Fault {
             Fault::TlsFailed { .. } => ids::TLS_FAILED,
             Fault::ServerRejected { .. } => ids::SERVER_REJECTED,
             Fault::Protocol { .. } => ids::PROTOCOL_ERROR,
+            Fault::GatewayThumbprint { .. } => ids::GATEWAY_THUMBPRINT,
         }
     }
 

@@ -149,6 +149,9 @@ impl fmt::Display for StatusReport {
         writeln!(f, "profile servers: {}", self.profile_servers.join(", "))?;
         let path = match &self.connection {
             Some(ConnectionPath::Lan { server }) => format!("lan ({server})"),
+            Some(ConnectionPath::Gateway { gateway, via }) => {
+                format!("gateway {via} ({gateway})")
+            }
             None => none.to_owned(),
         };
         writeln!(f, "connection:      {path}")?;

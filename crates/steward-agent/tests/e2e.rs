@@ -62,6 +62,7 @@ impl RunningAgent {
                     data_dir,
                     once: false,
                     crls: Vec::new(),
+                    gateway_set_aside: None,
                 },
                 async move {
                     let _ = stopped.await;

@@ -149,6 +149,7 @@ fn config(version: u64) -> AgentConfig {
         protocol: Default::default(),
         // Large enough that a write takes several system calls, so kills land mid-write.
         trust_anchors_pem: vec!["x".repeat(256 * 1024)],
+        gateways: Vec::new(),
     };
     AgentConfig {
         version,

@@ -372,6 +372,69 @@ pub(crate) fn package_agent(conn: &Conn, out: &Path, req: NewPackage) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `steward gateway token`.
+pub(crate) fn gateway_token(
+    conn: &Conn,
+    out: &Path,
+    expires_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    let req = steward_proto::admin::NewGatewayToken { expires_secs };
+    let token: steward_proto::admin::GatewayToken = runtime()?.block_on(async {
+        conn.connect()
+            .await?
+            .post(paths::GATEWAY_TOKENS, &req)
+            .await
+    })?;
+    write_private(out, &serde_json::to_vec_pretty(&token)?)?;
+    println!(
+        "wrote {} (single use, valid until {}); on the gateway host: steward gateway join \
+         --server URL --token {} --data-dir DIR --external-name FQDN",
+        out.display(),
+        token.expires_at,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `steward gateway list`.
+pub(crate) fn gateway_list(conn: &Conn, format: Format) -> anyhow::Result<ExitCode> {
+    let gateways: Vec<steward_proto::admin::GatewaySummary> =
+        runtime()?.block_on(async { conn.connect().await?.get(paths::GATEWAYS).await })?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&gateways)?),
+        Format::Text => {
+            let rows: Vec<[String; 6]> = gateways
+                .iter()
+                .map(|g| {
+                    let r = g.report.as_ref();
+                    [
+                        g.id.clone(),
+                        r.map(|r| format!("{}:{}", r.external_name, r.listen_port))
+                            .unwrap_or_else(|| "(never reported)".into()),
+                        r.map(|r| r.health.clone()).unwrap_or_else(|| "-".into()),
+                        if g.revoked { "revoked" } else { "enrolled" }.to_owned(),
+                        g.reported_at.clone().unwrap_or_else(|| "never".into()),
+                        r.map(|r| r.thumbprints.join(","))
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "ADDRESS",
+                    "HEALTH",
+                    "STATE",
+                    "REPORTED",
+                    "THUMBPRINTS",
+                ],
+                &rows,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The package holds a live enrollment token: readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;

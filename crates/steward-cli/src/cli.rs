@@ -42,6 +42,9 @@ enum Command {
     /// Write installation packages.
     #[command(subcommand)]
     Package(Package),
+    /// The internet gateway: join tokens, joining, running.
+    #[command(subcommand)]
+    Gateway(crate::gateway_cmd::GatewayCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +217,7 @@ impl Cli {
             } => crate::demo_cert::run(&args),
             Command::Demo { what: None, out } => crate::demo::run(out.as_deref()),
             Command::Server(cmd) => crate::server_cmd::run(cmd),
+            Command::Gateway(cmd) => crate::gateway_cmd::run(cmd),
             Command::Devices(Devices::List { conn, format }) => {
                 crate::admin::devices_list(&conn, format)
             }

@@ -10,6 +10,7 @@ mod demo;
 mod demo_cert;
 mod doctor_cert;
 mod doctor_logs;
+mod gateway_cmd;
 mod server_cmd;
 mod telemetry;
 

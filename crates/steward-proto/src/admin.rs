@@ -22,6 +22,16 @@ pub mod paths {
     pub const POLICIES: &str = "/api/v1/policies";
     /// POST [`super::NewPackage`] → [`crate::BootstrapPackage`].
     pub const PACKAGES: &str = "/api/v1/enrollment-packages";
+    /// POST [`super::NewGatewayToken`] → [`super::GatewayToken`].
+    pub const GATEWAY_TOKENS: &str = "/api/v1/gateway-tokens";
+    /// GET → `Vec<`[`super::GatewaySummary`]`>`.
+    pub const GATEWAYS: &str = "/api/v1/gateways";
+    /// POST `/api/v1/gateways/{id}/revoke` → 204: the gateway's identity is revoked (refused
+    /// at once, and in the CRL).
+    pub const GATEWAY_REVOKE: &str = "/api/v1/gateways/{id}/revoke";
+    /// POST `/api/v1/devices/{id-or-name}/revoke` → 204: the device's certificate is revoked
+    /// (refused at once by the server, and in the CRL gateways fetch).
+    pub const DEVICE_REVOKE: &str = "/api/v1/devices/{id}/revoke";
     /// GET → the OpenAPI 3.1 document of this API.
     pub const OPENAPI: &str = "/api/v1/openapi.json";
 }
@@ -220,3 +230,35 @@ pub struct NewPackage {
 
 /// The package as returned (the same document `steward package agent` writes).
 pub type Package = BootstrapPackage;
+
+/// Ask for a gateway join token (`steward gateway token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewGatewayToken {
+    /// Seconds until the token expires.
+    pub expires_secs: u64,
+}
+
+/// A single-use gateway join token; shown only here (the server keeps its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayToken {
+    /// The token.
+    pub token: String,
+    /// When it stops working (RFC 3339).
+    pub expires_at: String,
+    /// The platform's trust anchors (PEM): the joining gateway verifies the server with them,
+    /// so the token file is all it needs, as a bootstrap package is for an agent.
+    pub trust_anchors_pem: Vec<String>,
+}
+
+/// A gateway as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewaySummary {
+    /// Its ID (CN of its identity certificate).
+    pub id: String,
+    /// Revoked gateways are refused.
+    pub revoked: bool,
+    /// What it last reported, if it ever did.
+    pub report: Option<crate::GatewayReport>,
+    /// When (RFC 3339).
+    pub reported_at: Option<String>,
+}

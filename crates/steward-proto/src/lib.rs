@@ -32,7 +32,17 @@ pub mod paths {
     /// GET `?config_version=N` → 200 [`crate::WakeUp`] when there is work, 204 after the
     /// long-poll period otherwise. Lets a task reach an online agent within seconds.
     pub const WAIT: &str = "/agent/v1/wait";
+    /// POST [`crate::GatewayJoinRequest`] → [`crate::GatewayJoinResponse`]. Like enrollment,
+    /// authenticated by a single-use token instead of a client certificate.
+    pub const GATEWAY_JOIN: &str = "/gateway/v1/join";
+    /// POST [`crate::GatewayReport`] → 204. Needs the gateway's own client certificate.
+    pub const GATEWAY_REPORT: &str = "/gateway/v1/report";
 }
+
+/// The header through which an enrolled gateway states the agent identity it verified at its
+/// edge: the agent's client certificate, base64 (standard alphabet) of the DER. The server
+/// honours it only on connections authenticated with an enrolled gateway's certificate.
+pub const AGENT_CERT_HEADER: &str = "x-steward-agent-cert";
 
 /// Transport of the agent site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -76,6 +86,84 @@ pub struct CommunicationProfile {
     /// PEM certificates agents trust for the server (the platform root, plus any root staged
     /// for a certificate replacement). Never a leaf: renewing a leaf must not touch agents.
     pub trust_anchors_pem: Vec<String>,
+    /// Internet gateways, tried after every LAN server failed. Derived by the server from
+    /// what the gateways report about themselves, never typed by an admin. Left out of the JSON
+    /// when empty, so a profile without gateways hashes (and versions) as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayEntry>,
+}
+
+/// One internet gateway as agents see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    /// The gateway's ID (its identity certificate's CN); named in logs and connection paths.
+    pub name: String,
+    /// External DNS name (covered by its server certificate) or IP literal.
+    pub host: String,
+    /// The TCP port it really listens on, as it reported.
+    pub port: u16,
+    /// SHA-256 (hex) of its server certificates: the current one and, during a renewal, the
+    /// next. The agent refuses a gateway whose certificate is not among them.
+    pub thumbprints: Vec<String>,
+}
+
+impl GatewayEntry {
+    /// `host:port` (IPv6 literals bracketed).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A gateway joining: its CSR (key made on the gateway), the single-use token, and the
+/// external names its server certificate must cover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayJoinRequest {
+    /// The token from `steward gateway token`.
+    pub token: String,
+    /// PKCS#10 CSR (PEM) for the gateway→server identity (client certificate).
+    pub client_csr_pem: String,
+    /// PKCS#10 CSR (PEM) for the certificate agents see (server certificate).
+    pub server_csr_pem: String,
+    /// External DNS names or IP literals agents use to reach the gateway.
+    pub external_names: Vec<String>,
+    /// Gateway version.
+    pub version: String,
+}
+
+/// What a gateway receives when it joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayJoinResponse {
+    /// Stable gateway ID (CN of its client certificate).
+    pub gateway_id: String,
+    /// Client certificate for the gateway→server link (PEM).
+    pub client_cert_pem: String,
+    /// Server certificate for its external names (PEM).
+    pub server_cert_pem: String,
+    /// Issuing chain above both (PEM).
+    pub chain_pem: Vec<String>,
+    /// Trust anchors: the platform root(s), for verifying agents and the server.
+    pub trust_anchors_pem: Vec<String>,
+    /// The issuing CA's CRL URL, fetched periodically to refuse revoked agents at the edge.
+    pub crl_url: String,
+}
+
+/// What a gateway says about itself, on start and periodically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayReport {
+    /// The external name agents use.
+    pub external_name: String,
+    /// The port it really bound.
+    pub listen_port: u16,
+    /// SHA-256 (hex) of its server certificate(s): current, then next.
+    pub thumbprints: Vec<String>,
+    /// Gateway version.
+    pub version: String,
+    /// `ok`, or what is wrong (for example that the CRL could not be fetched).
+    pub health: String,
 }
 
 /// What `steward package agent` writes: everything an agent needs to enroll, and no secret but
@@ -131,6 +219,13 @@ pub enum ConnectionPath {
     Lan {
         /// `host:port` used.
         server: String,
+    },
+    /// Through an internet gateway.
+    Gateway {
+        /// The gateway's name (its ID).
+        gateway: String,
+        /// `host:port` used.
+        via: String,
     },
 }
 
@@ -347,6 +442,7 @@ mod tests {
                        "trust_anchors_pem":[],"future_field":true}"#;
         let p: CommunicationProfile = serde_json::from_str(json).unwrap();
         assert_eq!(p.protocol, Protocol::Https);
+        assert!(p.gateways.is_empty());
         assert_eq!(p.servers[0].base_url(), "https://smp.example.net:4726");
         let v6 = ServerEndpoint {
             host: "::1".into(),
@@ -362,5 +458,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s, r#"{"kind":"lan","server":"a:1"}"#);
+        let g = serde_json::to_string(&ConnectionPath::Gateway {
+            gateway: "g1".into(),
+            via: "gw.example.net:8443".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            g,
+            r#"{"kind":"gateway","gateway":"g1","via":"gw.example.net:8443"}"#
+        );
     }
 }

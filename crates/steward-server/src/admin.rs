@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use steward_proto::BootstrapPackage;
 use steward_proto::admin::{
-    DeviceDetail, DeviceSummary, LoginRequest, LoginResponse, NewPackage, NewTask, Policy,
-    TaskCreated, TaskDetail, TaskSummary, paths,
+    DeviceDetail, DeviceSummary, GatewaySummary, GatewayToken, LoginRequest, LoginResponse,
+    NewGatewayToken, NewPackage, NewTask, Policy, TaskCreated, TaskDetail, TaskSummary, paths,
 };
 
 use crate::ApiFailure;
@@ -33,6 +33,10 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route(paths::TASK, get(task))
         .route(paths::POLICIES, get(policies).post(put_policy))
         .route(paths::PACKAGES, post(new_package))
+        .route(paths::GATEWAY_TOKENS, post(new_gateway_token))
+        .route(paths::GATEWAYS, get(gateways))
+        .route(paths::GATEWAY_REVOKE, post(revoke_gateway))
+        .route(paths::DEVICE_REVOKE, post(revoke_device))
         .route(paths::OPENAPI, get(openapi))
 }
 
@@ -173,6 +177,49 @@ async fn new_package(
     )
     .await?;
     Ok(Json(svc.new_package(&user, req).await?))
+}
+
+async fn new_gateway_token(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<GatewayToken>, ApiFailure> {
+    let req: NewGatewayToken = read_json(
+        &headers,
+        body,
+        MAX_ADMIN_BODY_BYTES,
+        "gateway token",
+        &who(&peer),
+    )
+    .await?;
+    Ok(Json(svc.new_gateway_token(&user, req).await?))
+}
+
+async fn gateways(
+    State(svc): State<Arc<Service>>,
+    _user: AdminUser,
+) -> Result<Json<Vec<GatewaySummary>>, ApiFailure> {
+    Ok(Json(svc.gateways().await?))
+}
+
+async fn revoke_gateway(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiFailure> {
+    svc.revoke_gateway(&user, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+async fn revoke_device(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiFailure> {
+    svc.revoke_device(&user, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 async fn openapi() -> Json<serde_json::Value> {

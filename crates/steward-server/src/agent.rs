@@ -11,12 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use steward_proto::{
-    CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, MAX_AGENT_BODY_BYTES, paths,
+    CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, GatewayJoinRequest,
+    GatewayJoinResponse, GatewayReport, MAX_AGENT_BODY_BYTES, paths,
 };
 
 use crate::ApiFailure;
 use crate::http::{Peer, read_json};
-use crate::service::Service;
+use crate::service::{Service, actual_path};
 
 /// The agent site's router.
 pub(crate) fn router(service: Arc<Service>) -> Router {
@@ -24,6 +25,8 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(paths::ENROLL, post(enroll))
         .route(paths::CHECKIN, post(checkin))
         .route(paths::WAIT, get(wait))
+        .route(paths::GATEWAY_JOIN, post(gateway_join))
+        .route(paths::GATEWAY_REPORT, post(gateway_report))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -47,24 +50,51 @@ async fn checkin(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CheckinResponse>, ApiFailure> {
-    let device = svc.agent_device(peer.cert.as_deref()).await?;
+    let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     let who = format!("{} (device {})", peer.addr, device.id);
-    let req: CheckinRequest =
+    let mut req: CheckinRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "check-in", &who).await?;
+    req.connection = actual_path(req.connection, via_gateway);
     Ok(Json(svc.checkin(&device, req).await?))
 }
 
 async fn wait(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiFailure> {
-    let device = svc.agent_device(peer.cert.as_deref()).await?;
+    let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     let version = config_version_param(query.as_deref())?;
     Ok(match svc.wait(&device, version).await? {
         Some(w) => Json(w).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
+}
+
+async fn gateway_join(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<GatewayJoinResponse>, ApiFailure> {
+    let who = peer.addr.to_string();
+    let req: GatewayJoinRequest =
+        read_json(&headers, body, MAX_AGENT_BODY_BYTES, "gateway join", &who).await?;
+    Ok(Json(svc.join_gateway(req, &who).await?))
+}
+
+async fn gateway_report(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiFailure> {
+    let who = peer.addr.to_string();
+    let req: GatewayReport =
+        read_json(&headers, body, MAX_AGENT_BODY_BYTES, "gateway report", &who).await?;
+    svc.gateway_report(peer.cert.as_deref(), req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `config_version=N` from the query; other parameters are ignored (added by newer agents).

@@ -55,6 +55,7 @@ async fn fixture() -> Fixture {
         }],
         protocol: Protocol::Https,
         trust_anchors_pem: vec![pki.root_pem.clone()],
+        gateways: Vec::new(),
     };
     let service = Service::new(store.clone(), cfg, pki, profile, None)
         .await

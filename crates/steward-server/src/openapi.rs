@@ -158,6 +158,51 @@ pub fn document() -> Value {
         }}),
     );
     paths.insert(
+        admin::GATEWAY_TOKENS.to_owned(),
+        json!({ "post": {
+            "summary": "Make a single-use gateway join token ({\"expires_secs\": N} → {\"token\", \"expires_at\"})",
+            "security": secured,
+            "responses": auth_errors(json!({
+                "200": { "description": "The token; shown only here" },
+                "400": err("GATEWAY-TOKEN-REQUEST-INVALID or REQUEST-MALFORMED"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::GATEWAYS.to_owned(),
+        json!({ "get": {
+            "summary": "List gateways with what each last reported (name, port, thumbprints, version, health)",
+            "security": secured,
+            "responses": auth_errors(json!({ "200": { "description": "Gateways" } })),
+        }}),
+    );
+    paths.insert(
+        admin::GATEWAY_REVOKE.to_owned(),
+        json!({ "post": {
+            "summary": "Revoke a gateway: refused at once, put in the CRL, removed from the profile",
+            "security": secured,
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": string() }],
+            "responses": auth_errors(json!({
+                "204": { "description": "Revoked" },
+                "404": err("GATEWAY-NOT-FOUND"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::DEVICE_REVOKE.to_owned(),
+        json!({ "post": {
+            "summary": "Revoke a device's certificate: refused at once, and in the CRLs (re-signed before the answer)",
+            "security": secured,
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": string(),
+                             "description": "Device ID or host name" }],
+            "responses": auth_errors(json!({
+                "204": { "description": "Revoked" },
+                "404": err("DEVICE-NOT-FOUND"),
+                "409": err("DEVICE-NAME-AMBIGUOUS"),
+            })),
+        }}),
+    );
+    paths.insert(
         admin::OPENAPI.to_owned(),
         json!({ "get": {
             "summary": "This document",
@@ -209,6 +254,31 @@ pub fn document() -> Value {
                 "204": { "description": "Nothing within long_poll_secs" },
                 "401": err("AGENT-CERT-REQUIRED"),
                 "403": err("AGENT-UNKNOWN-DEVICE"),
+            }
+        }}),
+    );
+    paths.insert(
+        agent::GATEWAY_JOIN.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "A gateway joins: single-use token, two CSRs (identity, server certificate) and its external names; no client certificate",
+            "security": [],
+            "responses": {
+                "200": { "description": "The gateway's ID, both certificates, chain, anchors, CRL URL" },
+                "400": err("GATEWAY-CSR-INVALID, GATEWAY-NAME-INVALID or REQUEST-MALFORMED"),
+                "403": err("GATEWAY-TOKEN-INVALID, GATEWAY-TOKEN-EXPIRED or GATEWAY-TOKEN-USED"),
+            }
+        }}),
+    );
+    paths.insert(
+        agent::GATEWAY_REPORT.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "A gateway reports itself (external name, bound port, thumbprints, version, health); the profile's gateway entries are derived from these reports",
+            "security": [{ "clientCertificate": [] }],
+            "responses": {
+                "204": { "description": "Stored" },
+                "400": err("GATEWAY-REPORT-INVALID or REQUEST-MALFORMED"),
+                "401": err("GATEWAY-CERT-REQUIRED"),
+                "403": err("GATEWAY-NOT-TRUSTED"),
             }
         }}),
     );
@@ -345,10 +415,16 @@ mod tests {
             admin::TASK,
             admin::POLICIES,
             admin::PACKAGES,
+            admin::GATEWAY_TOKENS,
+            admin::GATEWAYS,
+            admin::GATEWAY_REVOKE,
+            admin::DEVICE_REVOKE,
             admin::OPENAPI,
             agent::ENROLL,
             agent::CHECKIN,
             agent::WAIT,
+            agent::GATEWAY_JOIN,
+            agent::GATEWAY_REPORT,
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} is not described");
         }

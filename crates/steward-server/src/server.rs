@@ -14,14 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::ServerError;
 use crate::config::{Config, DataDir};
 use crate::config_check::{Severity, check_config};
 use crate::crl::CrlStore;
 use crate::http::{Transport, serve};
 use crate::pki::{Crls, ListenerCert, Pki};
-use crate::service::{AGENT_SETTINGS, Service};
-use crate::tls::{SwappableConfig, agent_config, console_config};
-use crate::{ServerError, secret};
+use crate::service::{AGENT_SETTINGS, Service, gateway_entries, stamp_version};
+use crate::tls::{SwappableConfig, agent_config, console_config, forwarded_verifier};
 
 /// How often last-seen times are written (one transaction for all devices seen meanwhile).
 /// A crash loses at most this much last-seen history, which the next check-in restores.
@@ -126,7 +126,8 @@ async fn sign_crls(pki: &Pki, store: &dyn Store, cfg: &Config) -> Result<Crls, S
 }
 
 /// The profile for this run; its version goes up whenever its content differs from the last
-/// run's (new names, a new port, a new anchor), so agents can tell newer from older.
+/// run's (new names, a new port, a new anchor, a gateway's new report), so agents can tell
+/// newer from older.
 async fn profile(
     store: &dyn Store,
     cfg: &Config,
@@ -145,28 +146,15 @@ async fn profile(
         host: ip.to_string(),
         port: agent_port,
     }));
+    let api = |e: crate::ApiFailure| ServerError::Internal(e.to_string());
     let mut p = CommunicationProfile {
         version: 0,
         servers,
         protocol: Protocol::Https,
         trust_anchors_pem: vec![root_pem.to_owned()],
+        gateways: gateway_entries(store).await.map_err(api)?,
     };
-    let content = serde_json::to_string(&p).map_err(|e| ServerError::Internal(e.to_string()))?;
-    let hash = secret::token_hash(&content);
-    let stored = store.setting("profile_version").await?;
-    let version = stored.as_deref().and_then(|v| v.parse::<u64>().ok());
-    p.version = match (version, store.setting("profile_hash").await?) {
-        (Some(v), Some(h)) if h == hash => v,
-        (v, _) => {
-            let next = v.unwrap_or(0) + 1;
-            store
-                .set_setting("profile_version", &next.to_string())
-                .await?;
-            store.set_setting("profile_hash", &hash).await?;
-            tracing::info!(version = next, "communication profile changed");
-            next
-        }
-    };
+    stamp_version(store, &mut p).await.map_err(api)?;
     Ok(p)
 }
 
@@ -279,6 +267,9 @@ impl Server {
             )
             .await?,
         );
+        service.set_forwarded_verifier(forwarded_verifier(&pki, &crls)?);
+        let (crl_kick, crl_kicks) = tokio::sync::mpsc::channel(16);
+        service.set_crl_kick(crl_kick);
 
         let addresses = Addresses {
             pid: std::process::id(),
@@ -330,6 +321,8 @@ impl Server {
             agent_cert,
             agent_tls,
             crl_store,
+            service.clone(),
+            crl_kicks,
             shutdown_rx.clone(),
         ));
         tasks.spawn(session_loop(store.clone(), shutdown_rx));
@@ -443,14 +436,18 @@ async fn crl_loop(
     agent_cert: ListenerCert,
     agent_tls: Arc<SwappableConfig>,
     crls: Arc<CrlStore>,
+    service: Arc<Service>,
+    mut kicks: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_secs(cfg.crl.resign_interval_secs);
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
+        // A revocation asks for new CRLs at once and waits for them (`ack`).
+        let ack = tokio::select! {
+            () = tokio::time::sleep(every) => None,
+            Some(ack) = kicks.recv() => Some(ack),
             _ = shutdown.changed() => return,
-        }
+        };
         let fresh = match sign_crls(&pki, store.as_ref(), &cfg).await {
             Ok(c) => c,
             Err(e) => {
@@ -465,7 +462,17 @@ async fn crl_loop(
                 tracing::error!(id = e.id(), error = %e, "rebuilding the agent-site TLS configuration failed");
             }
         }
+        // Agents that gateways vouch for are checked against the same, fresh CRLs.
+        match forwarded_verifier(&pki, &fresh) {
+            Ok(v) => service.set_forwarded_verifier(v),
+            Err(e) => {
+                tracing::error!(id = e.id(), error = %e, "rebuilding the forwarded-agent verifier failed");
+            }
+        }
         tracing::debug!("CRLs re-signed");
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
     }
 }
 

@@ -22,6 +22,10 @@ use steward_store::{
 };
 use tokio::sync::Notify;
 
+mod gateway;
+
+pub(crate) use gateway::{actual_path, gateway_entries, stamp_version};
+
 use crate::ApiFailure;
 use crate::config::{Config, validate_settings};
 use crate::password;
@@ -237,6 +241,12 @@ pub struct Service {
     policies: RwLock<Arc<Vec<PolicyRecord>>>,
     waiters: Waiters,
     local_token_hash: Option<String>,
+    /// Verifies agent certificates that gateways forward; `None` until the first CRLs load.
+    forwarded_verifier: RwLock<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
+    /// Serialises profile changes (each stamps the next version).
+    profile_lock: tokio::sync::Mutex<()>,
+    /// Asks the CRL loop to re-sign now; it answers once the new CRLs are in service.
+    crl_kick: RwLock<Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl Service {
@@ -256,6 +266,9 @@ impl Service {
             policies: RwLock::new(Arc::new(policies)),
             waiters: Waiters::default(),
             local_token_hash: local_token.map(|t| secret::token_hash(&t)),
+            forwarded_verifier: RwLock::new(None),
+            profile_lock: tokio::sync::Mutex::new(()),
+            crl_kick: RwLock::new(None),
         })
     }
 
@@ -491,6 +504,48 @@ impl Service {
                         .join(", ")
                 ),
             )),
+        }
+    }
+
+    /// Revokes a device: refused at once by the agent site, and in the CRLs, which are
+    /// re-signed before this returns (gateways refuse it at their next CRL refresh).
+    pub async fn revoke_device(
+        &self,
+        user: &AdminUser,
+        id_or_name: &str,
+    ) -> Result<(), ApiFailure> {
+        let d = self.find_device(id_or_name).await?;
+        if self.store.revoke_device(&d.id, now()).await? {
+            tracing::info!(user = %user.username, device = %d.id, name = %d.name, "device revoked");
+        }
+        self.resign_crls().await;
+        Ok(())
+    }
+
+    pub(crate) fn set_crl_kick(
+        &self,
+        kick: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        *self.crl_kick.write().unwrap_or_else(|p| p.into_inner()) = Some(kick);
+    }
+
+    /// Has the CRL loop re-sign now and waits (bounded) until the new CRLs are in service.
+    pub(crate) async fn resign_crls(&self) {
+        let kick = self
+            .crl_kick
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(kick) = kick else { return };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if kick.send(tx).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .is_err()
+        {
+            // The revocation is committed and the server refuses the identity already; the
+            // scheduled re-signing publishes it to CRL clients.
+            tracing::warn!("the CRLs were not re-signed within 30 s; the next scheduled run will");
         }
     }
 
@@ -872,6 +927,7 @@ impl Service {
         let now = now();
         let path = match &req.connection {
             ConnectionPath::Lan { server } => format!("lan via {server}"),
+            ConnectionPath::Gateway { gateway, via } => format!("gateway {gateway} via {via}"),
         };
         self.store.note_seen(
             &device.id,
@@ -1157,6 +1213,7 @@ mod tests {
             servers: vec![],
             protocol: Default::default(),
             trust_anchors_pem: vec![],
+            gateways: Vec::new(),
         };
         let s = AgentSettings::default();
         let a = config_version(&p, &s, &[]);

@@ -49,6 +49,22 @@ pub(crate) fn agent_config(
     Ok(Arc::new(cfg))
 }
 
+/// Verifies agent certificates that gateways forward: the platform root, clientAuth, and
+/// both CRLs, exactly as the agent site's handshake does (a certificate is required here).
+pub(crate) fn forwarded_verifier(
+    pki: &Pki,
+    crls: &Crls,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(pki.root.cert().clone())
+        .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls([crls.issuing.clone(), crls.root.clone()])
+        .build()
+        .map_err(|e| ServerError::Tls(format!("the forwarded-agent verifier: {e}")))
+}
+
 /// The console and admin API: server authentication only.
 pub(crate) fn console_config(cert: &ListenerCert) -> Result<Arc<ServerConfig>, ServerError> {
     let mut cfg = base(provider())?

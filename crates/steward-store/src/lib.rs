@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use steward_proto::admin::{DeviceTaskState, TaskState};
-use steward_proto::{AgentError, Inventory, TaskAssignment, TaskResult};
+use steward_proto::{AgentError, GatewayReport, Inventory, TaskAssignment, TaskResult};
 
 pub use seen::{Seen, SeenBuffer};
 pub use sqlite::SqliteStore;
@@ -173,6 +173,36 @@ pub enum TokenCheck {
     },
 }
 
+/// A gateway to insert when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGateway {
+    /// UUID; also its client certificate's CN.
+    pub id: String,
+    /// Serial of its client (identity) certificate (upper-case hex).
+    pub cert_serial: String,
+    /// SHA-256 of its client certificate (upper-case hex).
+    pub cert_sha256: String,
+    /// Join time.
+    pub created_at: i64,
+}
+
+/// A gateway as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    /// UUID; also its client certificate's CN.
+    pub id: String,
+    /// Serial of its client certificate (upper-case hex).
+    pub cert_serial: String,
+    /// SHA-256 of its client certificate (upper-case hex).
+    pub cert_sha256: String,
+    /// A revoked gateway is refused, and so is every agent identity it vouches for.
+    pub revoked: bool,
+    /// What it last said about itself.
+    pub report: Option<GatewayReport>,
+    /// When.
+    pub reported_at: Option<i64>,
+}
+
 /// A task to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTaskRecord {
@@ -271,6 +301,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         device: &NewDevice,
     ) -> Result<TokenCheck>;
 
+    // ---- gateways ---------------------------------------------------------------------------
+
+    /// Stores a single-use gateway join token (kind `gateway`; never usable for enrollment).
+    async fn create_gateway_token(&self, token: &NewEnrollmentToken) -> Result<()>;
+    /// Judges a gateway join token without consuming it.
+    async fn check_gateway_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck>;
+    /// Consumes one use of a gateway token and inserts the gateway, atomically.
+    async fn join_gateway(
+        &self,
+        token_hash: &str,
+        now: i64,
+        gateway: &NewGateway,
+    ) -> Result<TokenCheck>;
+    /// A gateway by ID.
+    async fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>>;
+    /// Every gateway, by ID.
+    async fn gateways(&self) -> Result<Vec<GatewayRecord>>;
+    /// Replaces a gateway's latest report.
+    async fn save_gateway_report(&self, id: &str, report: &GatewayReport, now: i64) -> Result<()>;
+    /// Revokes a gateway; `false` when there was no such unrevoked gateway.
+    async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool>;
+    /// Revokes a device; `false` when there was no such unrevoked device.
+    async fn revoke_device(&self, id: &str, now: i64) -> Result<bool>;
+
     // ---- devices ----------------------------------------------------------------------------
 
     /// One device by ID.
@@ -298,7 +352,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes the last-seen values noted since the last flush in one transaction; returns how
     /// many devices were written. On failure the values are kept for the next flush.
     async fn flush_seen(&self) -> Result<usize>;
-    /// Serials (upper-case hex) and revocation times of revoked device certificates.
+    /// Serials (upper-case hex) and revocation times of revoked device and gateway identity
+    /// certificates.
     async fn revoked_serials(&self) -> Result<Vec<(String, i64)>>;
 
     // ---- tasks ------------------------------------------------------------------------------

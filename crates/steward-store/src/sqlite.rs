@@ -26,11 +26,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use steward_proto::admin::{DeviceTaskState, TaskState};
-use steward_proto::{AgentError, Inventory, TaskAssignment, TaskResult};
+use steward_proto::{AgentError, GatewayReport, Inventory, TaskAssignment, TaskResult};
 
 use crate::{
-    Admin, Device, ImportedDevice, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord,
-    Result, Seen, SeenBuffer, Store, StoreError, TaskRecord, TokenCheck, parse_state, state_str,
+    Admin, Device, GatewayRecord, ImportedDevice, NewDevice, NewEnrollmentToken, NewGateway,
+    NewTaskRecord, PolicyRecord, Result, Seen, SeenBuffer, Store, StoreError, TaskRecord,
+    TokenCheck, parse_state, state_str,
 };
 
 /// How long a statement waits for a lock held by another connection or process.
@@ -66,6 +67,13 @@ fn migrations() -> Vec<Migration> {
             Cow::Borrowed("device seen"),
             MigrationType::Simple,
             include_str!("../migrations/0002_device_seen.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("gateways"),
+            MigrationType::Simple,
+            include_str!("../migrations/0003_gateways.sql").into_sql_str(),
             false,
         ),
     ]
@@ -360,14 +368,31 @@ async fn token_verdict(
     tx: &mut Transaction<'static, Sqlite>,
     token_hash: &str,
     now: i64,
+    kind: &str,
 ) -> Result<TokenCheck> {
     let row = sqlx::query(
-        "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens WHERE token_hash = ?",
+        "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
+         WHERE token_hash = ? AND kind = ?",
     )
     .bind(token_hash)
+    .bind(kind)
     .fetch_optional(&mut **tx)
     .await?;
     verdict_from_row(row, now)
+}
+
+fn gateway_from_row(r: &SqliteRow) -> Result<GatewayRecord> {
+    let report: Option<String> = r.try_get("report")?;
+    Ok(GatewayRecord {
+        id: r.try_get("id")?,
+        cert_serial: r.try_get("cert_serial")?,
+        cert_sha256: r.try_get("cert_sha256")?,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+        report: report
+            .map(|t| json_col("gateways.report", &t))
+            .transpose()?,
+        reported_at: r.try_get("reported_at")?,
+    })
 }
 
 fn verdict_from_row(row: Option<SqliteRow>, now: i64) -> Result<TokenCheck> {
@@ -460,7 +485,8 @@ impl Store for SqliteStore {
 
     async fn check_enrollment_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
         let row = sqlx::query(
-            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens WHERE token_hash = ?",
+            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
+             WHERE token_hash = ? AND kind = 'agent'",
         )
         .bind(token_hash)
         .fetch_optional(&self.reader)
@@ -479,14 +505,15 @@ impl Store for SqliteStore {
         // two enrollments racing for the last use cannot both succeed.
         let tags: Option<String> = sqlx::query_scalar(
             "UPDATE enrollment_tokens SET uses = uses + 1 \
-             WHERE token_hash = ? AND expires_at > ? AND uses < max_uses RETURNING tags",
+             WHERE token_hash = ? AND kind = 'agent' AND expires_at > ? AND uses < max_uses \
+             RETURNING tags",
         )
         .bind(token_hash)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(token_tags) = tags else {
-            let verdict = token_verdict(&mut tx, token_hash, now).await?;
+            let verdict = token_verdict(&mut tx, token_hash, now, "agent").await?;
             tx.rollback().await?;
             // The row changed between the UPDATE and the SELECT only if another process wrote
             // in between, which IMMEDIATE prevents; "usable" here would be a logic error, so
@@ -516,6 +543,124 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(TokenCheck::Usable { tags: all_tags })
+    }
+
+    async fn create_gateway_token(&self, t: &NewEnrollmentToken) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens \
+             (token_hash, expires_at, max_uses, uses, tags, created_at, created_by, kind) \
+             VALUES (?, ?, ?, 0, '[]', ?, ?, 'gateway')",
+        )
+        .bind(&t.token_hash)
+        .bind(t.expires_at)
+        .bind(i64::from(t.max_uses))
+        .bind(t.created_at)
+        .bind(&t.created_by)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn check_gateway_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
+        let row = sqlx::query(
+            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
+             WHERE token_hash = ? AND kind = 'gateway'",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        verdict_from_row(row, now)
+    }
+
+    async fn join_gateway(
+        &self,
+        token_hash: &str,
+        now: i64,
+        gateway: &NewGateway,
+    ) -> Result<TokenCheck> {
+        let mut tx = self.begin().await?;
+        // As for agents: the use is taken in one statement, so a token joins one gateway.
+        let taken: Option<i64> = sqlx::query_scalar(
+            "UPDATE enrollment_tokens SET uses = uses + 1 \
+             WHERE token_hash = ? AND kind = 'gateway' AND expires_at > ? AND uses < max_uses \
+             RETURNING uses",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken.is_none() {
+            let verdict = token_verdict(&mut tx, token_hash, now, "gateway").await?;
+            tx.rollback().await?;
+            return Ok(match verdict {
+                TokenCheck::Usable { .. } => TokenCheck::Unknown,
+                other => other,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO gateways (id, cert_serial, cert_sha256, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&gateway.id)
+        .bind(&gateway.cert_serial)
+        .bind(&gateway.cert_sha256)
+        .bind(gateway.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(TokenCheck::Usable { tags: Vec::new() })
+    }
+
+    async fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>> {
+        let row = sqlx::query(
+            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at \
+             FROM gateways WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| gateway_from_row(&r)).transpose()
+    }
+
+    async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at \
+             FROM gateways ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(gateway_from_row).collect()
+    }
+
+    async fn save_gateway_report(&self, id: &str, report: &GatewayReport, now: i64) -> Result<()> {
+        sqlx::query("UPDATE gateways SET report = ?, reported_at = ? WHERE id = ?")
+            .bind(to_json("gateways.report", report)?)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE gateways SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_device(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn device(&self, id: &str) -> Result<Option<Device>> {
@@ -648,6 +793,9 @@ impl Store for SqliteStore {
     async fn revoked_serials(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM devices \
+             WHERE revoked != 0 \
+             UNION ALL \
+             SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM gateways \
              WHERE revoked != 0",
         )
         .fetch_all(&self.reader)

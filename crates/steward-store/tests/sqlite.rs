@@ -156,6 +156,100 @@ async fn tokens_are_judged_unknown_expired_or_usable() {
     assert!(store.device("a").await.unwrap().is_none());
 }
 
+fn gateway(id: &str) -> steward_store::NewGateway {
+    steward_store::NewGateway {
+        id: id.into(),
+        cert_serial: "01".into(),
+        cert_sha256: "AA".into(),
+        created_at: NOW,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_tokens_join_once_and_are_not_enrollment_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir).await);
+    store
+        .create_gateway_token(&token("g", 1, NOW + 60))
+        .await
+        .unwrap();
+    store
+        .create_enrollment_token(&token("e", 5, NOW + 60))
+        .await
+        .unwrap();
+    store
+        .create_gateway_token(&token("old", 1, NOW - 1))
+        .await
+        .unwrap();
+    // Neither kind works as the other.
+    assert_eq!(
+        store.check_enrollment_token("g", NOW).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store
+            .enroll_device("g", NOW, &device("a", "a"))
+            .await
+            .unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store.check_gateway_token("e", NOW).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store.join_gateway("e", NOW, &gateway("x")).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    assert_eq!(
+        store.join_gateway("old", NOW, &gateway("x")).await.unwrap(),
+        TokenCheck::Expired {
+            expires_at: NOW - 1
+        }
+    );
+    // Racing joins with one token: exactly one gateway.
+    let mut joins = Vec::new();
+    for i in 0..8 {
+        let s = store.clone();
+        joins.push(tokio::spawn(async move {
+            s.join_gateway("g", NOW, &gateway(&format!("gw{i}")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut usable = 0;
+    for j in joins {
+        match j.await.unwrap() {
+            TokenCheck::Usable { .. } => usable += 1,
+            other => assert_eq!(other, TokenCheck::Exhausted { max_uses: 1 }),
+        }
+    }
+    assert_eq!(usable, 1);
+    let all = store.gateways().await.unwrap();
+    assert_eq!(all.len(), 1);
+    let id = all[0].id.clone();
+    assert!(all[0].report.is_none() && !all[0].revoked);
+
+    let report = steward_proto::GatewayReport {
+        external_name: "gw.example.net".into(),
+        listen_port: 8443,
+        thumbprints: vec!["AB".repeat(32)],
+        version: "1".into(),
+        health: "ok".into(),
+    };
+    store.save_gateway_report(&id, &report, NOW).await.unwrap();
+    let g = store.gateway(&id).await.unwrap().unwrap();
+    assert_eq!((g.report, g.reported_at), (Some(report), Some(NOW)));
+    assert!(store.revoke_gateway(&id, NOW).await.unwrap());
+    assert!(!store.revoke_gateway(&id, NOW).await.unwrap());
+    assert!(store.gateway(&id).await.unwrap().unwrap().revoked);
+    // A revoked gateway's identity goes into the CRL.
+    assert_eq!(
+        store.revoked_serials().await.unwrap(),
+        vec![("01".to_owned(), NOW)]
+    );
+}
+
 #[tokio::test]
 async fn last_seen_is_kept_in_memory_merged_on_read_and_flushed_in_one_go() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,6 +121,7 @@ impl Pki {
             }],
             protocol: Default::default(),
             trust_anchors_pem: vec![self.root_pem()],
+            gateways: Vec::new(),
         }
     }
 }

@@ -1,0 +1,238 @@
+//! Multi-process end to end on loopback, through the gateway: a real `steward server`,
+//! `steward gateway token|join|run|list`, and a real `steward-agent` that has left the LAN
+//! (its LAN address, 127.0.0.3, answers nothing) and checks in through the gateway on
+//! 127.0.0.2.
+//!
+//! Needs the `steward-agent` binary next to `steward`: `cargo test --workspace` builds both.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here is a failed test
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn steward() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_steward"))
+}
+
+fn agent_bin() -> PathBuf {
+    let p = steward().with_file_name("steward-agent");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills its process on drop, so a failing test leaves nothing running.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Poll `f` every 200 ms until it returns Some, for at most `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+fn admin(server: &Path, args: &[&str]) -> Command {
+    // After the two subcommand words: the server's data directory for the admin connection.
+    let mut c = Command::new(steward());
+    c.args(&args[..2])
+        .arg("--data-dir")
+        .arg(server)
+        .args(&args[2..]);
+    c
+}
+
+fn json(server: &Path, args: &[&str]) -> Value {
+    let mut c = admin(server, args);
+    c.args(["--format", "json"]);
+    serde_json::from_str(&ok(&mut c)).unwrap()
+}
+
+#[test]
+fn an_agent_off_the_lan_checks_in_through_a_gateway_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = tmp.path().join("server");
+    let agent_port = free_port("127.0.0.1");
+    let pw = tmp.path().join("admin-pw");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    ok(Command::new(steward())
+        .args([
+            "server",
+            "init",
+            "--fqdn",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(&server)
+        .args(["--agent-addr", &format!("127.0.0.1:{agent_port}")])
+        .args([
+            "--console-addr",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ])
+        .args([
+            "--crl-addr",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ])
+        .arg("--admin-password-file")
+        .arg(&pw));
+    let mut server_proc = spawn_logged(
+        Command::new(steward())
+            .args(["server", "run", "--data-dir"])
+            .arg(&server),
+        &tmp.path().join("server.log"),
+    );
+    let addresses = server.join("run").join("addresses.json");
+    wait_for("the server to listen", Duration::from_secs(30), || {
+        assert!(
+            server_proc.0.try_wait().unwrap().is_none(),
+            "the server exited: {}",
+            std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default()
+        );
+        addresses.exists().then_some(())
+    });
+
+    // Server side: a token file. Gateway side: join with it, then run.
+    let token = tmp.path().join("gateway.token");
+    ok(&mut admin(
+        &server,
+        &["gateway", "token", "--out", token.to_str().unwrap()],
+    ));
+    let gw = tmp.path().join("gateway");
+    let gw_port = free_port("127.0.0.2");
+    ok(Command::new(steward())
+        .args(["gateway", "join", "--server"])
+        .arg(format!("https://127.0.0.1:{agent_port}"))
+        .arg("--token")
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(&gw)
+        .args(["--external-name", "127.0.0.2"])
+        .args(["--listen", &format!("127.0.0.2:{gw_port}")]));
+    // The token was for one join.
+    let again = run(Command::new(steward())
+        .args(["gateway", "join", "--server"])
+        .arg(format!("https://127.0.0.1:{agent_port}"))
+        .arg("--token")
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(tmp.path().join("gateway-2"))
+        .args(["--external-name", "127.0.0.2"]));
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("GATEWAY-TOKEN-USED"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let mut gw_proc = spawn_logged(
+        Command::new(steward())
+            .args(["gateway", "run", "--data-dir"])
+            .arg(&gw),
+        &tmp.path().join("gateway.log"),
+    );
+    // Its report is how the server (and so the profile) learns the port.
+    wait_for("the gateway's report", Duration::from_secs(30), || {
+        assert!(
+            gw_proc.0.try_wait().unwrap().is_none(),
+            "the gateway exited: {}",
+            std::fs::read_to_string(tmp.path().join("gateway.log")).unwrap_or_default()
+        );
+        let list = json(&server, &["gateway", "list"]);
+        (list[0]["report"]["listen_port"] == gw_port).then_some(())
+    });
+
+    // An agent enrolls and checks in on the LAN, receiving the gateway in its profile.
+    let package = tmp.path().join("agent-package.json");
+    ok(&mut admin(
+        &server,
+        &["package", "agent", "--out", package.to_str().unwrap()],
+    ));
+    let agent = tmp.path().join("agent");
+    ok(Command::new(agent_bin())
+        .args(["enroll", "--package"])
+        .arg(&package)
+        .arg("--data-dir")
+        .arg(&agent));
+    ok(Command::new(agent_bin())
+        .args(["run", "--once", "--data-dir"])
+        .arg(&agent));
+    let config_path = agent.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    assert_eq!(config["profile"]["gateways"][0]["port"], gw_port);
+    assert_eq!(config["profile"]["gateways"][0]["host"], "127.0.0.2");
+
+    // It leaves the LAN: the LAN address answers nothing; the gateway carries the check-in.
+    for s in config["profile"]["servers"].as_array_mut().unwrap() {
+        s["host"] = Value::from("127.0.0.3");
+    }
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    ok(Command::new(agent_bin())
+        .args(["run", "--once", "--data-dir"])
+        .arg(&agent));
+    let devices = json(&server, &["devices", "list"]);
+    let path = devices[0]["connection_path"].as_str().unwrap();
+    assert!(
+        path.starts_with("gateway ") && path.ends_with(&format!("via 127.0.0.2:{gw_port}")),
+        "{path}"
+    );
+    let logs: String = std::fs::read_dir(agent.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.lines().any(|l| l.contains("AGENT-CONNECTED")
+            && l.contains(&format!("through gateway 127.0.0.2:{gw_port}"))),
+        "{logs}"
+    );
+}

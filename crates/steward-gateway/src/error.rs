@@ -1,0 +1,87 @@
+//! The gateway's failures, each with a stable ID (docs/diagnostics.md, `## Gateway`).
+
+use std::path::PathBuf;
+
+/// Everything that can stop `steward gateway join` or `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A file of the data directory or the token could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file holds something other than what the gateway wrote (edited, truncated, foreign).
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The data directory already holds a joined gateway; joining again would replace its
+    /// identity, so it is refused.
+    #[error("{0} already holds a joined gateway; use another --data-dir")]
+    AlreadyJoined(PathBuf),
+    /// Making keys, a CSR or a TLS configuration failed.
+    #[error("{0}")]
+    Crypto(String),
+    /// The server could not be reached (DNS, refused, timeout, TLS).
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// What was requested.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The server refused, with its stable ID.
+    #[error("{url} refused: {id}: {message}")]
+    Refused {
+        /// What was requested.
+        url: String,
+        /// The server's error ID (for example `GATEWAY-TOKEN-USED`).
+        id: String,
+        /// Its message.
+        message: String,
+    },
+    /// The CRL could not be fetched or is not a CRL the verifier accepts.
+    #[error("the CRL {url} is unusable: {reason}")]
+    Crl {
+        /// Where it was fetched.
+        url: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    /// The stable ID of this failure.
+    pub fn id(&self) -> &'static str {
+        match self {
+            Self::Io { .. } | Self::Corrupt { .. } => "GATEWAY-STATE",
+            Self::AlreadyJoined(_) => "GATEWAY-ALREADY-JOINED",
+            Self::Crypto(_) => "GATEWAY-CRYPTO",
+            Self::Unreachable { .. } => "GATEWAY-SERVER-UNREACHABLE",
+            Self::Refused { .. } => "GATEWAY-SERVER-REFUSED",
+            Self::Crl { .. } => "GATEWAY-CRL-UNAVAILABLE",
+            Self::Bind { .. } => "GATEWAY-BIND",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

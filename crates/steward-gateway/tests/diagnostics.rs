@@ -1,0 +1,54 @@
+//! Every stable ID the gateway can log or answer is documented in docs/diagnostics.md.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Quoted literals that look like IDs: upper-case words joined by hyphens.
+fn ids_in(text: &str) -> BTreeSet<String> {
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.contains('-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+                && !s.contains("--")
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_id_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("../../docs/diagnostics.md")).unwrap();
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            ids.extend(ids_in(&std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    // A sample the scan must find, so a broken scan cannot pass silently.
+    for expected in [
+        "GATEWAY-CRL-UNAVAILABLE",
+        "GATEWAY-UPSTREAM-UNREACHABLE",
+        "GATEWAY-AGENT-REFUSED",
+    ] {
+        assert!(
+            ids.contains(expected),
+            "the scan missed {expected}: {ids:?}"
+        );
+    }
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !docs.contains(&format!("\n### {id}\n")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/diagnostics.md has no section for {missing:?}"
+    );
+}

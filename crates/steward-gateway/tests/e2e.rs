@@ -1,0 +1,509 @@
+//! Server, gateway and agent in one process, on loopback: 127.0.0.1 is the server's LAN,
+//! 127.0.0.2 the gateway's external address, and 127.0.0.3 a LAN address nothing answers on
+//! (the agent has left the LAN). Shows: the gateway's reported port reaches the agent through
+//! its profile; the agent falls back from the dead LAN address to the gateway and the device's
+//! path is the gateway; the agent refuses a gateway whose thumbprint the profile does not
+//! list; the gateway refuses agents without a platform certificate; and the identity the
+//! server sees is the one the gateway verified, whatever header the agent sends.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use steward_gateway::{Gateway, JoinOptions, RunOptions, RunningGateway};
+use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage};
+use steward_proto::admin::{
+    DeviceSummary, GatewaySummary, GatewayToken, LoginRequest, LoginResponse, NewGatewayToken,
+    NewPackage, paths as admin,
+};
+use steward_proto::{
+    AGENT_CERT_HEADER, AgentConfig, ApiError, BootstrapPackage, CheckinResponse, ConnectionPath,
+    paths,
+};
+use steward_server::{InitOptions, RunningServer, Server, ServerOverrides};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Everything logged in this test process (the agent's event lines among it).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    // Once per process; a second call (the other test) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn https(
+    root_pem: &str,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    server: RunningServer,
+    gateway: RunningGateway,
+    root_pem: String,
+    admin: reqwest::Client,
+    token: String,
+}
+
+impl Rig {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut opts = InitOptions::new(root.join("server"), vec!["localhost".into()]);
+        opts.ip_addrs = vec!["127.0.0.1".parse().unwrap()];
+        opts.admin_password = Some(PASSWORD.into());
+        opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], crl_port)));
+        let report = steward_server::init(opts).await.unwrap();
+        let root_pem = std::fs::read_to_string(&report.root_cert_path).unwrap();
+        let loopback = Some("127.0.0.1:0".parse().unwrap());
+        let server = Server::start(
+            &root.join("server"),
+            ServerOverrides {
+                agent_addr: loopback,
+                console_addr: loopback,
+                crl_addr: None,
+            },
+        )
+        .await
+        .unwrap();
+        let admin = https(&root_pem, None);
+        let login: LoginResponse = admin
+            .post(format!("{}{}", server.console_url(), admin::LOGIN))
+            .json(&LoginRequest {
+                username: "admin".into(),
+                password: PASSWORD.into(),
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+
+        // `steward gateway token`, then `steward gateway join` with the file it writes.
+        let token: GatewayToken = admin
+            .post(format!("{}{}", server.console_url(), admin::GATEWAY_TOKENS))
+            .bearer_auth(&login.token)
+            .json(&NewGatewayToken { expires_secs: 600 })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token_file = root.join("gateway.token");
+        std::fs::write(&token_file, serde_json::to_vec(&token).unwrap()).unwrap();
+        let joined = steward_gateway::join(&JoinOptions {
+            server_url: format!("https://127.0.0.1:{}", server.agent_addr.port()),
+            token_file,
+            data_dir: root.join("gateway"),
+            external_name: "127.0.0.2".into(),
+            listen: "127.0.0.2:0".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in ["identity.key", "server.key"] {
+                let mode = std::fs::metadata(root.join("gateway").join(key))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{key}");
+            }
+        }
+        // Reports are made on start; the periodic one is pushed out of the test's way.
+        let gateway = Gateway::start(
+            &root.join("gateway"),
+            RunOptions {
+                listen: None,
+                crl_refresh: Duration::from_secs(3600),
+                report_interval: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(gateway.config.gateway_id, joined.gateway_id);
+        Self {
+            _dir: dir,
+            root,
+            server,
+            gateway,
+            root_pem,
+            admin,
+            token: login.token,
+        }
+    }
+
+    async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin
+            .get(format!("{}{path}", self.server.console_url()))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Enrolls a real agent (on the LAN) into `name`.
+    async fn agent(&self, name: &str) -> std::path::PathBuf {
+        let pkg: BootstrapPackage = self
+            .admin
+            .post(format!("{}{}", self.server.console_url(), admin::PACKAGES))
+            .bearer_auth(&self.token)
+            .json(&NewPackage {
+                expires_secs: 600,
+                max_uses: 1,
+                tags: vec![],
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let file = self.root.join(format!("{name}.package"));
+        std::fs::write(&file, serde_json::to_vec(&pkg).unwrap()).unwrap();
+        let data_dir = self.root.join(name);
+        steward_agent::enroll(&steward_agent::EnrollOptions {
+            package: file,
+            data_dir: data_dir.clone(),
+            force: false,
+        })
+        .await
+        .unwrap();
+        data_dir
+    }
+
+    async fn stop(self) {
+        self.gateway.shutdown().await;
+        self.server.shutdown().await.unwrap();
+    }
+}
+
+async fn run_once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
+    steward_agent::run(
+        steward_agent::RunOptions {
+            data_dir: data_dir.to_owned(),
+            once: true,
+            crls: Vec::new(),
+            gateway_set_aside: None,
+        },
+        std::future::pending(),
+    )
+    .await
+}
+
+fn config_path(data_dir: &Path) -> std::path::PathBuf {
+    steward_agent::store::DataDir::new(data_dir).config_path()
+}
+
+fn read_config(data_dir: &Path) -> AgentConfig {
+    serde_json::from_slice(&std::fs::read(config_path(data_dir)).unwrap()).unwrap()
+}
+
+/// The agent leaves the LAN: its LAN address becomes one nothing answers on.
+fn leave_lan(data_dir: &Path, edit: impl FnOnce(&mut AgentConfig)) {
+    let mut c = read_config(data_dir);
+    for s in &mut c.profile.servers {
+        s.host = "127.0.0.3".into();
+    }
+    edit(&mut c);
+    std::fs::write(config_path(data_dir), serde_json::to_vec(&c).unwrap()).unwrap();
+}
+
+fn agent_identity(data_dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let dir = steward_agent::store::DataDir::new(data_dir);
+    let id = dir.load_identity().unwrap().unwrap();
+    let mut chain = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+    for c in &id.chain_pem {
+        chain.push(CertificateDer::from_pem_slice(c.as_bytes()).unwrap());
+    }
+    let key = PrivatePkcs8KeyDer::from_pem_file(dir.key_path()).unwrap();
+    (chain, PrivateKeyDer::Pkcs8(key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_off_the_lan_checks_in_through_the_gateway() {
+    capture_logs();
+    let rig = Rig::start().await;
+    let gw_port = rig.gateway.addr.port();
+    assert_eq!(rig.gateway.addr.ip().to_string(), "127.0.0.2");
+
+    // The server learned the gateway from its report.
+    let gws: Vec<GatewaySummary> = rig.admin_get(admin::GATEWAYS).await;
+    let report = gws[0].report.clone().unwrap();
+    assert_eq!(
+        (report.external_name.as_str(), report.listen_port),
+        ("127.0.0.2", gw_port)
+    );
+    assert_eq!(report.health, "ok");
+
+    // On the LAN, the agent receives a profile listing the gateway with the port it bound.
+    let pc = rig.agent("pc").await;
+    run_once(&pc).await.unwrap();
+    let cfg = read_config(&pc);
+    assert_eq!(cfg.profile.gateways.len(), 1);
+    let entry = cfg.profile.gateways[0].clone();
+    assert_eq!(
+        (entry.name.as_str(), entry.host.as_str(), entry.port),
+        (rig.gateway.config.gateway_id.as_str(), "127.0.0.2", gw_port)
+    );
+    assert_eq!(entry.thumbprints, report.thumbprints);
+
+    // Off the LAN: the LAN address refuses, the gateway carries the check-in.
+    leave_lan(&pc, |_| {});
+    run_once(&pc).await.unwrap();
+    let state = steward_agent::store::DataDir::new(&pc)
+        .load_state()
+        .unwrap();
+    assert_eq!(
+        state.connection,
+        Some(ConnectionPath::Gateway {
+            gateway: entry.name.clone(),
+            via: format!("127.0.0.2:{gw_port}"),
+        })
+    );
+    assert!(state.pending_error.is_none());
+    let devices: Vec<DeviceSummary> = rig.admin_get(admin::DEVICES).await;
+    assert_eq!(devices.len(), 1);
+    assert_eq!(
+        devices[0].connection_path.as_deref(),
+        Some(format!("gateway {} via 127.0.0.2:{gw_port}", entry.name).as_str())
+    );
+    let log = logged();
+    assert!(
+        log.contains(&format!(
+            "through gateway 127.0.0.2:{gw_port} ({})",
+            entry.name
+        )),
+        "{log}"
+    );
+    // The failed LAN attempt is what the agent reported as its last error.
+    let last = devices[0].last_error.clone().unwrap();
+    assert_eq!(last.id, "AGENT-CONNECTION-REFUSED");
+
+    // A wrong thumbprint in the profile: the agent refuses the gateway and names both values.
+    leave_lan(&pc, |c| {
+        c.profile.gateways[0].thumbprints = vec!["00".repeat(32)]
+    });
+    let err = run_once(&pc).await.err().unwrap();
+    assert_eq!(err.id(), "AGENT-GATEWAY-THUMBPRINT");
+    let msg = err.to_string();
+    assert!(msg.contains(&entry.thumbprints[0]), "{msg}");
+    assert!(msg.contains(&"00".repeat(32)), "{msg}");
+
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_vouches_only_for_agents_it_verified() {
+    let rig = Rig::start().await;
+    let url = format!(
+        "https://127.0.0.2:{}{}",
+        rig.gateway.addr.port(),
+        paths::CHECKIN
+    );
+    let pc = rig.agent("pc").await;
+    let other = rig.agent("other").await;
+    let body = serde_json::json!({
+        "protocol": 1, "agent_version": "test", "config_version": 0, "inventory_hash": "x",
+        "inventory": null, "results": [], "last_error": null,
+        "connection": { "kind": "gateway", "gateway": "g", "via": "127.0.0.2" }
+    });
+
+    // A real agent, stating someone else's identity in the header: the gateway replaces the
+    // header with the certificate it verified, so the server sees this agent.
+    let (chain, key) = agent_identity(&pc);
+    let (other_chain, _) = agent_identity(&other);
+    let forged = steward_pki::CertFacts::from_der(&other_chain[0]).unwrap();
+    let resp = https(&rig.root_pem, Some((chain, key)))
+        .post(&url)
+        .header(AGENT_CERT_HEADER, base64_der(&other_chain[0]))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let r: CheckinResponse = resp.json().await.unwrap();
+    let own = steward_agent::store::DataDir::new(&pc)
+        .load_identity()
+        .unwrap()
+        .unwrap()
+        .device_id;
+    assert_eq!(r.device_id, own);
+    assert_ne!(forged.common_names.first(), Some(&own));
+
+    // A long-poll passes with its query: an agent without configuration is woken at once.
+    let (chain, key) = agent_identity(&pc);
+    let wake: steward_proto::WakeUp = https(&rig.root_pem, Some((chain, key)))
+        .get(format!(
+            "https://127.0.0.2:{}{}?config_version=0",
+            rig.gateway.addr.port(),
+            paths::WAIT
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wake.reason, "config");
+
+    // Enrollment is not tunnelled.
+    let (chain, key) = agent_identity(&pc);
+    let resp = https(&rig.root_pem, Some((chain, key)))
+        .post(format!(
+            "https://127.0.0.2:{}{}",
+            rig.gateway.addr.port(),
+            paths::ENROLL
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let e: ApiError = resp.json().await.unwrap();
+    assert_eq!(e.id, "GATEWAY-ROUTE-NOT-FORWARDED");
+
+    // No client certificate, or one from a foreign CA: refused in the handshake.
+    let err = https(&rig.root_pem, None)
+        .post(&url)
+        .json(&body)
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    let now = OffsetDateTime::now_utc();
+    let foreign = Authority::new_root(
+        "Foreign Root",
+        KeySpec::EcdsaP256,
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    )
+    .unwrap();
+    let leaf = foreign
+        .issue(&LeafRequest {
+            common_name: own.clone(),
+            dns_names: vec![],
+            ip_addrs: vec![],
+            usage: Usage::Client,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(1),
+            crl_urls: vec![],
+            key: KeySpec::EcdsaP256,
+        })
+        .unwrap();
+    let identity = (
+        vec![leaf.cert.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_pkcs8.clone())),
+    );
+    let err = https(&rig.root_pem, Some(identity))
+        .post(&url)
+        .json(&body)
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+
+    // Revoked: the server re-signs its CRL before answering the revocation; once the gateway
+    // has fetched it (its periodic refresh, run here at once), the agent is refused at the edge.
+    let (chain, key) = agent_identity(&pc);
+    let before = https(&rig.root_pem, Some((chain, key)))
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status().as_u16(), 200);
+    let resp = rig
+        .admin
+        .post(format!(
+            "{}{}",
+            rig.server.console_url(),
+            admin::DEVICE_REVOKE.replace("{id}", &own)
+        ))
+        .bearer_auth(&rig.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    rig.gateway.refresh_crl().await.unwrap();
+    let (chain, key) = agent_identity(&pc);
+    let err = https(&rig.root_pem, Some((chain, key)))
+        .post(&url)
+        .json(&body)
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    // Another agent still gets through.
+    let (chain, key) = agent_identity(&other);
+    let ok = https(&rig.root_pem, Some((chain, key)))
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+
+    rig.stop().await;
+}
+
+fn base64_der(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
