@@ -27,6 +27,9 @@ pub struct EnrollOptions {
     pub data_dir: PathBuf,
     /// Replace an existing identity.
     pub force: bool,
+    /// The name the console shows for this device; the host name when `None`. Several agents
+    /// on one host (the demo, a lab) are told apart this way.
+    pub name: Option<String>,
 }
 
 /// Enrollment succeeded.
@@ -155,7 +158,10 @@ async fn enroll_inner(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     }
     store::sweep_temps(dir.root())?;
 
-    let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
+    let hostname = match &opts.name {
+        Some(name) => name.clone(),
+        None => sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned()),
+    };
     let (csr_pem, key_der) = steward_pki::make_csr(KeySpec::EcdsaP256, &hostname)
         .map_err(|e| EnrollError::Key(e.to_string()))?;
     let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", key_der));

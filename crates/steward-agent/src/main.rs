@@ -33,6 +33,9 @@ enum Command {
         /// Replace an existing identity.
         #[arg(long)]
         force: bool,
+        /// The name the console shows for this device [default: the host name].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Check in, apply configuration, run tasks; until SIGINT/SIGTERM.
     Run {
@@ -98,6 +101,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             package,
             data_dir,
             force,
+            name,
         } => {
             let dir = steward_agent::store::DataDir::new(&data_dir);
             dir.create()
@@ -112,6 +116,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 package,
                 data_dir,
                 force,
+                name,
             };
             match runtime()?.block_on(steward_agent::enroll(&opts)) {
                 Ok(done) => {

@@ -142,6 +142,7 @@ async fn enroll_check_in_run_a_task_and_survive_a_server_outage() {
     let pkg_path = tmp.path().join("agent.pkg");
     std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
     let enrolled = steward_agent::enroll(&EnrollOptions {
+        name: None,
         package: pkg_path.clone(),
         data_dir: agent_dir.clone(),
         force: false,
@@ -160,6 +161,7 @@ async fn enroll_check_in_run_a_task_and_survive_a_server_outage() {
 
     // The token was single-use: a second enrollment is refused, and says why.
     let again = steward_agent::enroll(&EnrollOptions {
+        name: None,
         package: pkg_path,
         data_dir: tmp.path().join("agent2"),
         force: false,

@@ -37,6 +37,7 @@ async fn the_log_on_disk_is_one_event_per_line_and_the_doctor_names_its_faults()
     let pkg_path = dir.path().join("pkg.json");
     std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
     let err = enroll(&EnrollOptions {
+        name: None,
         package: pkg_path,
         data_dir: dir.path().join("data"),
         force: false,

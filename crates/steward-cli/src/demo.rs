@@ -101,6 +101,8 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
             .arg(&package)
             .arg("--data-dir")
             .arg(&data)
+            .arg("--name")
+            .arg(format!("demo-agent-{i}"))
             .output()
             .context("cannot start steward-agent")?;
         if !out.status.success() {

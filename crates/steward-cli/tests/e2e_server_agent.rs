@@ -220,6 +220,7 @@ fn twenty_agents_enroll_run_tasks_and_lose_nothing_when_the_server_is_killed() {
                 .arg(&package)
                 .arg("--data-dir")
                 .arg(&dir)
+                .args(["--name", &format!("e2e-agent-{i}")])
                 .output_async(dir)
         })
         .collect();
@@ -272,6 +273,17 @@ fn twenty_agents_enroll_run_tasks_and_lose_nothing_when_the_server_is_killed() {
         (online == AGENTS).then_some(())
     });
     let devices = server.json(&["devices", "list"]);
+    // Every agent runs on this one host; --name gave each the name the console shows.
+    let mut names: Vec<String> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..AGENTS).map(|i| format!("e2e-agent-{i}")).collect();
+    want.sort();
+    assert_eq!(names, want);
     for d in devices.as_array().unwrap() {
         assert!(
             d["connection_path"].as_str().unwrap().contains("lan"),

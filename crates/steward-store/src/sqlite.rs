@@ -719,10 +719,15 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<()> {
         let os = os_of(inventory);
-        // An empty host name would leave the device nameless in the console; keep the old one.
+        // The name follows the host name only while it was derived from it: it equals the host
+        // name of the previous inventory. A name given at enrollment (`steward-agent enroll
+        // --name`) differs from the host name and is kept; so is the old name when the new
+        // host name is empty. (SET expressions read the row's old values.)
         sqlx::query(
             "UPDATE devices SET inventory = ?, inventory_hash = ?, inventory_at = ?, os = ?, \
-             name = CASE WHEN ? = '' THEN name ELSE ? END WHERE id = ?",
+             name = CASE WHEN ? <> '' AND inventory IS NOT NULL \
+                          AND name = json_extract(inventory, '$.hostname') \
+                     THEN ? ELSE name END WHERE id = ?",
         )
         .bind(to_json("devices.inventory", inventory)?)
         .bind(hash)

@@ -608,13 +608,19 @@ async fn sessions_settings_policies_inventory() {
         .unwrap();
     store.save_config_acked("a", 42).await.unwrap();
     let d = store.device("a").await.unwrap().unwrap();
-    assert_eq!(d.name, "renamed");
+    // Enrolled as "host-a", first inventory says "renamed": a name that was not the host name
+    // (an enrollment --name) is kept. The host-name-following case is its own test below.
+    assert_eq!(d.name, "host-a");
     assert_eq!(d.os.as_deref(), Some("Debian GNU/Linux 13"));
     assert_eq!(d.inventory_hash.as_deref(), Some("H1"));
     assert_eq!(d.config_version_acked, 42);
     assert_eq!(d.last_error.unwrap().id, "AGENT-TLS-UNTRUSTED");
     assert_eq!(store.device_inventory("a").await.unwrap(), Some(inv));
-    assert_eq!(store.devices_named("RENAMED").await.unwrap().len(), 1);
+    assert_eq!(
+        store.devices_named("HOST-A").await.unwrap().len(),
+        1,
+        "names match without case"
+    );
 }
 
 /// The child half of `acknowledged_results_survive_kill_9`: commits a result, says so, and
@@ -687,4 +693,55 @@ async fn acknowledged_results_survive_kill_9() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].state, TaskState::Succeeded);
     assert_eq!(rows[0].output.as_deref(), Some("done"));
+}
+
+#[tokio::test]
+async fn the_name_follows_the_host_name_unless_one_was_chosen_at_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    enrolled(&store, &["a", "b"]).await;
+    let inv = |host: &str| Inventory {
+        hostname: host.into(),
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "13".into(),
+        kernel: "6.12".into(),
+        cpu_model: "x".into(),
+        cpu_count: 2,
+        memory_total_bytes: 1,
+        disks: vec![],
+        interfaces: vec![],
+        agent_version: "0.1.0".into(),
+    };
+    let name = |id: &'static str| {
+        let store = &store;
+        async move { store.device(id).await.unwrap().unwrap().name }
+    };
+    // "a" was enrolled under its host name: renaming the host renames the device.
+    store
+        .save_inventory("a", &inv("host-a"), "H1", NOW)
+        .await
+        .unwrap();
+    assert_eq!(name("a").await, "host-a");
+    store
+        .save_inventory("a", &inv("web-7"), "H2", NOW)
+        .await
+        .unwrap();
+    assert_eq!(name("a").await, "web-7");
+    // An empty host name never blanks the name.
+    store
+        .save_inventory("a", &inv(""), "H3", NOW)
+        .await
+        .unwrap();
+    assert_eq!(name("a").await, "web-7");
+    // "b" was enrolled as "host-b" but its host is "lab-1" (a name chosen at enrollment):
+    // the chosen name stays through inventories and host renames.
+    store
+        .save_inventory("b", &inv("lab-1"), "H1", NOW)
+        .await
+        .unwrap();
+    store
+        .save_inventory("b", &inv("lab-2"), "H2", NOW)
+        .await
+        .unwrap();
+    assert_eq!(name("b").await, "host-b");
 }
