@@ -136,6 +136,12 @@ fn edge_config(
     Ok(Arc::new(cfg))
 }
 
+/// Where the CRL comes from: the server's agent site, over the gateway's own mutually
+/// authenticated link (not the certificate's CDP URL), so the DMZ needs one port only.
+fn crl_url(config: &GatewayConfig) -> String {
+    format!("{}{}", config.server_url, paths::GATEWAY_CRL)
+}
+
 async fn fetch_crl(
     client: &reqwest::Client,
     url: &str,
@@ -151,7 +157,13 @@ async fn fetch_crl(
         .await
         .map_err(|e| fail(error_chain(&e)))?;
     if !resp.status().is_success() {
-        return Err(fail(format!("HTTP {}", resp.status())));
+        // The server's answer names why (GATEWAY-NOT-TRUSTED for a revoked gateway, ...).
+        return Err(fail(match refused(url, resp).await {
+            GatewayError::Refused { id, message, .. } => {
+                format!("refused by the server: {id}: {message}")
+            }
+            other => other.to_string(),
+        }));
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| fail(error_chain(&e)))? {
@@ -198,7 +210,7 @@ impl Gateway {
             .map_err(|e| GatewayError::Crypto(e.to_string()))?;
 
         // No CRL, no edge: agents are refused rather than let in unchecked.
-        let crl = fetch_crl(&upstream, &config.crl_url).await?;
+        let crl = fetch_crl(&upstream, &crl_url(&config)).await?;
         let edge = edge_config(&server_chain, &server_key, &anchors_pem, crl)?;
 
         let want = opts.listen.unwrap_or(config.listen);
@@ -277,7 +289,7 @@ impl RunningGateway {
 
 async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     let outcome = async {
-        let crl = fetch_crl(&shared.upstream, &shared.config.crl_url).await?;
+        let crl = fetch_crl(&shared.upstream, &crl_url(&shared.config)).await?;
         edge_config(
             &shared.server_chain,
             &shared.server_key,

@@ -22,7 +22,8 @@ pub struct GatewayConfig {
     pub external_name: String,
     /// Where to listen for agents.
     pub listen: SocketAddr,
-    /// The issuing CA's CRL, fetched periodically.
+    /// The issuing CA's CRL distribution point given at join (kept for reference: `run`
+    /// fetches the CRL from the agent site, `/gateway/v1/crl`, over its own link).
     pub crl_url: String,
 }
 

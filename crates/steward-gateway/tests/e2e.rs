@@ -166,6 +166,20 @@ impl Rig {
                 assert_eq!(mode & 0o777, 0o600, "{key}");
             }
         }
+        // The CRL comes over the gateway's own link to the agent site (a DMZ may reach nothing
+        // else): the distribution point given at join is made unreachable, and revocations
+        // must still reach the edge.
+        let config_file = root.join("gateway").join("gateway.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+        assert!(
+            config["crl_url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/crl/issuing.crl")
+        );
+        config["crl_url"] = "http://127.0.0.1:1/crl/issuing.crl".into();
+        std::fs::write(&config_file, serde_json::to_vec(&config).unwrap()).unwrap();
         // Reports are made on start; the periodic one is pushed out of the test's way.
         let gateway = Gateway::start(
             &root.join("gateway"),
@@ -222,6 +236,7 @@ impl Rig {
         std::fs::write(&file, serde_json::to_vec(&pkg).unwrap()).unwrap();
         let data_dir = self.root.join(name);
         steward_agent::enroll(&steward_agent::EnrollOptions {
+            name: None,
             package: file,
             data_dir: data_dir.clone(),
             force: false,

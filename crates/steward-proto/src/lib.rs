@@ -37,6 +37,9 @@ pub mod paths {
     pub const GATEWAY_JOIN: &str = "/gateway/v1/join";
     /// POST [`crate::GatewayReport`] → 204. Needs the gateway's own client certificate.
     pub const GATEWAY_REPORT: &str = "/gateway/v1/report";
+    /// `GET`: the issuing CA's current CRL (DER), for enrolled gateways only (client
+    /// certificate), so a DMZ needs no route to the server's plain-HTTP CRL port.
+    pub const GATEWAY_CRL: &str = "/gateway/v1/crl";
 }
 
 /// The header through which an enrolled gateway states the agent identity it verified at its

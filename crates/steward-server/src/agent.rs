@@ -27,6 +27,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(paths::WAIT, get(wait))
         .route(paths::GATEWAY_JOIN, post(gateway_join))
         .route(paths::GATEWAY_REPORT, post(gateway_report))
+        .route(paths::GATEWAY_CRL, get(gateway_crl))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -95,6 +96,21 @@ async fn gateway_report(
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "gateway report", &who).await?;
     svc.gateway_report(peer.cert.as_deref(), req).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn gateway_crl(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Response, ApiFailure> {
+    let crl = svc.gateway_crl(peer.cert.as_deref()).await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/pkix-crl"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        crl,
+    )
+        .into_response())
 }
 
 /// `config_version=N` from the query; other parameters are ignored (added by newer agents).

@@ -283,6 +283,20 @@ pub fn document() -> Value {
         }}),
     );
 
+    paths.insert(
+        agent::GATEWAY_CRL.to_owned(),
+        json!({ "servers": agent_server, "get": {
+            "summary": "The issuing CA's current CRL (DER), for enrolled gateways: fetched over the gateway's authenticated link, so the DMZ needs only the agent-site port",
+            "security": [{ "clientCertificate": [] }],
+            "responses": {
+                "200": { "description": "The CRL (application/pkix-crl)" },
+                "401": err("GATEWAY-CERT-REQUIRED"),
+                "403": err("GATEWAY-NOT-TRUSTED"),
+                "503": err("GATEWAY-CRL-NOT-READY"),
+            }
+        }}),
+    );
+
     let agent_error = object(
         &["id", "message", "at"],
         json!({ "id": string(), "message": string(), "at": string() }),
@@ -425,6 +439,7 @@ mod tests {
             agent::WAIT,
             agent::GATEWAY_JOIN,
             agent::GATEWAY_REPORT,
+            agent::GATEWAY_CRL,
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} is not described");
         }

@@ -268,6 +268,7 @@ impl Server {
             .await?,
         );
         service.set_forwarded_verifier(forwarded_verifier(&pki, &crls)?);
+        service.set_issuing_crl(crls.issuing.as_ref());
         let (crl_kick, crl_kicks) = tokio::sync::mpsc::channel(16);
         service.set_crl_kick(crl_kick);
 
@@ -456,6 +457,7 @@ async fn crl_loop(
             }
         };
         crls.set(&fresh);
+        service.set_issuing_crl(fresh.issuing.as_ref());
         match agent_config(&agent_cert, &pki, &fresh) {
             Ok(c) => agent_tls.set(c),
             Err(e) => {

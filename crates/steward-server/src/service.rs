@@ -243,6 +243,8 @@ pub struct Service {
     local_token_hash: Option<String>,
     /// Verifies agent certificates that gateways forward; `None` until the first CRLs load.
     forwarded_verifier: RwLock<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
+    /// The issuing CA's current CRL (DER), served to gateways on the agent site.
+    issuing_crl: RwLock<Option<axum::body::Bytes>>,
     /// Serialises profile changes (each stamps the next version).
     profile_lock: tokio::sync::Mutex<()>,
     /// Asks the CRL loop to re-sign now; it answers once the new CRLs are in service.
@@ -267,6 +269,7 @@ impl Service {
             waiters: Waiters::default(),
             local_token_hash: local_token.map(|t| secret::token_hash(&t)),
             forwarded_verifier: RwLock::new(None),
+            issuing_crl: RwLock::new(None),
             profile_lock: tokio::sync::Mutex::new(()),
             crl_kick: RwLock::new(None),
         })

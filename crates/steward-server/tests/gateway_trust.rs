@@ -354,3 +354,56 @@ async fn a_revoked_gateway_is_refused_and_leaves_the_profile() {
         .await;
     assert!(refused.is_err(), "{refused:?}");
 }
+
+async fn gateway_crl(http: &reqwest::Client, ts: &TestServer) -> Result<Vec<u8>, (u16, ApiError)> {
+    let resp = http
+        .get(ts.agent_url(paths::GATEWAY_CRL))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return Ok(resp.bytes().await.unwrap().to_vec());
+    }
+    Err((status, resp.json().await.unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_gets_the_crl_on_the_agent_site_and_nobody_else_does() {
+    let ts = TestServer::start().await;
+    let a = enrolled(&ts, "pc-a").await;
+    let t = gateway_token(&ts).await;
+    let (joined, key) = join(&ts, &t.token).await.unwrap();
+    let gw = gateway_client(&ts, &joined, &key);
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cdp = || async {
+        let r = plain.get(&joined.crl_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap().to_vec()
+    };
+
+    // The gateway: the issuing CA's current CRL, the same as at the distribution point.
+    let crl = gateway_crl(&gw, &ts).await.unwrap();
+    steward_pki::parse_crl(&crl).unwrap();
+    assert_eq!(crl, cdp().await);
+
+    // An agent and an anonymous client: refused, by ID.
+    let (status, e) = gateway_crl(&a.http, &ts).await.err().unwrap();
+    assert_eq!((status, e.id.as_str()), (403, "GATEWAY-NOT-TRUSTED"));
+    let (status, e) = gateway_crl(&ts.anonymous_agent(), &ts).await.err().unwrap();
+    assert_eq!((status, e.id.as_str()), (401, "GATEWAY-CERT-REQUIRED"));
+
+    // A revocation re-signs it: the gateway sees the new CRL at once.
+    let b = enrolled(&ts, "pc-b").await;
+    let resp = ts
+        .admin
+        .post(ts.console(&admin::DEVICE_REVOKE.replace("{id}", &b.id)))
+        .bearer_auth(&ts.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let fresh = gateway_crl(&gw, &ts).await.unwrap();
+    assert_ne!(fresh, crl);
+    assert_eq!(fresh, cdp().await);
+}

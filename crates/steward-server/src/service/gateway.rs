@@ -177,6 +177,45 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner()) = Some(v);
     }
 
+    /// Replaces the issuing CA's CRL served to gateways (at each re-signing).
+    pub(crate) fn set_issuing_crl(&self, der: &[u8]) {
+        *self.issuing_crl.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(axum::body::Bytes::copy_from_slice(der));
+    }
+
+    /// The issuing CA's current CRL (DER), for an enrolled, unrevoked gateway only: the
+    /// gateway fetches it over its own authenticated link, so the DMZ needs no other port.
+    pub async fn gateway_crl(
+        &self,
+        peer: Option<&PeerCert>,
+    ) -> Result<axum::body::Bytes, ApiFailure> {
+        let Some(p) = peer else {
+            return Err(ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "GATEWAY-CERT-REQUIRED",
+                "the gateway CRL needs the gateway's client certificate (steward gateway join)",
+            ));
+        };
+        if self.peer_gateway(p).await?.is_none() {
+            return Err(Self::not_trusted_to(
+                peer,
+                "unknown, revoked or replaced identity",
+                "fetch the gateway CRL",
+            ));
+        }
+        self.issuing_crl
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                ApiFailure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "GATEWAY-CRL-NOT-READY",
+                    "the server has not signed its CRLs yet; try again shortly",
+                )
+            })
+    }
+
     /// Makes a single-use gateway join token (only its hash is stored).
     pub async fn new_gateway_token(
         &self,
@@ -334,12 +373,16 @@ impl Service {
     }
 
     fn not_trusted(peer: Option<&PeerCert>, why: &str) -> ApiFailure {
+        Self::not_trusted_to(peer, why, "state an agent's identity")
+    }
+
+    fn not_trusted_to(peer: Option<&PeerCert>, why: &str, what: &str) -> ApiFailure {
         let who = peer
             .and_then(|p| p.common_name.clone())
             .unwrap_or_else(|| "(no client certificate)".to_owned());
         let m = format!(
             "{who} is not an enrolled gateway ({why}); only an enrolled, unrevoked gateway may \
-             state an agent's identity"
+             {what}"
         );
         tracing::warn!(id = "GATEWAY-NOT-TRUSTED", "{m}");
         forbidden("GATEWAY-NOT-TRUSTED", m)
