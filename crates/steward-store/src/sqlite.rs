@@ -381,6 +381,59 @@ async fn token_verdict(
     verdict_from_row(row, now)
 }
 
+/// How a token of `kind` stands, outside any transaction.
+async fn check_token(
+    reader: &SqlitePool,
+    token_hash: &str,
+    now: i64,
+    kind: &str,
+) -> Result<TokenCheck> {
+    let row = sqlx::query(
+        "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
+         WHERE token_hash = ? AND kind = ?",
+    )
+    .bind(token_hash)
+    .bind(kind)
+    .fetch_optional(reader)
+    .await?;
+    verdict_from_row(row, now)
+}
+
+/// Take one use of a token of `kind` inside `tx`: `Ok(tags)` when taken, else the verdict
+/// saying why not (the caller rolls back). The use is taken only if the token is unexpired and
+/// has uses left, in one statement: two enrollments racing for the last use cannot both win.
+async fn take_token_use(
+    tx: &mut Transaction<'static, Sqlite>,
+    token_hash: &str,
+    now: i64,
+    kind: &str,
+) -> Result<std::result::Result<Vec<String>, TokenCheck>> {
+    let tags: Option<String> = sqlx::query_scalar(
+        "UPDATE enrollment_tokens SET uses = uses + 1 \
+         WHERE token_hash = ? AND kind = ? AND expires_at > ? AND uses < max_uses \
+         RETURNING tags",
+    )
+    .bind(token_hash)
+    .bind(kind)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match tags {
+        Some(t) => Ok(Ok(json_col::<Vec<String>>("enrollment_tokens.tags", &t)?)),
+        None => {
+            // The row changed between the UPDATE and the SELECT only if another process wrote
+            // in between, which IMMEDIATE prevents; "usable" here would be a logic error, so
+            // report the conservative answer.
+            Ok(Err(
+                match token_verdict(tx, token_hash, now, kind).await? {
+                    TokenCheck::Usable { .. } => TokenCheck::Unknown,
+                    other => other,
+                },
+            ))
+        }
+    }
+}
+
 fn gateway_from_row(r: &SqliteRow) -> Result<GatewayRecord> {
     let report: Option<String> = r.try_get("report")?;
     Ok(GatewayRecord {
@@ -484,14 +537,7 @@ impl Store for SqliteStore {
     }
 
     async fn check_enrollment_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
-        let row = sqlx::query(
-            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
-             WHERE token_hash = ? AND kind = 'agent'",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        verdict_from_row(row, now)
+        check_token(&self.reader, token_hash, now, "agent").await
     }
 
     async fn enroll_device(
@@ -501,30 +547,15 @@ impl Store for SqliteStore {
         device: &NewDevice,
     ) -> Result<TokenCheck> {
         let mut tx = self.begin().await?;
-        // The use is taken only if the token is unexpired and has uses left, in one statement:
-        // two enrollments racing for the last use cannot both succeed.
-        let tags: Option<String> = sqlx::query_scalar(
-            "UPDATE enrollment_tokens SET uses = uses + 1 \
-             WHERE token_hash = ? AND kind = 'agent' AND expires_at > ? AND uses < max_uses \
-             RETURNING tags",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(token_tags) = tags else {
-            let verdict = token_verdict(&mut tx, token_hash, now, "agent").await?;
-            tx.rollback().await?;
-            // The row changed between the UPDATE and the SELECT only if another process wrote
-            // in between, which IMMEDIATE prevents; "usable" here would be a logic error, so
-            // report the conservative answer.
-            return Ok(match verdict {
-                TokenCheck::Usable { .. } => TokenCheck::Unknown,
-                other => other,
-            });
+        let token_tags = match take_token_use(&mut tx, token_hash, now, "agent").await? {
+            Ok(tags) => tags,
+            Err(verdict) => {
+                tx.rollback().await?;
+                return Ok(verdict);
+            }
         };
         let mut all_tags = device.tags.clone();
-        for t in json_col::<Vec<String>>("enrollment_tokens.tags", &token_tags)? {
+        for t in token_tags {
             if !all_tags.contains(&t) {
                 all_tags.push(t);
             }
@@ -562,14 +593,7 @@ impl Store for SqliteStore {
     }
 
     async fn check_gateway_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
-        let row = sqlx::query(
-            "SELECT expires_at, max_uses, uses, tags FROM enrollment_tokens \
-             WHERE token_hash = ? AND kind = 'gateway'",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.reader)
-        .await?;
-        verdict_from_row(row, now)
+        check_token(&self.reader, token_hash, now, "gateway").await
     }
 
     async fn join_gateway(
@@ -580,22 +604,9 @@ impl Store for SqliteStore {
     ) -> Result<TokenCheck> {
         let mut tx = self.begin().await?;
         // As for agents: the use is taken in one statement, so a token joins one gateway.
-        let taken: Option<i64> = sqlx::query_scalar(
-            "UPDATE enrollment_tokens SET uses = uses + 1 \
-             WHERE token_hash = ? AND kind = 'gateway' AND expires_at > ? AND uses < max_uses \
-             RETURNING uses",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if taken.is_none() {
-            let verdict = token_verdict(&mut tx, token_hash, now, "gateway").await?;
+        if let Err(verdict) = take_token_use(&mut tx, token_hash, now, "gateway").await? {
             tx.rollback().await?;
-            return Ok(match verdict {
-                TokenCheck::Usable { .. } => TokenCheck::Unknown,
-                other => other,
-            });
+            return Ok(verdict);
         }
         sqlx::query(
             "INSERT INTO gateways (id, cert_serial, cert_sha256, created_at) VALUES (?, ?, ?, ?)",
