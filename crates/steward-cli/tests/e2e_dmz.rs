@@ -16,11 +16,14 @@
 //! installs both and runs as root). Every namespace and process is removed by drop guards.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod procs;
+use procs::{Proc, agent_bin, steward, wait_for};
 
 /// Addresses inside the namespaces this test makes (nothing outside them sees these).
 const GW_IP: &str = "10.231.1.1"; // dmz, facing the internet
@@ -32,20 +35,6 @@ const AGENT_PORT: u16 = 4726;
 const CONSOLE_PORT: u16 = 4727;
 const CRL_PORT: u16 = 4728;
 const GW_PORT: u16 = 8443;
-
-fn steward() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_steward"))
-}
-
-fn agent_bin() -> PathBuf {
-    let p = steward().with_file_name("steward-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -255,51 +244,6 @@ impl Drop for Net {
                 .stderr(Stdio::null())
                 .status();
         }
-    }
-}
-
-/// Kills its process on drop, so a failing test leaves nothing running.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-        let log = std::fs::File::create(log).unwrap();
-        Proc(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn assert_running(&mut self, what: &str, log: &Path) {
-        assert!(
-            self.0.try_wait().unwrap().is_none(),
-            "{what} exited: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-}
-
-/// Poll `f` every 200 ms until it returns Some, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -7,25 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here is a failed test
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-fn steward() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_steward"))
-}
-
-fn agent_bin() -> PathBuf {
-    let p = steward().with_file_name("steward-agent");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
+mod procs;
+use procs::{Proc, agent_bin, ok, run, steward, wait_for};
 
 fn free_port(ip: &str) -> u16 {
     TcpListener::bind((ip, 0))
@@ -33,53 +22,6 @@ fn free_port(ip: &str) -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Kills its process on drop, so a failing test leaves nothing running.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Poll `f` every 200 ms until it returns Some, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Proc {
-    let log = std::fs::File::create(log).unwrap();
-    Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap())
 }
 
 fn admin(server: &Path, args: &[&str]) -> Command {
@@ -127,7 +69,7 @@ fn an_agent_off_the_lan_checks_in_through_a_gateway_process() {
         ])
         .arg("--admin-password-file")
         .arg(&pw));
-    let mut server_proc = spawn_logged(
+    let mut server_proc = Proc::spawn(
         Command::new(steward())
             .args(["server", "run", "--data-dir"])
             .arg(&server),
@@ -175,7 +117,7 @@ fn an_agent_off_the_lan_checks_in_through_a_gateway_process() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let mut gw_proc = spawn_logged(
+    let mut gw_proc = Proc::spawn(
         Command::new(steward())
             .args(["gateway", "run", "--data-dir"])
             .arg(&gw),

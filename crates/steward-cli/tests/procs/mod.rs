@@ -1,0 +1,92 @@
+//! Process helpers shared by the multi-process end-to-end tests (`e2e_*.rs`): the built
+//! binaries, a child that dies with the test, bounded command runs and bounded polling.
+// Each test file uses a different subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `steward` binary under test.
+pub(crate) fn steward() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_steward"))
+}
+
+/// The `steward-agent` binary, built next to `steward` by `cargo test --workspace`.
+pub(crate) fn agent_bin() -> PathBuf {
+    let p = steward().with_file_name("steward-agent");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Kills its process on drop, so a failing test leaves nothing running.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Start `cmd` with its stderr in `log` (where the binaries write their logs).
+    pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+        let log = std::fs::File::create(log).unwrap();
+        Proc(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Fail with the process's log if it has exited.
+    pub(crate) fn assert_running(&mut self, what: &str, log: &Path) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "{what} exited: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// Run to completion; a panic in the child fails the test whatever its exit status.
+pub(crate) fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+/// Run to completion, require success, return stdout.
+pub(crate) fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Poll `f` every 200 ms until it returns Some, for at most `limit`.
+pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
