@@ -154,18 +154,23 @@ async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder, base: &str) -> 
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| describe(e, base))?;
     if !status.is_success() {
-        return Err(match serde_json::from_slice::<ApiError>(&body) {
-            Ok(e) => anyhow::anyhow!("{} ({}): {}", e.id, status.as_u16(), e.message),
-            Err(_) => anyhow::anyhow!(
-                "HTTP {status} from {base}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ),
-        });
+        return Err(api_error(status, &body, base));
     }
     serde_json::from_slice(&body).with_context(|| format!("unexpected answer from {base}"))
+}
+
+/// A refusal as the user should see it: the server's error ID and message when it sent one.
+fn api_error(status: reqwest::StatusCode, body: &[u8], base: &str) -> anyhow::Error {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => anyhow::anyhow!("{} ({}): {}", e.id, status.as_u16(), e.message),
+        Err(_) => anyhow::anyhow!(
+            "HTTP {status} from {base}: {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ),
+    }
 }
 
 /// A connection error with its causes, so "certificate unknown issuer" or "connection refused"
@@ -189,6 +194,23 @@ impl Admin {
             &self.base,
         )
         .await
+    }
+
+    /// A POST without a body whose success is 204 No Content.
+    pub(crate) async fn post_no_content(&self, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| describe(e, &self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp.bytes().await.map_err(|e| describe(e, &self.base))?;
+        Err(api_error(status, &body, &self.base))
     }
 
     pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
@@ -251,6 +273,26 @@ pub(crate) fn devices_list(conn: &Conn, format: Format) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `steward devices revoke` / `steward gateway revoke`: POST to `path` with `{id}` filled in.
+pub(crate) fn revoke(conn: &Conn, path: &str, what: &str, id: &str) -> anyhow::Result<ExitCode> {
+    let path = path.replace("{id}", &percent_encode(id));
+    runtime()?.block_on(async { conn.connect().await?.post_no_content(&path).await })?;
+    println!("{what} {id} revoked; the CRL is re-signed and it is refused from now on");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encode a path segment (device names may hold anything but `/` is the risk).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `steward task run`: start, wait for every device, print each result.

@@ -57,6 +57,14 @@ enum Devices {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Revoke a device's certificate: the server and gateways refuse it from now on (the CRL
+    /// is re-signed at once). It must be enrolled again with a new package to come back.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// The device's name or ID.
+        device: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +229,12 @@ impl Cli {
             Command::Devices(Devices::List { conn, format }) => {
                 crate::admin::devices_list(&conn, format)
             }
+            Command::Devices(Devices::Revoke { conn, device }) => crate::admin::revoke(
+                &conn,
+                steward_proto::admin::paths::DEVICE_REVOKE,
+                "device",
+                &device,
+            ),
             Command::Task(Task::Run {
                 conn,
                 target,

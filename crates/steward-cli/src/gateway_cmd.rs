@@ -25,6 +25,14 @@ pub(crate) enum GatewayCmd {
         #[arg(long, value_enum, default_value_t = crate::cli::Format::Text)]
         format: crate::cli::Format,
     },
+    /// Revoke a gateway: its identity is refused by the server at once and it leaves the
+    /// agents' communication profile.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// The gateway's ID (see `steward gateway list`).
+        id: String,
+    },
     /// Join this host as a gateway: keys are made here; the server issues its identity
     /// certificate and a server certificate for its external name.
     Join(JoinArgs),
@@ -85,6 +93,12 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         GatewayCmd::Token(a) => crate::admin::gateway_token(&a.conn, &a.out, a.expires.as_secs()),
         GatewayCmd::List { conn, format } => crate::admin::gateway_list(&conn, format),
+        GatewayCmd::Revoke { conn, id } => crate::admin::revoke(
+            &conn,
+            steward_proto::admin::paths::GATEWAY_REVOKE,
+            "gateway",
+            &id,
+        ),
         GatewayCmd::Join(a) => {
             crate::telemetry::init();
             let cfg = runtime()?

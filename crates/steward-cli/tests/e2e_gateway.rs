@@ -177,4 +177,20 @@ fn an_agent_off_the_lan_checks_in_through_a_gateway_process() {
             && l.contains(&format!("through gateway 127.0.0.2:{gw_port}"))),
         "{logs}"
     );
+
+    // Revoking the gateway through the CLI: the server says so, and the agent, which has no
+    // other way in, can no longer check in through it.
+    let id = json(&server, &["gateway", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&mut admin(&server, &["gateway", "revoke", &id]));
+    assert_eq!(json(&server, &["gateway", "list"])[0]["revoked"], true);
+    let out = run(Command::new(agent_bin())
+        .args(["run", "--once", "--data-dir"])
+        .arg(&agent));
+    assert!(
+        !out.status.success(),
+        "a revoked gateway still carried the check-in"
+    );
 }

@@ -347,6 +347,43 @@ fn twenty_agents_enroll_run_tasks_and_lose_nothing_when_the_server_is_killed() {
         text.contains("401") || text.contains("403") || text.is_empty(),
         "{text}"
     );
+
+    // 5. Revoking a device through the CLI: that agent is refused from its next check-in on
+    //    (and says so in its log), the others stay Online; an unknown name is named as such.
+    ok(&mut server.cli(&["devices", "revoke", "e2e-agent-0"]));
+    let log = agents
+        .iter()
+        .find(|(dir, _)| dir.ends_with("agent-0"))
+        .map(|(dir, _)| dir.join("logs").join("agent.log"))
+        .unwrap();
+    wait_for(
+        "the revoked agent to be refused",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let refused =
+                text.contains("AGENT-UNKNOWN-DEVICE") || text.contains("AGENT-TLS-CLIENT-REJECTED");
+            refused.then_some(())
+        },
+    );
+    let devices = server.json(&["devices", "list"]);
+    let online = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "online")
+        .count();
+    assert!(
+        online >= AGENTS - 1,
+        "the other agents stay Online: {online}"
+    );
+    let out = run(&mut server.cli(&["devices", "revoke", "no-such-device"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DEVICE-NOT-FOUND"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(agents);
 }
 
