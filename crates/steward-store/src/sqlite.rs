@@ -381,6 +381,30 @@ async fn token_verdict(
     verdict_from_row(row, now)
 }
 
+/// Store a new token of `kind` (only its hash; the token itself is never stored).
+async fn insert_token(
+    writer: &SqlitePool,
+    t: &NewEnrollmentToken,
+    kind: &str,
+    tags: &[String],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO enrollment_tokens \
+         (token_hash, expires_at, max_uses, uses, tags, created_at, created_by, kind) \
+         VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+    )
+    .bind(&t.token_hash)
+    .bind(t.expires_at)
+    .bind(i64::from(t.max_uses))
+    .bind(to_json("enrollment_tokens.tags", &tags)?)
+    .bind(t.created_at)
+    .bind(&t.created_by)
+    .bind(kind)
+    .execute(writer)
+    .await?;
+    Ok(())
+}
+
 /// How a token of `kind` stands, outside any transaction.
 async fn check_token(
     reader: &SqlitePool,
@@ -520,20 +544,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_enrollment_token(&self, t: &NewEnrollmentToken) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO enrollment_tokens \
-             (token_hash, expires_at, max_uses, uses, tags, created_at, created_by) \
-             VALUES (?, ?, ?, 0, ?, ?, ?)",
-        )
-        .bind(&t.token_hash)
-        .bind(t.expires_at)
-        .bind(i64::from(t.max_uses))
-        .bind(to_json("enrollment_tokens.tags", &t.tags)?)
-        .bind(t.created_at)
-        .bind(&t.created_by)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        insert_token(&self.writer, t, "agent", &t.tags).await
     }
 
     async fn check_enrollment_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
@@ -577,19 +588,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_gateway_token(&self, t: &NewEnrollmentToken) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO enrollment_tokens \
-             (token_hash, expires_at, max_uses, uses, tags, created_at, created_by, kind) \
-             VALUES (?, ?, ?, 0, '[]', ?, ?, 'gateway')",
-        )
-        .bind(&t.token_hash)
-        .bind(t.expires_at)
-        .bind(i64::from(t.max_uses))
-        .bind(t.created_at)
-        .bind(&t.created_by)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        // Gateways carry no device tags.
+        insert_token(&self.writer, t, "gateway", &[]).await
     }
 
     async fn check_gateway_token(&self, token_hash: &str, now: i64) -> Result<TokenCheck> {
