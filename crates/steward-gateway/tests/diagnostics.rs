@@ -4,22 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Quoted literals that look like IDs: upper-case words joined by hyphens.
-fn ids_in(text: &str) -> BTreeSet<String> {
-    text.split('"')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| {
-            s.contains('-')
-                && !s.starts_with('-')
-                && !s.ends_with('-')
-                && !s.contains("--")
-                && s.chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
-        })
-        .map(str::to_owned)
-        .collect()
-}
+use steward_doctor::catalog::{quoted_ids, undocumented};
 
 #[test]
 fn every_id_is_documented() {
@@ -29,7 +14,7 @@ fn every_id_is_documented() {
     for entry in std::fs::read_dir(root.join("src")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "rs") {
-            ids.extend(ids_in(&std::fs::read_to_string(&path).unwrap()));
+            ids.extend(quoted_ids(&std::fs::read_to_string(&path).unwrap()));
         }
     }
     // A sample the scan must find, so a broken scan cannot pass silently.
@@ -43,10 +28,7 @@ fn every_id_is_documented() {
             "the scan missed {expected}: {ids:?}"
         );
     }
-    let missing: Vec<&String> = ids
-        .iter()
-        .filter(|id| !docs.contains(&format!("\n### {id}\n")))
-        .collect();
+    let missing = undocumented(&ids, &docs);
     assert!(
         missing.is_empty(),
         "docs/diagnostics.md has no section for {missing:?}"
