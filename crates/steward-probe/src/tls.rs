@@ -419,6 +419,16 @@ fn classify_handshake(addr: &str, e: &io::Error, first: &[u8], ev: &Evidence) ->
              may block TLS)"
                 .to_owned(),
         ),
+        // A server that asked for a client certificate, got none and refused may reset the
+        // connection before its alert is read (openssl s_server does, when the client's last
+        // flight is still unread): that is the TLS refusal, not a network fault.
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            if lock(&ev.client_auth).is_some() =>
+        {
+            tls(format!(
+                "the server reset the connection during the TLS handshake ({e})"
+            ))
+        }
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ProbeError::Io {
             addr: addr.to_owned(),
             reason: with_context(format!("reset during the TLS handshake: {e}"), ev),
