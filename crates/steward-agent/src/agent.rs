@@ -453,6 +453,8 @@ impl Agent {
             connection: ConnectionPath::Lan {
                 server: String::new(),
             },
+            profile_version: self.profile.version,
+            failed_attempts: Vec::new(),
         };
 
         let (server, response) = match self.send_checkin(&mut request).await {

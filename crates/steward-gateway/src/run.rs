@@ -323,6 +323,9 @@ async fn report(shared: &Shared) -> Result<(), GatewayError> {
             thumbprints: shared.thumbprints.clone(),
             version: VERSION.to_owned(),
             health: shared.health(),
+            previous_ports: Vec::new(),
+            trust_anchors_pem: Vec::new(),
+            probes: Vec::new(),
         })
         .send()
         .await

@@ -81,6 +81,10 @@ pub struct DeviceSummary {
     pub connection_path: Option<String>,
     /// The last fault it reported.
     pub last_error: Option<AgentError>,
+    /// The ways to the server that failed, as it last reported them (which gateway, which
+    /// port, why), so a blocked port is visible even while another way works.
+    #[serde(default)]
+    pub failed_attempts: Vec<crate::FailedAttempt>,
     /// Tags (targets for policies and tasks).
     pub tags: Vec<String>,
 }
@@ -261,4 +265,37 @@ pub struct GatewaySummary {
     pub report: Option<crate::GatewayReport>,
     /// When (RFC 3339).
     pub reported_at: Option<String>,
+    /// Green or red, derived from its report, its self-probes and the agents' failures.
+    #[serde(default)]
+    pub status: GatewayStatus,
+    /// Why it is red (empty when green): each reason with its ID and evidence.
+    #[serde(default)]
+    pub problems: Vec<GatewayProblem>,
+    /// During a port change or certificate staging: devices that have not acknowledged the
+    /// profile holding the gateway's current entry (capped), and how many.
+    #[serde(default)]
+    pub pending_devices: Vec<String>,
+    /// See `pending_devices`.
+    #[serde(default)]
+    pub pending_total: u64,
+}
+
+/// A gateway's colour in the console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayStatus {
+    /// Reporting, healthy, reachable at every address agents are given.
+    Green,
+    /// Something is wrong: see the problems.
+    #[default]
+    Red,
+}
+
+/// One reason a gateway is red.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayProblem {
+    /// Stable ID (docs/diagnostics.md), e.g. `GATEWAY-PORT-FILTERED`.
+    pub id: String,
+    /// What is wrong, with the evidence (the blocked port, the agents that failed).
+    pub message: String,
 }

@@ -35,7 +35,8 @@ pub mod paths {
     /// POST [`crate::GatewayJoinRequest`] → [`crate::GatewayJoinResponse`]. Like enrollment,
     /// authenticated by a single-use token instead of a client certificate.
     pub const GATEWAY_JOIN: &str = "/gateway/v1/join";
-    /// POST [`crate::GatewayReport`] → 204. Needs the gateway's own client certificate.
+    /// POST [`crate::GatewayReport`] → [`crate::GatewayReportResponse`]. Needs the gateway's
+    /// own client certificate.
     pub const GATEWAY_REPORT: &str = "/gateway/v1/report";
     /// `GET`: the issuing CA's current CRL (DER), for enrolled gateways only (client
     /// certificate), so a DMZ needs no route to the server's plain-HTTP CRL port.
@@ -108,6 +109,10 @@ pub struct GatewayEntry {
     /// SHA-256 (hex) of its server certificates: the current one and, during a renewal, the
     /// next. The agent refuses a gateway whose certificate is not among them.
     pub thumbprints: Vec<String>,
+    /// Extra roots (PEM) the agent accepts for this gateway only: the root of a third-party
+    /// certificate bound with `steward gateway cert import`. Empty for platform certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors_pem: Vec<String>,
 }
 
 impl GatewayEntry {
@@ -167,6 +172,93 @@ pub struct GatewayReport {
     pub version: String,
     /// `ok`, or what is wrong (for example that the CRL could not be fetched).
     pub health: String,
+    /// Ports it still answers on after a port change, until every agent has a profile with
+    /// the new one (an internet-only agent can learn the new port only through the old).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_ports: Vec<u16>,
+    /// Roots (PEM) of its server certificates when they are not the platform's (imported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors_pem: Vec<String>,
+    /// Its own external name and port(s) tested from its side, as the server asked in the
+    /// last [`GatewayReportResponse`]: what the firewall, NAT and DNS really let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ReachProbe>,
+}
+
+/// The server's answer to a [`GatewayReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayReportResponse {
+    /// Where agents are told to reach this gateway (profile entries): test each from the
+    /// gateway's side (resolve, connect, TLS, own thumbprint) and report the outcome.
+    pub probe: Vec<ProbeTarget>,
+    /// True when every active device has acknowledged a profile holding this gateway's
+    /// current entry (port, thumbprints): previous ports may close, a staged certificate
+    /// may go live.
+    pub all_agents_current: bool,
+    /// Devices (ID and name) that have not acknowledged it yet; capped, see `pending_total`.
+    pub pending_devices: Vec<String>,
+    /// How many devices have not.
+    pub pending_total: u64,
+}
+
+/// One address to test from the gateway's side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeTarget {
+    /// Host name or IP literal, as agents use it.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// Why a connection attempt failed, in the classes an admin acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The name did not resolve.
+    Dns,
+    /// Connection refused or unreachable (nothing listens, or a firewall rejects).
+    Refused,
+    /// No answer in time (a firewall drops: "filtered").
+    Timeout,
+    /// TCP connected but TLS failed (not TLS, untrusted, expired, name mismatch, ...).
+    Tls,
+    /// TLS succeeded but the certificate is not one the profile lists for this gateway, or
+    /// what answered is not a Steward gateway.
+    WrongPeer,
+    /// Connected, but the request was refused or answered with an error.
+    Http,
+}
+
+/// The outcome of a gateway's test of its own external address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachProbe {
+    /// What was tested.
+    pub target: ProbeTarget,
+    /// `None`: reached, and it was this gateway (its own thumbprint).
+    pub failure: Option<FailureKind>,
+    /// The evidence (resolved addresses, OS error, TLS alert, thumbprint seen).
+    pub detail: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// One failed way to the server, as an agent reports it on the next channel that works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    /// The gateway's name, or `None` for a LAN server.
+    pub gateway: Option<String>,
+    /// `host:port` tried.
+    pub address: String,
+    /// Why it failed.
+    pub kind: FailureKind,
+    /// The agent's event ID for it (AGENT-CONNECTION-FAILED, AGENT-GATEWAY-THUMBPRINT, ...).
+    pub id: String,
+    /// The evidence.
+    pub detail: String,
+    /// When it failed last (RFC 3339).
+    pub last_at: String,
+    /// How many times since it was last reported.
+    pub count: u32,
 }
 
 /// What `steward package agent` writes: everything an agent needs to enroll, and no secret but
@@ -311,7 +403,17 @@ pub struct CheckinRequest {
     pub last_error: Option<AgentError>,
     /// How the agent reached the server.
     pub connection: ConnectionPath,
+    /// Version of the communication profile the agent holds and uses (0: none).
+    #[serde(default)]
+    pub profile_version: u64,
+    /// Every way that failed since the last report, one entry per address and kind, capped
+    /// at [`MAX_FAILED_ATTEMPTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
 }
+
+/// Most failed-attempt entries a check-in carries (older ones are dropped first).
+pub const MAX_FAILED_ATTEMPTS: usize = 32;
 
 /// Built-in agent settings (the agent-settings policy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -110,6 +110,8 @@ fn request(config_version: u64) -> CheckinRequest {
         connection: ConnectionPath::Lan {
             server: "localhost:4726".into(),
         },
+        profile_version: 0,
+        failed_attempts: vec![],
     }
 }
 

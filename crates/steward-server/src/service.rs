@@ -366,6 +366,7 @@ impl Service {
             last_checkin: d.last_seen.map(rfc3339),
             connection_path: d.connection_path.clone(),
             last_error: d.last_error.clone(),
+            failed_attempts: Vec::new(),
             tags: d.tags.clone(),
         }
     }

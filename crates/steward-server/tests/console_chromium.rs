@@ -177,6 +177,8 @@ impl Agent {
             connection: ConnectionPath::Lan {
                 server: format!("localhost:{}", self.base.rsplit(':').next().unwrap()),
             },
+            profile_version: 0,
+            failed_attempts: vec![],
         };
         let resp = self
             .http

@@ -98,6 +98,9 @@ async fn report(
             thumbprints: vec![thumb.into()],
             version: "0.1.0-test".into(),
             health: "ok".into(),
+            previous_ports: vec![],
+            trust_anchors_pem: vec![],
+            probes: vec![],
         })
         .send()
         .await

@@ -236,6 +236,9 @@ async fn gateway_tokens_join_once_and_are_not_enrollment_tokens() {
         thumbprints: vec!["AB".repeat(32)],
         version: "1".into(),
         health: "ok".into(),
+        previous_ports: vec![],
+        trust_anchors_pem: vec![],
+        probes: vec![],
     };
     store.save_gateway_report(&id, &report, NOW).await.unwrap();
     let g = store.gateway(&id).await.unwrap().unwrap();

@@ -295,6 +295,8 @@ pub(crate) fn unchanged(config_version: u64) -> CheckinRequest {
         connection: ConnectionPath::Lan {
             server: SERVER.into(),
         },
+        profile_version: 0,
+        failed_attempts: vec![],
     }
 }
 

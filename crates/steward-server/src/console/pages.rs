@@ -612,6 +612,7 @@ mod tests {
                 message: evil.into(),
                 at: evil.into(),
             }),
+            failed_attempts: vec![],
             tags: vec![evil.into()],
         };
         let page = devices(&nav(), &[d], 0);

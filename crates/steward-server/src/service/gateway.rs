@@ -44,6 +44,7 @@ pub(crate) async fn gateway_entries(store: &dyn Store) -> Result<Vec<GatewayEntr
                 host: r.external_name,
                 port: r.listen_port,
                 thumbprints: r.thumbprints,
+                trust_anchors_pem: r.trust_anchors_pem,
             })
         })
         .collect())
@@ -277,6 +278,10 @@ impl Service {
                 revoked: g.revoked,
                 report: g.report,
                 reported_at: g.reported_at.map(rfc3339),
+                status: Default::default(),
+                problems: Vec::new(),
+                pending_devices: Vec::new(),
+                pending_total: 0,
             })
             .collect())
     }
@@ -552,6 +557,9 @@ mod tests {
             thumbprints: vec!["ab".repeat(32)],
             version: "0.1.0".into(),
             health: "ok".into(),
+            previous_ports: vec![],
+            trust_anchors_pem: vec![],
+            probes: vec![],
         };
         assert!(valid_report(&ok).is_ok());
         let mut bad = ok.clone();

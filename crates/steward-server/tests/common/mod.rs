@@ -256,6 +256,8 @@ pub fn checkin_request(config_version: u64) -> CheckinRequest {
         connection: ConnectionPath::Lan {
             server: "localhost:4726".into(),
         },
+        profile_version: 0,
+        failed_attempts: vec![],
     }
 }
 
