@@ -32,6 +32,9 @@ pub mod paths {
     /// GET `?config_version=N` → 200 [`crate::WakeUp`] when there is work, 204 after the
     /// long-poll period otherwise. Lets a task reach an online agent within seconds.
     pub const WAIT: &str = "/agent/v1/wait";
+    /// GET → [`crate::Pong`]: proves the whole path (TLS, client certificate, and through a
+    /// gateway the gateway's link to the server) without side effects; `steward-agent doctor`.
+    pub const PING: &str = "/agent/v1/ping";
     /// POST [`crate::GatewayJoinRequest`] → [`crate::GatewayJoinResponse`]. Like enrollment,
     /// authenticated by a single-use token instead of a client certificate.
     pub const GATEWAY_JOIN: &str = "/gateway/v1/join";
@@ -410,6 +413,17 @@ pub struct CheckinRequest {
     /// at [`MAX_FAILED_ATTEMPTS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_attempts: Vec<FailedAttempt>,
+}
+
+/// The answer to [`paths::PING`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The device the presented (or gateway-forwarded) certificate belongs to.
+    pub device_id: String,
+    /// The gateway that carried the request, if one did.
+    pub via_gateway: Option<String>,
+    /// The server's clock (RFC 3339), so a doctor can name clock skew.
+    pub server_time: String,
 }
 
 /// Most failed-attempt entries a check-in carries (older ones are dropped first).
