@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use steward_proto::{
     CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, GatewayJoinRequest,
-    GatewayJoinResponse, GatewayReport, MAX_AGENT_BODY_BYTES, paths,
+    GatewayJoinResponse, GatewayReport, GatewayReportResponse, MAX_AGENT_BODY_BYTES, Pong, paths,
 };
 
 use crate::ApiFailure;
@@ -25,6 +25,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(paths::ENROLL, post(enroll))
         .route(paths::CHECKIN, post(checkin))
         .route(paths::WAIT, get(wait))
+        .route(paths::PING, get(ping))
         .route(paths::GATEWAY_JOIN, post(gateway_join))
         .route(paths::GATEWAY_REPORT, post(gateway_report))
         .route(paths::GATEWAY_CRL, get(gateway_crl))
@@ -73,6 +74,17 @@ async fn wait(
     })
 }
 
+/// Authenticated exactly as a check-in (directly, or through a gateway's forwarded identity),
+/// and nothing else: no last-seen, no path, no write.
+async fn ping(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<Pong>, ApiFailure> {
+    let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    Ok(Json(svc.ping(&device, via_gateway)))
+}
+
 async fn gateway_join(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
@@ -90,12 +102,11 @@ async fn gateway_report(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiFailure> {
+) -> Result<Json<GatewayReportResponse>, ApiFailure> {
     let who = peer.addr.to_string();
     let req: GatewayReport =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "gateway report", &who).await?;
-    svc.gateway_report(peer.cert.as_deref(), req).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(svc.gateway_report(peer.cert.as_deref(), req).await?))
 }
 
 async fn gateway_crl(

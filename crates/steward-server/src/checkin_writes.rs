@@ -110,7 +110,8 @@ fn request(config_version: u64) -> CheckinRequest {
         connection: ConnectionPath::Lan {
             server: "localhost:4726".into(),
         },
-        profile_version: 0,
+        // The profile the fixture enrolled the device with: holding it is not news.
+        profile_version: 1,
         failed_attempts: vec![],
     }
 }
@@ -224,6 +225,32 @@ async fn an_unchanged_checkin_commits_nothing() {
     let delivered = data_version(&mut obs).await;
     f.checkin(request(version)).await;
     assert_eq!(data_version(&mut obs).await, delivered);
+
+    // A newer profile held is stored once; holding it afterwards is not news.
+    let mut newer = request(version);
+    newer.profile_version = 2;
+    f.checkin(newer.clone()).await;
+    let acked = data_version(&mut obs).await;
+    assert_ne!(acked, delivered, "a new profile version must be stored");
+    f.checkin(newer.clone()).await;
+    assert_eq!(data_version(&mut obs).await, acked);
+    // Failed attempts are stored when reported; an empty report keeps them, unwritten.
+    let mut failing = newer.clone();
+    failing.failed_attempts = vec![steward_proto::FailedAttempt {
+        gateway: Some("gw".into()),
+        address: "gw.example.net:8443".into(),
+        kind: steward_proto::FailureKind::Timeout,
+        id: "AGENT-CONNECTION-FAILED".into(),
+        detail: "timed out".into(),
+        last_at: "2026-01-01T00:00:00Z".into(),
+        count: 1,
+    }];
+    f.checkin(failing).await;
+    let reported = data_version(&mut obs).await;
+    assert_ne!(reported, acked, "failed attempts must be stored");
+    f.checkin(newer).await;
+    assert_eq!(data_version(&mut obs).await, reported);
+    let delivered = reported;
 
     assert_eq!(f.store.flush_seen().await.unwrap(), 1);
     assert_ne!(data_version(&mut obs).await, delivered, "the batched flush");

@@ -7,7 +7,7 @@
 //! with `<meta http-equiv="refresh">` while a device is still pending or running.
 //!
 //! Routes: `GET /` (→ `/devices`), `GET|POST /login`, `POST /logout`, `GET /devices`,
-//! `GET /devices/{id}`, `GET|POST /tasks`, `GET /tasks/{id}`. Every page but `/login` needs a
+//! `GET /devices/{id}`, `GET|POST /tasks`, `GET /tasks/{id}`, `GET /gateways`. Every page but `/login` needs a
 //! session and sends the browser to `/login?next=...` without one.
 //!
 //! Every value that reaches a page goes through [`html::Esc`] (HTML text and attribute
@@ -79,6 +79,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/devices/{id}", get(device))
         .route("/tasks", get(tasks).post(start_task))
         .route("/tasks/{id}", get(task))
+        .route("/gateways", get(gateways))
 }
 
 // ---- responses ------------------------------------------------------------------------------
@@ -383,6 +384,14 @@ async fn devices(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Re
     let nav = session.nav(Section::Devices);
     match svc.devices().await {
         Ok(list) => page(StatusCode::OK, pages::devices(&nav, &list, now())),
+        Err(f) => failure(Some(&nav), &f),
+    }
+}
+
+async fn gateways(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Response {
+    let nav = session.nav(Section::Gateways);
+    match svc.gateways().await {
+        Ok(list) => page(StatusCode::OK, pages::gateways(&nav, &list, now())),
         Err(f) => failure(Some(&nav), &f),
     }
 }

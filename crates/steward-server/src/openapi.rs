@@ -171,9 +171,9 @@ pub fn document() -> Value {
     paths.insert(
         admin::GATEWAYS.to_owned(),
         json!({ "get": {
-            "summary": "List gateways with what each last reported (name, port, thumbprints, version, health)",
+            "summary": "List gateways with what each last reported (name, port, thumbprints, version, health), green or red with the reasons, and the devices that do not hold its current entry yet",
             "security": secured,
-            "responses": auth_errors(json!({ "200": { "description": "Gateways" } })),
+            "responses": auth_errors(json!({ "200": ok("Gateways", array("GatewaySummary")) })),
         }}),
     );
     paths.insert(
@@ -236,7 +236,7 @@ pub fn document() -> Value {
             "requestBody": body("CheckinRequest"),
             "responses": {
                 "200": ok("Configuration when changed, tasks, acknowledged results", r("CheckinResponse")),
-                "400": err("REQUEST-MALFORMED"),
+                "400": err("CHECKIN-FAILED-ATTEMPTS-INVALID or REQUEST-MALFORMED"),
                 "401": err("AGENT-CERT-REQUIRED"),
                 "403": err("AGENT-UNKNOWN-DEVICE"),
                 "413": err("REQUEST-TOO-LARGE"),
@@ -258,6 +258,18 @@ pub fn document() -> Value {
         }}),
     );
     paths.insert(
+        agent::PING.to_owned(),
+        json!({ "servers": agent_server, "get": {
+            "summary": "Prove the whole path (TLS, client certificate, a gateway's link) without side effects; authenticated like a check-in, directly or through a gateway",
+            "security": [{ "clientCertificate": [] }],
+            "responses": {
+                "200": ok("Who the server takes the agent for, and through which gateway", r("Pong")),
+                "401": err("AGENT-CERT-REQUIRED"),
+                "403": err("AGENT-UNKNOWN-DEVICE, GATEWAY-NOT-TRUSTED or GATEWAY-AGENT-CERT-INVALID"),
+            }
+        }}),
+    );
+    paths.insert(
         agent::GATEWAY_JOIN.to_owned(),
         json!({ "servers": agent_server, "post": {
             "summary": "A gateway joins: single-use token, two CSRs (identity, server certificate) and its external names; no client certificate",
@@ -272,10 +284,11 @@ pub fn document() -> Value {
     paths.insert(
         agent::GATEWAY_REPORT.to_owned(),
         json!({ "servers": agent_server, "post": {
-            "summary": "A gateway reports itself (external name, bound port, thumbprints, version, health); the profile's gateway entries are derived from these reports",
+            "summary": "A gateway reports itself (external name, bound port, previous ports, thumbprints, version, health, self-probes); the profile's gateway entries are derived from these reports",
             "security": [{ "clientCertificate": [] }],
+            "requestBody": body("GatewayReport"),
             "responses": {
-                "204": { "description": "Stored" },
+                "200": ok("Stored; what to probe, and whether every agent holds the current entry", r("GatewayReportResponse")),
                 "400": err("GATEWAY-REPORT-INVALID or REQUEST-MALFORMED"),
                 "401": err("GATEWAY-CERT-REQUIRED"),
                 "403": err("GATEWAY-NOT-TRUSTED"),
@@ -313,8 +326,15 @@ pub fn document() -> Value {
         "id": string(), "name": string(), "os": nullable(string()),
         "status": { "type": "string", "enum": ["online", "offline"] },
         "last_checkin": nullable(string()), "connection_path": nullable(string()),
-        "last_error": nullable(r("AgentError")), "tags": strings()
+        "last_error": nullable(r("AgentError")),
+        "failed_attempts": array("FailedAttempt"), "tags": strings()
     });
+    let failure_kind = json!({ "type": "string",
+        "enum": ["dns", "refused", "timeout", "tls", "wrong_peer", "http"] });
+    let probe_target = object(
+        &["host", "port"],
+        json!({ "host": string(), "port": int() }),
+    );
     let mut detail_props = summary_props.clone();
     detail_props["inventory"] = nullable(json!({ "type": "object" }));
     detail_props["applied_policies"] = array("AppliedPolicy");
@@ -378,7 +398,37 @@ pub fn document() -> Value {
             "protocol": int(), "agent_version": string(), "config_version": int(), "inventory_hash": string(),
             "inventory": nullable(json!({ "type": "object" })), "results": { "type": "array", "items": { "type": "object" } },
             "last_error": nullable(r("AgentError")),
-            "connection": object(&["kind"], json!({ "kind": { "type": "string", "enum": ["lan"] }, "server": string() }))
+            "connection": object(&["kind"], json!({ "kind": { "type": "string", "enum": ["lan", "gateway"] }, "server": string(), "gateway": string(), "via": string() })),
+            "profile_version": int(),
+            "failed_attempts": { "type": "array", "maxItems": steward_proto::MAX_FAILED_ATTEMPTS, "items": r("FailedAttempt") }
+        })),
+        "FailedAttempt": object(&["gateway", "address", "kind", "id", "detail", "last_at", "count"], json!({
+            "gateway": nullable(string()), "address": string(), "kind": failure_kind.clone(),
+            "id": string(), "detail": string(), "last_at": string(), "count": int()
+        })),
+        "Pong": object(&["device_id", "via_gateway", "server_time"], json!({
+            "device_id": string(), "via_gateway": nullable(string()), "server_time": string()
+        })),
+        "ProbeTarget": probe_target,
+        "ReachProbe": object(&["target", "failure", "detail", "at"], json!({
+            "target": r("ProbeTarget"), "failure": nullable(failure_kind), "detail": string(), "at": string()
+        })),
+        "GatewayReport": object(&["external_name", "listen_port", "thumbprints", "version", "health"], json!({
+            "external_name": string(), "listen_port": int(), "thumbprints": strings(),
+            "version": string(), "health": string(),
+            "previous_ports": { "type": "array", "items": int() },
+            "trust_anchors_pem": strings(), "probes": array("ReachProbe")
+        })),
+        "GatewayReportResponse": object(&["probe", "all_agents_current", "pending_devices", "pending_total"], json!({
+            "probe": array("ProbeTarget"), "all_agents_current": { "type": "boolean" },
+            "pending_devices": strings(), "pending_total": int()
+        })),
+        "GatewaySummary": object(&["id", "revoked"], json!({
+            "id": string(), "revoked": { "type": "boolean" },
+            "report": nullable(r("GatewayReport")), "reported_at": nullable(string()),
+            "status": { "type": "string", "enum": ["green", "red"] },
+            "problems": { "type": "array", "items": object(&["id", "message"], json!({ "id": string(), "message": string() })) },
+            "pending_devices": strings(), "pending_total": int()
         })),
         "CheckinResponse": object(&["device_id", "tasks", "acked_results", "send_inventory"], json!({
             "device_id": string(),
@@ -437,6 +487,7 @@ mod tests {
             agent::ENROLL,
             agent::CHECKIN,
             agent::WAIT,
+            agent::PING,
             agent::GATEWAY_JOIN,
             agent::GATEWAY_REPORT,
             agent::GATEWAY_CRL,

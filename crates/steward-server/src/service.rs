@@ -14,7 +14,8 @@ use steward_proto::admin::{
 };
 use steward_proto::{
     AgentConfig, AgentSettings, AppliedPolicy, BootstrapPackage, CheckinRequest, CheckinResponse,
-    CommunicationProfile, ConnectionPath, EnrollRequest, EnrollResponse, TaskResult, WakeUp,
+    CommunicationProfile, ConnectionPath, EnrollRequest, EnrollResponse, FailedAttempt,
+    MAX_FAILED_ATTEMPTS, Pong, TaskResult, WakeUp,
 };
 use steward_store::{
     Device, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Seen, Store, TaskRecord,
@@ -366,7 +367,7 @@ impl Service {
             last_checkin: d.last_seen.map(rfc3339),
             connection_path: d.connection_path.clone(),
             last_error: d.last_error.clone(),
-            failed_attempts: Vec::new(),
+            failed_attempts: d.failed_attempts.clone(),
             tags: d.tags.clone(),
         }
     }
@@ -856,6 +857,10 @@ impl Service {
         let facts = CertFacts::from_der(&cert)
             .map_err(|e| ApiFailure::internal("reading the issued certificate", e))?;
         let name = clean_hostname(&req.hostname);
+        // One snapshot for both the stored acknowledgement and the answer: the device holds
+        // exactly the profile it is given, so a port change waits for it only when it is
+        // newer than this one.
+        let profile = self.profile();
         let verdict = self
             .store
             .enroll_device(
@@ -868,6 +873,7 @@ impl Service {
                     cert_sha256: Thumbprint::of(&cert).sha256_hex(),
                     tags: Vec::new(),
                     created_at: now,
+                    profile_version: profile.version,
                 },
             )
             .await?;
@@ -878,7 +884,7 @@ impl Service {
             device_id: id,
             cert_pem: pem("CERTIFICATE", &cert),
             chain_pem: vec![self.pki.issuing_pem.clone()],
-            profile: (*self.profile()).clone(),
+            profile: (*profile).clone(),
         })
     }
 
@@ -928,6 +934,11 @@ impl Service {
         device: &Device,
         mut req: CheckinRequest,
     ) -> Result<CheckinResponse, ApiFailure> {
+        // Refused before anything is noted or stored: a malformed check-in changes nothing.
+        valid_failed_attempts(&req.failed_attempts).map_err(|m| {
+            tracing::warn!(id = "CHECKIN-FAILED-ATTEMPTS-INVALID", device = %device.id, "{m}");
+            ApiFailure::bad_request("CHECKIN-FAILED-ATTEMPTS-INVALID", m)
+        })?;
         let now = now();
         let path = match &req.connection {
             ConnectionPath::Lan { server } => format!("lan via {server}"),
@@ -970,6 +981,21 @@ impl Service {
                 .save_config_acked(&device.id, req.config_version)
                 .await?;
         }
+        // Only on change, like the configuration version: an agent that holds the current
+        // profile checks in without a write.
+        if device.profile_version_acked != req.profile_version {
+            self.store
+                .save_profile_acked(&device.id, req.profile_version)
+                .await?;
+        }
+        // Each report covers the failures since the previous one, so a non-empty one
+        // replaces it; an empty one means "nothing new" and keeps the last evidence (it
+        // ages out of the gateway's status instead).
+        if !req.failed_attempts.is_empty() {
+            self.store
+                .save_failed_attempts(&device.id, &req.failed_attempts, now)
+                .await?;
+        }
         // Tasks still running are sent again once a check-in interval has passed since their
         // last delivery, in case that answer never reached the agent (the agent skips tasks it
         // already has). The existence probe keeps an unchanged check-in free of writes.
@@ -991,6 +1017,17 @@ impl Service {
             acked_results: acked,
             send_inventory,
         })
+    }
+
+    /// The answer to a ping: who the certificate (or the gateway's forwarded one) says the
+    /// agent is, and through which gateway. Reads only: a doctor may ping as often as it
+    /// likes without moving last-seen, the connection path or anything else.
+    pub fn ping(&self, device: &Device, via_gateway: Option<String>) -> Pong {
+        Pong {
+            device_id: device.id.clone(),
+            via_gateway,
+            server_time: rfc3339(now()),
+        }
     }
 
     async fn commit(
@@ -1107,6 +1144,47 @@ fn token_verdict(v: TokenCheck, peer: &str) -> Result<Vec<String>, ApiFailure> {
             ),
         ),
     }
+}
+
+/// Longest text field of a failed attempt: a gateway name, an address, an event ID, a time.
+const MAX_ATTEMPT_FIELD: usize = 512;
+/// Longest evidence text of a failed attempt (an OS error, a TLS alert, resolved addresses).
+const MAX_ATTEMPT_DETAIL: usize = 2048;
+
+/// Checks an agent's failed-attempts report: at most [`MAX_FAILED_ATTEMPTS`] entries (what
+/// the agent keeps), each with bounded text, so one agent cannot bloat its device row or the
+/// console. `Err` says what is wrong.
+fn valid_failed_attempts(attempts: &[FailedAttempt]) -> Result<(), String> {
+    if attempts.len() > MAX_FAILED_ATTEMPTS {
+        return Err(format!(
+            "{} failed attempts reported; at most {MAX_FAILED_ATTEMPTS} are accepted",
+            attempts.len()
+        ));
+    }
+    for (i, a) in attempts.iter().enumerate() {
+        let short = [
+            ("gateway", a.gateway.as_deref().unwrap_or("")),
+            ("address", a.address.as_str()),
+            ("id", a.id.as_str()),
+            ("last_at", a.last_at.as_str()),
+        ];
+        if let Some((field, v)) = short.iter().find(|(_, v)| v.len() > MAX_ATTEMPT_FIELD) {
+            return Err(format!(
+                "failed attempt {i}: {field} is {} bytes; at most {MAX_ATTEMPT_FIELD}",
+                v.len()
+            ));
+        }
+        if a.detail.len() > MAX_ATTEMPT_DETAIL {
+            return Err(format!(
+                "failed attempt {i}: detail is {} bytes; at most {MAX_ATTEMPT_DETAIL}",
+                a.detail.len()
+            ));
+        }
+        if a.address.is_empty() {
+            return Err(format!("failed attempt {i}: address is empty"));
+        }
+    }
+    Ok(())
 }
 
 fn clean_hostname(h: &str) -> String {

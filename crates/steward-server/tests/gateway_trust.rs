@@ -14,7 +14,7 @@ use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage, make_c
 use steward_proto::admin::{GatewaySummary, GatewayToken, NewGatewayToken, paths as admin};
 use steward_proto::{
     AGENT_CERT_HEADER, ApiError, CheckinResponse, GatewayJoinRequest, GatewayJoinResponse,
-    GatewayReport, paths,
+    GatewayReport, GatewayReportResponse, paths,
 };
 
 async fn gateway_token(ts: &TestServer) -> GatewayToken {
@@ -105,11 +105,7 @@ async fn report(
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    if status == 204 {
-        return Ok(());
-    }
-    Err((status, resp.json().await.unwrap()))
+    decode::<GatewayReportResponse>(resp).await.map(|_| ())
 }
 
 async fn enrolled(ts: &TestServer, host: &str) -> Agent {

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use steward_proto::admin::{DeviceTaskState, TaskState};
-use steward_proto::{AgentError, GatewayReport, Inventory, TaskAssignment, TaskResult};
+use steward_proto::{
+    AgentError, FailedAttempt, GatewayReport, Inventory, TaskAssignment, TaskResult,
+};
 
 pub use seen::{Seen, SeenBuffer};
 pub use sqlite::SqliteStore;
@@ -89,6 +91,13 @@ pub struct Device {
     pub last_error: Option<AgentError>,
     /// The configuration version the agent last said it holds.
     pub config_version_acked: u64,
+    /// The communication-profile version the agent last said it holds (at enrollment: the
+    /// version it was given). Gateways' port changes wait for it.
+    pub profile_version_acked: u64,
+    /// The ways to the server that failed, as the agent last reported them.
+    pub failed_attempts: Vec<FailedAttempt>,
+    /// When that report arrived (server time).
+    pub failed_attempts_at: Option<i64>,
     /// `OS name version` from the inventory.
     pub os: Option<String>,
     /// Hash of the stored inventory (as the agent computed it).
@@ -114,6 +123,8 @@ pub struct NewDevice {
     pub tags: Vec<String>,
     /// Enrollment time.
     pub created_at: i64,
+    /// The communication-profile version handed out with its certificate.
+    pub profile_version: u64,
 }
 
 /// A device with the state its enrollment and check-ins would have left, for bulk loading with
@@ -124,6 +135,8 @@ pub struct ImportedDevice {
     pub device: NewDevice,
     /// The configuration version the agent holds.
     pub config_version_acked: u64,
+    /// The communication-profile version the agent holds.
+    pub profile_version_acked: u64,
     /// Its inventory and the agent's hash of it, when it sent one.
     pub inventory: Option<(Inventory, String)>,
     /// When the inventory arrived.
@@ -201,6 +214,34 @@ pub struct GatewayRecord {
     pub report: Option<GatewayReport>,
     /// When.
     pub reported_at: Option<i64>,
+    /// The profile version at which its current profile entry (host, port, thumbprints,
+    /// anchors) first appeared; 0 before it had one. Agents that hold an older profile do
+    /// not know the entry yet.
+    pub entry_since_version: u64,
+}
+
+/// Active devices that do not hold a given profile version yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileLag {
+    /// `(id, name)` of the first of them by name, up to the limit asked for.
+    pub devices: Vec<(String, String)>,
+    /// How many there are.
+    pub total: u64,
+}
+
+/// One device's latest report of failed ways to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFailures {
+    /// Device ID.
+    pub id: String,
+    /// Device name.
+    pub name: String,
+    /// What failed.
+    pub attempts: Vec<FailedAttempt>,
+    /// When the report arrived (server time).
+    pub at: i64,
+    /// How the device connected last (`gateway ID via host:port`, `lan via host:port`).
+    pub connection_path: Option<String>,
 }
 
 /// A task to create.
@@ -320,6 +361,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn gateways(&self) -> Result<Vec<GatewayRecord>>;
     /// Replaces a gateway's latest report.
     async fn save_gateway_report(&self, id: &str, report: &GatewayReport, now: i64) -> Result<()>;
+    /// Records that a gateway's current profile entry first appeared in profile `version`.
+    async fn set_gateway_entry_since(&self, id: &str, version: u64) -> Result<()>;
+    /// Unrevoked devices whose acknowledged profile version is below `version`: the first
+    /// `limit` by name, and how many in all.
+    async fn devices_behind_profile(&self, version: u64, limit: u32) -> Result<ProfileLag>;
+    /// Unrevoked devices whose latest failed-attempts report arrived at or after `since`.
+    async fn failures_since(&self, since: i64) -> Result<Vec<DeviceFailures>>;
     /// Revokes a gateway; `false` when there was no such unrevoked gateway.
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool>;
     /// Revokes a device; `false` when there was no such unrevoked device.
@@ -347,6 +395,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn save_last_error(&self, id: &str, error: &AgentError) -> Result<()>;
     /// Stores the configuration version a device said it holds.
     async fn save_config_acked(&self, id: &str, version: u64) -> Result<()>;
+    /// Stores the communication-profile version a device said it holds.
+    async fn save_profile_acked(&self, id: &str, version: u64) -> Result<()>;
+    /// Replaces a device's failed-attempts report (received at `now`).
+    async fn save_failed_attempts(
+        &self,
+        id: &str,
+        attempts: &[FailedAttempt],
+        now: i64,
+    ) -> Result<()>;
     /// Records that a device was seen, in memory only (no write); see [`Store::flush_seen`].
     fn note_seen(&self, id: &str, seen: Seen);
     /// Writes the last-seen values noted since the last flush in one transaction; returns how

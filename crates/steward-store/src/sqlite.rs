@@ -26,12 +26,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 use steward_proto::admin::{DeviceTaskState, TaskState};
-use steward_proto::{AgentError, GatewayReport, Inventory, TaskAssignment, TaskResult};
+use steward_proto::{
+    AgentError, FailedAttempt, GatewayReport, Inventory, TaskAssignment, TaskResult,
+};
 
 use crate::{
-    Admin, Device, GatewayRecord, ImportedDevice, NewDevice, NewEnrollmentToken, NewGateway,
-    NewTaskRecord, PolicyRecord, Result, Seen, SeenBuffer, Store, StoreError, TaskRecord,
-    TokenCheck, parse_state, state_str,
+    Admin, Device, DeviceFailures, GatewayRecord, ImportedDevice, NewDevice, NewEnrollmentToken,
+    NewGateway, NewTaskRecord, PolicyRecord, ProfileLag, Result, Seen, SeenBuffer, Store,
+    StoreError, TaskRecord, TokenCheck, parse_state, state_str,
 };
 
 /// How long a statement waits for a lock held by another connection or process.
@@ -76,6 +78,13 @@ fn migrations() -> Vec<Migration> {
             include_str!("../migrations/0003_gateways.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            4,
+            Cow::Borrowed("profile acks and failed attempts"),
+            MigrationType::Simple,
+            include_str!("../migrations/0004_profile_acks_and_failures.sql").into_sql_str(),
+            false,
+        ),
     ]
 }
 
@@ -107,7 +116,8 @@ fn i64_arg(what: &'static str, v: u64) -> Result<i64> {
 macro_rules! device_cols {
     () => {
         "id, name, cert_serial, cert_sha256, tags, created_at, last_seen, connection_path, \
-         last_error, config_version_acked, os, inventory_hash, inventory_at, revoked"
+         last_error, config_version_acked, profile_version_acked, failed_attempts, \
+         failed_attempts_at, os, inventory_hash, inventory_at, revoked"
     };
 }
 
@@ -229,8 +239,8 @@ impl SqliteStore {
             };
             let done = sqlx::query(
                 "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at, \
-                 config_version_acked, os, inventory, inventory_hash, inventory_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 config_version_acked, profile_version_acked, os, inventory, inventory_hash, \
+                 inventory_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&d.device.id)
             .bind(&d.device.name)
@@ -241,6 +251,10 @@ impl SqliteStore {
             .bind(i64_arg(
                 "devices.config_version_acked",
                 d.config_version_acked,
+            )?)
+            .bind(i64_arg(
+                "devices.profile_version_acked",
+                d.profile_version_acked,
             )?)
             .bind(inventory.map(os_of))
             .bind(
@@ -291,6 +305,7 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
     let id: String = row.try_get("id")?;
     let tags: String = row.try_get("tags")?;
     let last_error: Option<String> = row.try_get("last_error")?;
+    let failed: Option<String> = row.try_get("failed_attempts")?;
     let (last_seen, connection_path) = seen.merge(
         &id,
         row.try_get("last_seen")?,
@@ -311,6 +326,15 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
             "devices.config_version_acked",
             row.try_get("config_version_acked")?,
         )?,
+        profile_version_acked: u64_col(
+            "devices.profile_version_acked",
+            row.try_get("profile_version_acked")?,
+        )?,
+        failed_attempts: failed
+            .map(|t| json_col::<Vec<FailedAttempt>>("devices.failed_attempts", &t))
+            .transpose()?
+            .unwrap_or_default(),
+        failed_attempts_at: row.try_get("failed_attempts_at")?,
         os: row.try_get("os")?,
         inventory_hash: row.try_get("inventory_hash")?,
         inventory_at: row.try_get("inventory_at")?,
@@ -469,6 +493,10 @@ fn gateway_from_row(r: &SqliteRow) -> Result<GatewayRecord> {
             .map(|t| json_col("gateways.report", &t))
             .transpose()?,
         reported_at: r.try_get("reported_at")?,
+        entry_since_version: u64_col(
+            "gateways.entry_since_version",
+            r.try_get("entry_since_version")?,
+        )?,
     })
 }
 
@@ -572,8 +600,8 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at, \
+             profile_version_acked) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&device.id)
         .bind(&device.name)
@@ -581,6 +609,10 @@ impl Store for SqliteStore {
         .bind(&device.cert_sha256)
         .bind(to_json("devices.tags", &all_tags)?)
         .bind(device.created_at)
+        .bind(i64_arg(
+            "devices.profile_version_acked",
+            device.profile_version,
+        )?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -623,8 +655,8 @@ impl Store for SqliteStore {
 
     async fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>> {
         let row = sqlx::query(
-            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at \
-             FROM gateways WHERE id = ?",
+            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at, \
+             entry_since_version FROM gateways WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.reader)
@@ -634,8 +666,8 @@ impl Store for SqliteStore {
 
     async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
         let rows = sqlx::query(
-            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at \
-             FROM gateways ORDER BY id",
+            "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at, \
+             entry_since_version FROM gateways ORDER BY id",
         )
         .fetch_all(&self.reader)
         .await?;
@@ -650,6 +682,73 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn set_gateway_entry_since(&self, id: &str, version: u64) -> Result<()> {
+        sqlx::query("UPDATE gateways SET entry_since_version = ? WHERE id = ?")
+            .bind(i64_arg("gateways.entry_since_version", version)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn devices_behind_profile(&self, version: u64, limit: u32) -> Result<ProfileLag> {
+        let version = i64_arg("devices.profile_version_acked", version)?;
+        // Both read the partial index `devices_profile_pending` (migration 0004), in one
+        // snapshot so the list and the count agree.
+        let mut tx = self.reader.begin().await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM devices WHERE revoked = 0 AND profile_version_acked < ?",
+        )
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, name FROM devices WHERE revoked = 0 AND profile_version_acked < ? \
+             ORDER BY name, id LIMIT ?",
+        )
+        .bind(version)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(ProfileLag {
+            devices: rows
+                .iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+                .collect::<Result<_>>()?,
+            total: u64_col("devices (count)", total)?,
+        })
+    }
+
+    async fn failures_since(&self, since: i64) -> Result<Vec<DeviceFailures>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.name, d.failed_attempts, d.failed_attempts_at, s.connection_path \
+             FROM devices d LEFT JOIN device_seen s ON s.device_id = d.id \
+             WHERE d.failed_attempts_at IS NOT NULL AND d.failed_attempts_at >= ? \
+             AND d.revoked = 0 ORDER BY d.name, d.id",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: Option<String> = r.try_get("failed_attempts")?;
+                let id: String = r.try_get("id")?;
+                Ok(DeviceFailures {
+                    id: id.clone(),
+                    name: r.try_get("name")?,
+                    attempts: text
+                        .map(|t| json_col("devices.failed_attempts", &t))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    at: r.try_get("failed_attempts_at")?,
+                    // The buffered, not yet flushed path is the newer one.
+                    connection_path: self.seen.merge(&id, None, r.try_get("connection_path")?).1,
+                })
+            })
+            .collect()
     }
 
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool> {
@@ -764,6 +863,30 @@ impl Store for SqliteStore {
     async fn save_config_acked(&self, id: &str, version: u64) -> Result<()> {
         sqlx::query("UPDATE devices SET config_version_acked = ? WHERE id = ?")
             .bind(i64_arg("devices.config_version_acked", version)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_profile_acked(&self, id: &str, version: u64) -> Result<()> {
+        sqlx::query("UPDATE devices SET profile_version_acked = ? WHERE id = ?")
+            .bind(i64_arg("devices.profile_version_acked", version)?)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_failed_attempts(
+        &self,
+        id: &str,
+        attempts: &[FailedAttempt],
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE devices SET failed_attempts = ?, failed_attempts_at = ? WHERE id = ?")
+            .bind(to_json("devices.failed_attempts", &attempts)?)
+            .bind(now)
             .bind(id)
             .execute(&self.writer)
             .await?;
@@ -1280,6 +1403,91 @@ mod tests {
         let b = store.device("b").await.unwrap().unwrap();
         assert_eq!(b.last_seen, Some(1_700_000_100));
         store.close().await;
+    }
+
+    /// A database of schema 3 gains migration 0004's columns with neutral values: devices
+    /// hold profile 0 and no failures, gateways' entries date from version 0 (so no device is
+    /// pending for an entry made before the upgrade).
+    #[tokio::test]
+    async fn migration_4_adds_neutral_acks_and_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steward.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            Migrator::with_migrations(migrations().into_iter().take(3).collect())
+                .run(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO devices (id, name, cert_serial, cert_sha256, created_at) \
+                 VALUES ('a', 'host-a', 'S', 'H', 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO gateways (id, cert_serial, cert_sha256, created_at) \
+                 VALUES ('g', 'S', 'H', 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let a = store.device("a").await.unwrap().unwrap();
+        assert_eq!(a.profile_version_acked, 0);
+        assert!(a.failed_attempts.is_empty() && a.failed_attempts_at.is_none());
+        let g = store.gateway("g").await.unwrap().unwrap();
+        assert_eq!(g.entry_since_version, 0);
+        assert_eq!(store.devices_behind_profile(0, 50).await.unwrap().total, 0);
+        assert_eq!(store.devices_behind_profile(1, 50).await.unwrap().total, 1);
+        store.close().await;
+    }
+
+    /// The questions a gateway report and the gateways page ask read migration 0004's
+    /// partial indexes, not every device row.
+    #[tokio::test]
+    async fn pending_and_failure_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("steward.db"))
+            .await
+            .unwrap();
+        for (sql, index) in [
+            (
+                "SELECT COUNT(*) FROM devices WHERE revoked = 0 AND profile_version_acked < ?",
+                "devices_profile_pending",
+            ),
+            (
+                "SELECT id, name FROM devices WHERE revoked = 0 AND profile_version_acked < ? \
+                 ORDER BY name, id LIMIT ?",
+                "devices_profile_pending",
+            ),
+            (
+                "SELECT id, name, failed_attempts, failed_attempts_at FROM devices \
+                 WHERE failed_attempts_at IS NOT NULL AND failed_attempts_at >= ? \
+                 AND revoked = 0 ORDER BY name, id",
+                "devices_failed_attempts_at",
+            ),
+        ] {
+            let steps = plan(&store, sql).await;
+            assert!(
+                steps.iter().any(|s| s.contains(index)),
+                "{sql}: plan {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN devices")),
+                "{sql}: plan {steps:?}"
+            );
+        }
     }
 
     /// The per-check-in reads and the per-device flush statement each probe one index: a

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use steward_proto::admin::TaskState;
-use steward_proto::{AgentError, Inventory, TaskOutcome, TaskResult};
+use steward_proto::{
+    AgentError, FailedAttempt, FailureKind, GatewayReport, Inventory, TaskOutcome, TaskResult,
+};
 use steward_store::{
     ImportedDevice, NewDevice, NewEnrollmentToken, NewTaskRecord, PolicyRecord, Seen, SqliteStore,
     Store, StoreError, TokenCheck,
@@ -38,6 +40,7 @@ fn device(id: &str, name: &str) -> NewDevice {
         cert_sha256: format!("SHA-{id}"),
         tags: vec!["lab".into()],
         created_at: NOW,
+        profile_version: 0,
     }
 }
 
@@ -367,6 +370,7 @@ fn imported(id: &str, name: &str) -> ImportedDevice {
     ImportedDevice {
         device: device(id, name),
         config_version_acked: 42,
+        profile_version_acked: 7,
         inventory: Some((
             Inventory {
                 hostname: name.into(),
@@ -747,4 +751,158 @@ async fn the_name_follows_the_host_name_unless_one_was_chosen_at_enrollment() {
         .await
         .unwrap();
     assert_eq!(name("b").await, "host-b");
+}
+
+fn attempt(gateway: &str, address: &str, kind: FailureKind) -> FailedAttempt {
+    FailedAttempt {
+        gateway: Some(gateway.into()),
+        address: address.into(),
+        kind,
+        id: "AGENT-CONNECTION-FAILED".into(),
+        detail: "no answer in 10 s".into(),
+        last_at: "2027-01-15T08:00:00Z".into(),
+        count: 3,
+    }
+}
+
+/// Migration 0004: a device holds the profile version it was enrolled with until it says
+/// otherwise; the devices behind a version are listed (capped, by name) and counted, revoked
+/// ones left out; failed attempts are stored as reported and found by report time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_acks_and_failed_attempts_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .create_enrollment_token(&token("t", 10, NOW + 60))
+        .await
+        .unwrap();
+    for (id, version) in [("a", 3), ("b", 5), ("c", 3), ("d", 3)] {
+        let mut d = device(id, &format!("host-{id}"));
+        d.profile_version = version;
+        store.enroll_device("t", NOW, &d).await.unwrap();
+    }
+    let a = store.device("a").await.unwrap().unwrap();
+    assert_eq!(a.profile_version_acked, 3);
+    assert!(a.failed_attempts.is_empty() && a.failed_attempts_at.is_none());
+
+    assert!(store.revoke_device("d", NOW).await.unwrap());
+    let lag = store.devices_behind_profile(5, 1).await.unwrap();
+    assert_eq!(lag.total, 2, "a and c; d is revoked, b holds 5");
+    assert_eq!(lag.devices, vec![("a".to_owned(), "host-a".to_owned())]);
+    store.save_profile_acked("a", 5).await.unwrap();
+    assert_eq!(
+        store
+            .device("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .profile_version_acked,
+        5
+    );
+    let lag = store.devices_behind_profile(5, 50).await.unwrap();
+    assert_eq!(
+        (lag.total, lag.devices),
+        (1, vec![("c".to_owned(), "host-c".to_owned())])
+    );
+    assert_eq!(store.devices_behind_profile(0, 50).await.unwrap().total, 0);
+
+    let first = vec![attempt("gw", "gw.example.net:8443", FailureKind::Timeout)];
+    store.save_failed_attempts("b", &first, NOW).await.unwrap();
+    let b = store.device("b").await.unwrap().unwrap();
+    assert_eq!(b.failed_attempts, first);
+    assert_eq!(b.failed_attempts_at, Some(NOW));
+    let second = vec![
+        attempt("gw", "gw.example.net:9443", FailureKind::Refused),
+        attempt("gw", "gw.example.net:8443", FailureKind::Dns),
+    ];
+    store
+        .save_failed_attempts("b", &second, NOW + 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.device("b").await.unwrap().unwrap().failed_attempts,
+        second,
+        "a new report replaces the old one"
+    );
+    let recent = store.failures_since(NOW + 50).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(
+        (recent[0].id.as_str(), recent[0].name.as_str(), recent[0].at),
+        ("b", "host-b", NOW + 100)
+    );
+    assert_eq!(recent[0].attempts, second);
+    assert_eq!(recent[0].connection_path, None, "never seen yet");
+    // The path it got through by (buffered, then flushed) comes with the failures: the
+    // server does not count failures of a gateway the device has since come through.
+    store.note_seen(
+        "b",
+        Seen {
+            at: NOW + 120,
+            connection_path: Some("gateway g via gw:8443".into()),
+        },
+    );
+    let path = |r: Vec<steward_store::DeviceFailures>| r[0].connection_path.clone();
+    assert_eq!(
+        path(store.failures_since(NOW + 50).await.unwrap()).as_deref(),
+        Some("gateway g via gw:8443")
+    );
+    store.flush_seen().await.unwrap();
+    assert_eq!(
+        path(store.failures_since(NOW + 50).await.unwrap()).as_deref(),
+        Some("gateway g via gw:8443")
+    );
+    assert!(store.failures_since(NOW + 101).await.unwrap().is_empty());
+
+    // Imported devices keep the profile version they hold.
+    store
+        .import_devices(&[imported("e", "host-e")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .device("e")
+            .await
+            .unwrap()
+            .unwrap()
+            .profile_version_acked,
+        7
+    );
+}
+
+/// A gateway's entry mark starts at 0 (every device holds "no entry") and is kept with the
+/// gateway, apart from its report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_entry_since_version_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .create_gateway_token(&token("g", 1, NOW + 60))
+        .await
+        .unwrap();
+    store.join_gateway("g", NOW, &gateway("gw")).await.unwrap();
+    assert_eq!(
+        store
+            .gateway("gw")
+            .await
+            .unwrap()
+            .unwrap()
+            .entry_since_version,
+        0
+    );
+    store.set_gateway_entry_since("gw", 12).await.unwrap();
+    let report = GatewayReport {
+        external_name: "gw.example.net".into(),
+        listen_port: 8443,
+        thumbprints: vec!["AB".repeat(32)],
+        version: "0.1.0".into(),
+        health: "ok".into(),
+        previous_ports: vec![7443],
+        trust_anchors_pem: vec![],
+        probes: vec![],
+    };
+    store.save_gateway_report("gw", &report, NOW).await.unwrap();
+    let g = store.gateway("gw").await.unwrap().unwrap();
+    assert_eq!(g.entry_since_version, 12);
+    assert_eq!(g.report, Some(report));
+    assert_eq!(store.gateways().await.unwrap()[0].entry_since_version, 12);
 }

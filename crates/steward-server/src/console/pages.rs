@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use steward_proto::AgentError;
 use steward_proto::admin::{
-    DeviceDetail, DeviceStatus, DeviceSummary, DeviceTaskState, TaskDetail, TaskState, TaskSummary,
+    DeviceDetail, DeviceStatus, DeviceSummary, DeviceTaskState, GatewayStatus, GatewaySummary,
+    TaskDetail, TaskState, TaskSummary,
 };
+use steward_proto::{AgentError, FailedAttempt, FailureKind};
 
 use super::html::{Enc, Esc, ago, bytes, command_line};
 use crate::ApiFailure;
@@ -16,6 +17,7 @@ use crate::ApiFailure;
 pub(crate) enum Section {
     Devices,
     Tasks,
+    Gateways,
     None,
 }
 
@@ -72,7 +74,9 @@ code,pre{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;fo
 pre{margin:0;padding:.5rem .7rem;background:#141a26;color:#e8ebf0;border-radius:4px;white-space:pre-wrap;word-break:break-word;max-height:22rem;overflow:auto}
 .badge{display:inline-block;padding:.05rem .6rem;border-radius:999px;font-size:.82rem;font-weight:700;white-space:nowrap}
 .badge.online,.badge.succeeded{background:#d9f3df;color:#11652b}
-.badge.offline,.badge.failed{background:#fbdedd;color:#9b1c14}
+.badge.offline,.badge.failed,.badge.red{background:#fbdedd;color:#9b1c14}
+.badge.green{background:#d9f3df;color:#11652b}
+ul.problems{margin:0;padding-left:1.1rem}
 .badge.timed_out{background:#fde9cc;color:#8a4b00}
 .badge.running{background:#dbe8fd;color:#1d4fa0}
 .badge.pending{background:#eceef2;color:#4a5263}
@@ -116,13 +120,15 @@ fn layout(title: &str, nav: Option<&Nav>, refresh: bool, body: &str) -> String {
         };
         w!(
             s,
-            "<nav><a href=\"/devices\"{}>Devices</a><a href=\"/tasks\"{}>Tasks</a></nav>\
+            "<nav><a href=\"/devices\"{}>Devices</a><a href=\"/tasks\"{}>Tasks</a>\
+             <a href=\"/gateways\"{}>Gateways</a></nav>\
              <form class=\"who\" method=\"post\" action=\"/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <span>Signed in as <strong>{}</strong></span>\
              <button type=\"submit\" id=\"logout\">Log out</button></form>",
             cur(Section::Devices),
             cur(Section::Tasks),
+            cur(Section::Gateways),
             Esc(&nav.csrf),
             Esc(&nav.user)
         );
@@ -229,6 +235,45 @@ fn last_error(e: Option<&AgentError>) -> String {
     }
 }
 
+fn kind_label(k: FailureKind) -> &'static str {
+    match k {
+        FailureKind::Dns => "DNS",
+        FailureKind::Refused => "refused",
+        FailureKind::Timeout => "timeout (filtered)",
+        FailureKind::Tls => "TLS",
+        FailureKind::WrongPeer => "wrong peer",
+        FailureKind::Http => "HTTP",
+    }
+}
+
+/// A device's failed ways to the server (gateway, address, kind, count, last time), shown
+/// next to its last error: a blocked gateway port stays visible while another way works.
+fn failed_attempts(list: &[FailedAttempt]) -> String {
+    if list.is_empty() {
+        return "<span class=\"muted\">none</span>".to_owned();
+    }
+    let mut s = String::from("<ul class=\"failed-attempts problems\">");
+    for a in list {
+        w!(
+            s,
+            "<li class=\"err\">{} <code>{}</code> {}: <code>{}</code> × {}, last at {}\
+             <br><span class=\"muted\">{}</span></li>",
+            a.gateway.as_deref().map_or_else(
+                || "LAN".to_owned(),
+                |g| format!("gateway <code>{}</code>", Esc(g))
+            ),
+            Esc(&a.address),
+            Esc(kind_label(a.kind)),
+            Esc(&a.id),
+            a.count,
+            Esc(&a.last_at),
+            Esc(&a.detail)
+        );
+    }
+    s.push_str("</ul>");
+    s
+}
+
 fn or_dash(v: Option<&str>) -> String {
     v.map_or_else(
         || "<span class=\"muted\">—</span>".to_owned(),
@@ -262,14 +307,16 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
     }
     b.push_str(
         "<table id=\"devices\"><thead><tr><th>Name</th><th>OS</th><th>Status</th>\
-         <th>Last check-in</th><th>Connection path</th><th>Last error</th><th>Tags</th></tr>\
+         <th>Last check-in</th><th>Connection path</th><th>Last error</th>\
+         <th>Failed attempts</th><th>Tags</th></tr>\
          </thead><tbody>",
     );
     for d in list {
         w!(
             b,
             "<tr data-device-id=\"{}\"><td class=\"name\">{}</td><td>{}</td>\
-             <td class=\"status\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td class=\"status\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             </tr>",
             Esc(&d.id),
             device_link(&d.id, &d.name),
             or_dash(d.os.as_deref()),
@@ -277,6 +324,7 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
             checkin(d.last_checkin.as_deref(), now),
             or_dash(d.connection_path.as_deref()),
             last_error(d.last_error.as_ref()),
+            failed_attempts(&d.failed_attempts),
             Esc(&d.tags.join(", "))
         );
     }
@@ -301,6 +349,7 @@ pub(crate) fn device(
          <dt>Last check-in</dt><dd>{}</dd>\
          <dt>Connection path</dt><dd>{}</dd>\
          <dt>Last error</dt><dd>{}</dd>\
+         <dt>Failed attempts</dt><dd id=\"failed-attempts\">{}</dd>\
          <dt>Tags</dt><dd>{}</dd></dl>",
         Esc(&s.name),
         status_badge(s.status),
@@ -309,6 +358,7 @@ pub(crate) fn device(
         checkin(s.last_checkin.as_deref(), now),
         or_dash(s.connection_path.as_deref()),
         last_error(s.last_error.as_ref()),
+        failed_attempts(&s.failed_attempts),
         or_dash(Some(s.tags.join(", ").as_str()).filter(|t| !t.is_empty()))
     );
 
@@ -440,6 +490,122 @@ pub(crate) fn device(
         b.push_str("</tbody></table>");
     }
     layout(&s.name, Some(nav), false, &b)
+}
+
+fn gateway_badge(s: GatewayStatus) -> &'static str {
+    match s {
+        GatewayStatus::Green => "<span class=\"badge green\">Green</span>",
+        GatewayStatus::Red => "<span class=\"badge red\">Red</span>",
+    }
+}
+
+/// The gateways: each green or red with its problems (ID and evidence), what it reported,
+/// and during a port change the devices that do not hold its new entry yet.
+pub(crate) fn gateways(nav: &Nav, list: &[GatewaySummary], now: i64) -> String {
+    let mut b = String::new();
+    let red = list
+        .iter()
+        .filter(|g| g.status == GatewayStatus::Red)
+        .count();
+    w!(
+        b,
+        "<h1>Gateways</h1><p class=\"muted\">{} gateways, {red} red.</p>",
+        list.len()
+    );
+    if list.is_empty() {
+        b.push_str(
+            "<div class=\"card\">No gateway has joined. Make a join token \
+             (<code>steward gateway token --out FILE</code>) and join a gateway with it \
+             (<code>steward gateway join</code>).</div>",
+        );
+        return layout("Gateways", Some(nav), false, &b);
+    }
+    b.push_str(
+        "<table id=\"gateways\"><thead><tr><th>Gateway</th><th>Status</th><th>Address</th>\
+         <th>Last report</th><th>Problems</th><th>Agents without the current entry</th></tr>\
+         </thead><tbody>",
+    );
+    for g in list {
+        let address = g.report.as_ref().map_or_else(
+            || "<span class=\"muted\">—</span>".to_owned(),
+            |r| {
+                let mut a = format!(
+                    "<code>{}:{}</code><br><span class=\"muted\">version {}, health {}</span>",
+                    Esc(&r.external_name),
+                    r.listen_port,
+                    Esc(&r.version),
+                    Esc(&r.health)
+                );
+                if !r.previous_ports.is_empty() {
+                    let ports: Vec<String> =
+                        r.previous_ports.iter().map(|p| p.to_string()).collect();
+                    w!(
+                        a,
+                        "<br><span class=\"muted previous-ports\">still answering on {} \
+                         until every agent has the new port</span>",
+                        Esc(&ports.join(", "))
+                    );
+                }
+                a
+            },
+        );
+        let problems = if g.problems.is_empty() {
+            "<span class=\"muted\">none</span>".to_owned()
+        } else {
+            let mut p = String::from("<ul class=\"problems\">");
+            for x in &g.problems {
+                w!(
+                    p,
+                    "<li class=\"err\"><code>{}</code> {}</li>",
+                    Esc(&x.id),
+                    Esc(&x.message)
+                );
+            }
+            p.push_str("</ul>");
+            p
+        };
+        let pending = if g.pending_total == 0 {
+            "<span class=\"muted\">none</span>".to_owned()
+        } else {
+            let mut p = format!(
+                "<span class=\"pending-total\">{}</span> device(s) do not hold the profile \
+                 with this gateway's current entry yet:<ul class=\"pending-devices\">",
+                g.pending_total
+            );
+            for d in &g.pending_devices {
+                w!(p, "<li>{}</li>", Esc(d));
+            }
+            p.push_str("</ul>");
+            let shown = u64::try_from(g.pending_devices.len()).unwrap_or(u64::MAX);
+            if g.pending_total > shown {
+                w!(
+                    p,
+                    "<span class=\"muted\">and {} more</span>",
+                    g.pending_total - shown
+                );
+            }
+            p
+        };
+        w!(
+            b,
+            "<tr data-gateway-id=\"{}\"><td><code>{}</code>{}</td><td class=\"status\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            Esc(&g.id),
+            Esc(&g.id),
+            if g.revoked {
+                " <span class=\"muted\">(revoked)</span>"
+            } else {
+                ""
+            },
+            gateway_badge(g.status),
+            address,
+            checkin(g.reported_at.as_deref(), now),
+            problems,
+            pending
+        );
+    }
+    b.push_str("</tbody></table>");
+    layout("Gateways", Some(nav), false, &b)
 }
 
 fn exit_code(c: Option<i32>) -> String {
@@ -629,6 +795,99 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("badge online\">Online<"));
+    }
+
+    fn evil_attempt(evil: &str) -> FailedAttempt {
+        FailedAttempt {
+            gateway: Some(evil.into()),
+            address: evil.into(),
+            kind: FailureKind::Timeout,
+            id: evil.into(),
+            detail: evil.into(),
+            last_at: evil.into(),
+            count: 7,
+        }
+    }
+
+    #[test]
+    fn failed_attempts_show_next_to_the_last_error_escaped() {
+        let evil = "<img src=x onerror=alert(1)>";
+        let mut d = DeviceSummary {
+            id: "d1".into(),
+            name: "pc-1".into(),
+            os: None,
+            status: DeviceStatus::Online,
+            last_checkin: None,
+            connection_path: None,
+            last_error: None,
+            failed_attempts: vec![evil_attempt(evil)],
+            tags: vec![],
+        };
+        let page = devices(&nav(), std::slice::from_ref(&d), 0);
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("<th>Failed attempts</th>"));
+        assert!(page.contains("timeout (filtered)"));
+        assert!(page.contains("× 7"));
+        d.failed_attempts[0].gateway = None;
+        let detail = DeviceDetail {
+            summary: d,
+            inventory: None,
+            applied_policies: vec![],
+            tasks: vec![],
+        };
+        let page = device(&nav(), &detail, &HashMap::new(), 0);
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("id=\"failed-attempts\"><ul"), "{page}");
+        assert!(page.contains("LAN <code>&lt;img"), "{page}");
+    }
+
+    #[test]
+    fn gateways_show_status_problems_and_pending_devices_escaped() {
+        use steward_proto::GatewayReport;
+        use steward_proto::admin::GatewayProblem;
+        let evil = "<script>alert(1)</script>";
+        let g = GatewaySummary {
+            id: evil.into(),
+            revoked: false,
+            report: Some(GatewayReport {
+                external_name: evil.into(),
+                listen_port: 9443,
+                thumbprints: vec![],
+                version: evil.into(),
+                health: evil.into(),
+                previous_ports: vec![8443],
+                trust_anchors_pem: vec![],
+                probes: vec![],
+            }),
+            reported_at: Some(evil.into()),
+            status: GatewayStatus::Red,
+            problems: vec![GatewayProblem {
+                id: "GATEWAY-PORT-FILTERED".into(),
+                message: evil.into(),
+            }],
+            pending_devices: vec![evil.into()],
+            pending_total: 3,
+        };
+        let mut nav = nav();
+        nav.section = Section::Gateways;
+        let page = gateways(&nav, std::slice::from_ref(&g), 0);
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("badge red\">Red<"));
+        assert!(page.contains("<code>GATEWAY-PORT-FILTERED</code> &lt;script&gt;"));
+        assert!(page.contains("still answering on 8443"));
+        assert!(page.contains("<span class=\"pending-total\">3</span>"));
+        assert!(page.contains("and 2 more"));
+        assert!(page.contains("href=\"/gateways\" class=\"current\""));
+        let green = GatewaySummary {
+            status: GatewayStatus::Green,
+            problems: vec![],
+            pending_devices: vec![],
+            pending_total: 0,
+            ..g
+        };
+        let page = gateways(&nav, &[green], 0);
+        assert!(page.contains("badge green\">Green<"));
+        assert!(!page.contains("pending-devices"));
     }
 
     #[test]

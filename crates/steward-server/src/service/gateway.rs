@@ -2,6 +2,7 @@
 //! the profile's gateway entries derived from those reports, and trusting the agent identity
 //! a gateway vouches for.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -9,12 +10,16 @@ use base64::Engine;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use steward_pki::{CertFacts, LeafRequest, OffsetDateTime, Thumbprint, Usage};
-use steward_proto::admin::{GatewaySummary, GatewayToken, NewGatewayToken};
-use steward_proto::{
-    AGENT_CERT_HEADER, CommunicationProfile, ConnectionPath, GatewayEntry, GatewayJoinRequest,
-    GatewayJoinResponse, GatewayReport,
+use steward_proto::admin::{
+    GatewayProblem, GatewayStatus, GatewaySummary, GatewayToken, NewGatewayToken,
 };
-use steward_store::{Device, GatewayRecord, NewEnrollmentToken, NewGateway, Store, TokenCheck};
+use steward_proto::{
+    AGENT_CERT_HEADER, CommunicationProfile, ConnectionPath, FailureKind, GatewayEntry,
+    GatewayJoinRequest, GatewayJoinResponse, GatewayReport, GatewayReportResponse, ProbeTarget,
+};
+use steward_store::{
+    Device, DeviceFailures, GatewayRecord, NewEnrollmentToken, NewGateway, Store, TokenCheck,
+};
 
 use super::{AdminUser, PeerCert, Service, csr_key_spec, forbidden, now, rfc3339};
 use crate::ApiFailure;
@@ -29,6 +34,23 @@ const MAX_EXTERNAL_NAMES: usize = 8;
 const MAX_THUMBPRINTS: usize = 4;
 /// Largest forwarded agent certificate (base64 text).
 const MAX_FORWARDED_CERT: usize = 16 * 1024;
+/// Previous ports a gateway may report (a change in progress, and room for a second one).
+const MAX_PREVIOUS_PORTS: usize = 4;
+/// Imported roots a gateway may report.
+const MAX_TRUST_ANCHORS: usize = 4;
+/// Largest imported root (PEM text).
+const MAX_ANCHOR_PEM: usize = 16 * 1024;
+/// Self-probe outcomes a gateway may report (one per address it was asked to test, with room).
+const MAX_PROBES: usize = 16;
+/// Devices named in a gateway's pending list (the total is always given).
+const PENDING_SHOWN: u32 = 50;
+/// A gateway reports on start and every minute; three missed reports mean it is down or
+/// cannot reach the server, while one late report (a restart, a slow CRL fetch) is not news.
+pub(crate) const REPORT_STALE_SECS: i64 = 180;
+/// Agents' failures count against a gateway for an hour: the agent sets a failing gateway
+/// aside for that long (by default) before trying it again, so an older failure has been
+/// retried since and its outcome reported anew.
+pub(crate) const FAILURE_WINDOW_SECS: i64 = 3600;
 
 /// The profile's gateway entries: every unrevoked gateway that has reported, as it reported.
 pub(crate) async fn gateway_entries(store: &dyn Store) -> Result<Vec<GatewayEntry>, ApiFailure> {
@@ -37,16 +59,7 @@ pub(crate) async fn gateway_entries(store: &dyn Store) -> Result<Vec<GatewayEntr
         .await?
         .into_iter()
         .filter(|g| !g.revoked)
-        .filter_map(|g| {
-            let r = g.report?;
-            Some(GatewayEntry {
-                name: g.id,
-                host: r.external_name,
-                port: r.listen_port,
-                thumbprints: r.thumbprints,
-                trust_anchors_pem: r.trust_anchors_pem,
-            })
-        })
+        .filter_map(|g| Some(entry_of(&g.id, g.report.as_ref()?)))
         .collect())
 }
 
@@ -165,7 +178,203 @@ fn valid_report(r: &GatewayReport) -> Result<(), ApiFailure> {
     if r.version.len() > 64 || r.health.len() > 1024 {
         return Err(invalid("version or health is too long".to_owned()));
     }
+    if r.previous_ports.len() > MAX_PREVIOUS_PORTS || r.previous_ports.contains(&0) {
+        return Err(invalid(format!(
+            "previous_ports: at most {MAX_PREVIOUS_PORTS} ports, none 0"
+        )));
+    }
+    if r.trust_anchors_pem.len() > MAX_TRUST_ANCHORS
+        || r.trust_anchors_pem.iter().any(|p| p.len() > MAX_ANCHOR_PEM)
+    {
+        return Err(invalid(format!(
+            "trust_anchors_pem: at most {MAX_TRUST_ANCHORS} roots of at most {MAX_ANCHOR_PEM} bytes"
+        )));
+    }
+    if r.probes.len() > MAX_PROBES {
+        return Err(invalid(format!("at most {MAX_PROBES} probes")));
+    }
+    if let Some(p) = r
+        .probes
+        .iter()
+        .find(|p| p.target.host.len() > 253 || p.detail.len() > 2048 || p.at.len() > 64)
+    {
+        return Err(invalid(format!(
+            "the probe of {}:{} has an over-long host, detail or time",
+            p.target.host.chars().take(64).collect::<String>(),
+            p.target.port
+        )));
+    }
     Ok(())
+}
+
+/// The profile entry a gateway's report makes: what agents are told. A change here must reach
+/// them (a new profile version); the rest of a report (health, probes) is status only.
+fn entry_of(id: &str, r: &GatewayReport) -> GatewayEntry {
+    GatewayEntry {
+        name: id.to_owned(),
+        host: r.external_name.clone(),
+        port: r.listen_port,
+        thumbprints: r.thumbprints.clone(),
+        trust_anchors_pem: r.trust_anchors_pem.clone(),
+    }
+}
+
+/// The stable ID for a failed self-probe, by what failed.
+fn probe_problem_id(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Timeout => "GATEWAY-PORT-FILTERED",
+        FailureKind::Refused => "GATEWAY-PORT-REFUSED",
+        FailureKind::Dns => "GATEWAY-NAME-UNRESOLVED",
+        FailureKind::Tls => "GATEWAY-PROBE-TLS",
+        FailureKind::WrongPeer => "GATEWAY-PROBE-WRONG-PEER",
+        FailureKind::Http => "GATEWAY-PROBE-HTTP",
+    }
+}
+
+/// How a failure kind reads in a message.
+fn kind_text(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Dns => "name does not resolve",
+        FailureKind::Refused => "connection refused",
+        FailureKind::Timeout => "no answer (filtered)",
+        FailureKind::Tls => "TLS failed",
+        FailureKind::WrongPeer => "something other than this gateway answered",
+        FailureKind::Http => "request refused",
+    }
+}
+
+fn problem(id: &str, message: String) -> GatewayProblem {
+    GatewayProblem {
+        id: id.to_owned(),
+        message,
+    }
+}
+
+/// Why a gateway is red, each reason with its ID and evidence; empty when it is green.
+/// `entry` is its entry in the current profile, `failures` the devices' failed-attempts
+/// reports received within [`FAILURE_WINDOW_SECS`].
+pub(crate) fn gateway_problems(
+    g: &GatewayRecord,
+    entry: Option<&GatewayEntry>,
+    failures: &[DeviceFailures],
+    now: i64,
+) -> Vec<GatewayProblem> {
+    if g.revoked {
+        return vec![problem(
+            "GATEWAY-REVOKED",
+            "this gateway's identity is revoked: the server refuses it and it is not in the \
+             profile, so no agent is sent to it"
+                .to_owned(),
+        )];
+    }
+    let (Some(report), Some(at)) = (&g.report, g.reported_at) else {
+        return vec![problem(
+            "GATEWAY-NEVER-REPORTED",
+            "this gateway joined but has never reported, so agents are not told about it; \
+             start it (steward gateway run) and check that it reaches the server's agent site"
+                .to_owned(),
+        )];
+    };
+    let mut out = Vec::new();
+    let age = now.saturating_sub(at);
+    if age > REPORT_STALE_SECS {
+        out.push(problem(
+            "GATEWAY-REPORT-STALE",
+            format!(
+                "the last report arrived at {} ({age} s ago; one is expected every minute): \
+                 the gateway is down or cannot reach the server",
+                rfc3339(at)
+            ),
+        ));
+    }
+    if report.health != "ok" {
+        out.push(problem(
+            "GATEWAY-UNHEALTHY",
+            format!("the gateway reports: {}", report.health),
+        ));
+    }
+    // Only addresses agents may still use count: the profile's, and the previous ports the
+    // gateway still answers on during a port change. Probes of an address given up since
+    // are history.
+    let current = entry.map(|e| (e.host.as_str(), e.port));
+    let in_use = |t: &ProbeTarget| {
+        current.is_some_and(|(host, port)| {
+            t.host.eq_ignore_ascii_case(host)
+                && (t.port == port || report.previous_ports.contains(&t.port))
+        })
+    };
+    for p in report.probes.iter().filter(|p| in_use(&p.target)) {
+        if let Some(kind) = p.failure {
+            out.push(problem(
+                probe_problem_id(kind),
+                format!(
+                    "the gateway's test of its own address {}:{} failed ({}): {} (at {})",
+                    p.target.host,
+                    p.target.port,
+                    kind_text(kind),
+                    p.detail,
+                    p.at
+                ),
+            ));
+        }
+    }
+    if let Some((host, port)) = current
+        && !report
+            .probes
+            .iter()
+            .any(|p| p.target.host.eq_ignore_ascii_case(host) && p.target.port == port)
+    {
+        out.push(problem(
+            "GATEWAY-PROBE-PENDING",
+            format!(
+                "{host}:{port}, the address agents are given, has not been tested from the \
+                 gateway's side yet; the gateway tests it and reports within a minute"
+            ),
+        ));
+    }
+    // Agents' failures to reach this gateway, one problem per address.
+    let mut by_address: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&'static str>, u64)> =
+        BTreeMap::new();
+    let entry_address = entry.map(|e| format!("{}:{}", e.host, e.port));
+    // A device whose last connection came through this gateway got through after its
+    // failures (a restart, a moment's outage): those are history, not a fault to show.
+    let through_us = format!("gateway {} via ", g.id);
+    for f in failures.iter().filter(|f| {
+        !f.connection_path
+            .as_deref()
+            .is_some_and(|p| p.starts_with(&through_us))
+    }) {
+        for a in &f.attempts {
+            let ours = a.gateway.as_deref() == Some(g.id.as_str())
+                || (a.gateway.is_none() && entry_address.as_deref() == Some(a.address.as_str()));
+            if ours {
+                let slot = by_address.entry(a.address.as_str()).or_default();
+                slot.0.insert(f.name.as_str());
+                slot.1.insert(kind_text(a.kind));
+                slot.2 = slot.2.saturating_add(u64::from(a.count));
+            }
+        }
+    }
+    for (address, (devices, kinds, count)) in by_address {
+        let names: Vec<&str> = devices.iter().take(5).copied().collect();
+        let more = devices.len().saturating_sub(names.len());
+        out.push(problem(
+            "GATEWAY-AGENTS-FAILING",
+            format!(
+                "{} device(s) failed to reach {address} in the last hour ({}; {count} \
+                 attempt(s)): {}{}",
+                devices.len(),
+                kinds.into_iter().collect::<Vec<_>>().join(", "),
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    out
 }
 
 impl Service {
@@ -266,24 +475,80 @@ impl Service {
         self.refresh_gateways().await
     }
 
-    /// Every gateway with its latest report.
+    /// Every gateway with its latest report, green or red with the reasons, and the devices
+    /// that do not hold its current entry yet.
     pub async fn gateways(&self) -> Result<Vec<GatewaySummary>, ApiFailure> {
-        Ok(self
+        let now = now();
+        let profile = self.profile();
+        let failures = self
             .store
-            .gateways()
-            .await?
-            .into_iter()
-            .map(|g| GatewaySummary {
+            .failures_since(now.saturating_sub(FAILURE_WINDOW_SECS))
+            .await?;
+        let mut out = Vec::new();
+        for g in self.store.gateways().await? {
+            let entry = profile.gateways.iter().find(|e| e.name == g.id);
+            let problems = gateway_problems(&g, entry, &failures, now);
+            let (pending_devices, pending_total) = match entry {
+                Some(_) => self.pending(g.entry_since_version).await?,
+                None => (Vec::new(), 0),
+            };
+            out.push(GatewaySummary {
                 id: g.id,
                 revoked: g.revoked,
                 report: g.report,
                 reported_at: g.reported_at.map(rfc3339),
-                status: Default::default(),
-                problems: Vec::new(),
-                pending_devices: Vec::new(),
-                pending_total: 0,
-            })
-            .collect())
+                status: if problems.is_empty() {
+                    GatewayStatus::Green
+                } else {
+                    GatewayStatus::Red
+                },
+                problems,
+                pending_devices,
+                pending_total,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Active devices that do not hold profile `since` yet, as `name (id)` (capped), and how
+    /// many.
+    async fn pending(&self, since: u64) -> Result<(Vec<String>, u64), ApiFailure> {
+        let lag = self
+            .store
+            .devices_behind_profile(since, PENDING_SHOWN)
+            .await?;
+        Ok((
+            lag.devices
+                .into_iter()
+                .map(|(id, name)| format!("{name} ({id})"))
+                .collect(),
+            lag.total,
+        ))
+    }
+
+    /// What a reporting gateway is told: the address agents are given for it (to test from
+    /// its side), and whether every active device holds that entry yet.
+    async fn report_answer(&self, id: &str) -> Result<GatewayReportResponse, ApiFailure> {
+        let profile = self.profile();
+        let Some(entry) = profile.gateways.iter().find(|e| e.name == id) else {
+            // Without an entry no agent can hold it: nothing to test, nothing to close.
+            return Ok(GatewayReportResponse::default());
+        };
+        let since = self
+            .store
+            .gateway(id)
+            .await?
+            .map_or(0, |g| g.entry_since_version);
+        let (pending_devices, pending_total) = self.pending(since).await?;
+        Ok(GatewayReportResponse {
+            probe: vec![ProbeTarget {
+                host: entry.host.clone(),
+                port: entry.port,
+            }],
+            all_agents_current: pending_total == 0,
+            pending_devices,
+            pending_total,
+        })
     }
 
     /// A gateway joins: the token is checked, both CSRs are signed (client identity, CN = a
@@ -394,12 +659,13 @@ impl Service {
     }
 
     /// A gateway's report: stored, and the profile's gateway entries re-derived from every
-    /// report (a change bumps the profile version and wakes waiting agents).
+    /// report (a change bumps the profile version and wakes waiting agents). The answer says
+    /// what to probe and whether every agent holds the gateway's current entry.
     pub async fn gateway_report(
         &self,
         peer: Option<&PeerCert>,
         report: GatewayReport,
-    ) -> Result<(), ApiFailure> {
+    ) -> Result<GatewayReportResponse, ApiFailure> {
         let Some(p) = peer else {
             return Err(ApiFailure::new(
                 StatusCode::UNAUTHORIZED,
@@ -414,15 +680,28 @@ impl Service {
             ));
         };
         valid_report(&report)?;
-        let changed = gw.report.as_ref() != Some(&report);
-        if changed {
-            self.store
-                .save_gateway_report(&gw.id, &report, now())
-                .await?;
-            tracing::info!(gateway = %gw.id, external = %report.external_name, port = report.listen_port, health = %report.health, "gateway report");
+        // Judged against the published profile rather than the stored report, so a refresh
+        // that failed after the report was stored is retried at the next report.
+        let entry = entry_of(&gw.id, &report);
+        let entry_changed = !self.profile().gateways.contains(&entry);
+        let noteworthy = gw.report.as_ref().is_none_or(|old| {
+            entry_of(&gw.id, old) != entry
+                || old.health != report.health
+                || old.previous_ports != report.previous_ports
+        });
+        // Stored every time, unchanged or not: the report time is the gateway's heartbeat
+        // (GATEWAY-REPORT-STALE) and the probes' outcomes change from report to report. One
+        // small write a minute per gateway.
+        self.store
+            .save_gateway_report(&gw.id, &report, now())
+            .await?;
+        if noteworthy {
+            tracing::info!(gateway = %gw.id, external = %report.external_name, port = report.listen_port, previous_ports = ?report.previous_ports, health = %report.health, "gateway report");
+        }
+        if entry_changed {
             self.refresh_gateways().await?;
         }
-        Ok(())
+        self.report_answer(&gw.id).await
     }
 
     /// Re-derives the profile's gateway entries; bumps the version when they changed.
@@ -437,6 +716,18 @@ impl Service {
         let mut fresh = (*current).clone();
         fresh.gateways = entries;
         stamp_version(self.store.as_ref(), &mut fresh).await?;
+        // A new or changed entry reaches agents only with this version: a port change is
+        // complete when every device acknowledges it. Recorded before the profile is
+        // published, so no report can be answered from the new profile with the old mark.
+        for e in fresh
+            .gateways
+            .iter()
+            .filter(|e| !current.gateways.contains(e))
+        {
+            self.store
+                .set_gateway_entry_since(&e.name, fresh.version)
+                .await?;
+        }
         *self.profile.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         self.waiters.wake_all();
         Ok(())
@@ -518,6 +809,7 @@ pub(crate) fn actual_path(claimed: ConnectionPath, via_gateway: Option<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use steward_proto::FailedAttempt;
 
     #[test]
     fn external_names_split_and_refuse() {
@@ -549,6 +841,146 @@ mod tests {
         assert_eq!(actual_path(lan("s:1"), None), lan("s:1"));
     }
 
+    fn record(report: Option<GatewayReport>, reported_at: Option<i64>) -> GatewayRecord {
+        GatewayRecord {
+            id: "gw-1".into(),
+            cert_serial: "01".into(),
+            cert_sha256: "AA".into(),
+            revoked: false,
+            report,
+            reported_at,
+            entry_since_version: 3,
+        }
+    }
+
+    fn healthy(port: u16) -> GatewayReport {
+        GatewayReport {
+            external_name: "gw.example.net".into(),
+            listen_port: port,
+            thumbprints: vec!["ab".repeat(32)],
+            version: "0.1.0".into(),
+            health: "ok".into(),
+            previous_ports: vec![],
+            trust_anchors_pem: vec![],
+            probes: vec![steward_proto::ReachProbe {
+                target: ProbeTarget {
+                    host: "GW.example.net".into(),
+                    port,
+                },
+                failure: None,
+                detail: "reached".into(),
+                at: "2027-01-15T08:00:00Z".into(),
+            }],
+        }
+    }
+
+    fn entry(port: u16) -> GatewayEntry {
+        GatewayEntry {
+            name: "gw-1".into(),
+            host: "gw.example.net".into(),
+            port,
+            thumbprints: vec!["ab".repeat(32)],
+            trust_anchors_pem: vec![],
+        }
+    }
+
+    fn ids(p: &[GatewayProblem]) -> Vec<&str> {
+        p.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_healthy_reporting_probed_gateway_has_no_problem() {
+        let now = 1_800_000_000;
+        let g = record(Some(healthy(8443)), Some(now - 30));
+        assert!(gateway_problems(&g, Some(&entry(8443)), &[], now).is_empty());
+    }
+
+    #[test]
+    fn a_silent_gateway_is_stale_after_three_minutes() {
+        let now = 1_800_000_000;
+        let e = entry(8443);
+        let g = record(Some(healthy(8443)), Some(now - REPORT_STALE_SECS));
+        assert!(gateway_problems(&g, Some(&e), &[], now).is_empty());
+        let g = record(Some(healthy(8443)), Some(now - REPORT_STALE_SECS - 1));
+        let p = gateway_problems(&g, Some(&e), &[], now);
+        assert_eq!(ids(&p), vec!["GATEWAY-REPORT-STALE"]);
+        assert!(p[0].message.contains("181 s ago"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn agents_failures_are_grouped_by_address_and_only_this_gateways_count() {
+        let now = 1_800_000_000;
+        let e = entry(8443);
+        let g = record(Some(healthy(8443)), Some(now));
+        let attempt = |gateway: Option<&str>, address: &str, kind, count| FailedAttempt {
+            gateway: gateway.map(str::to_owned),
+            address: address.into(),
+            kind,
+            id: "AGENT-CONNECTION-FAILED".into(),
+            detail: "x".into(),
+            last_at: "2027-01-15T08:00:00Z".into(),
+            count,
+        };
+        let failures = vec![
+            DeviceFailures {
+                id: "d1".into(),
+                name: "pc-1".into(),
+                attempts: vec![
+                    attempt(Some("gw-1"), "gw.example.net:8443", FailureKind::Timeout, 2),
+                    attempt(Some("gw-2"), "other.example.net:443", FailureKind::Dns, 1),
+                    attempt(None, "smp.example.net:4726", FailureKind::Refused, 1),
+                ],
+                at: now,
+                connection_path: Some("lan via smp.example.net:4726".into()),
+            },
+            DeviceFailures {
+                id: "d2".into(),
+                name: "pc-2".into(),
+                attempts: vec![
+                    attempt(Some("gw-1"), "gw.example.net:8443", FailureKind::Tls, 3),
+                    // No gateway named, but this gateway's address: still about it.
+                    attempt(None, "gw.example.net:8443", FailureKind::Timeout, 1),
+                    attempt(Some("gw-1"), "gw.example.net:7443", FailureKind::Refused, 1),
+                ],
+                at: now,
+                connection_path: None,
+            },
+            // Failed, then got through this very gateway (it was restarting): not a fault.
+            DeviceFailures {
+                id: "d3".into(),
+                name: "pc-3".into(),
+                attempts: vec![attempt(
+                    Some("gw-1"),
+                    "gw.example.net:8443",
+                    FailureKind::Refused,
+                    4,
+                )],
+                at: now,
+                connection_path: Some("gateway gw-1 via gw.example.net:8443".into()),
+            },
+        ];
+        let p = gateway_problems(&g, Some(&e), &failures, now);
+        assert_eq!(
+            ids(&p),
+            vec!["GATEWAY-AGENTS-FAILING", "GATEWAY-AGENTS-FAILING"]
+        );
+        // BTreeMap order: 7443 before 8443.
+        assert!(
+            p[0].message
+                .starts_with("1 device(s) failed to reach gw.example.net:7443")
+        );
+        assert!(p[0].message.contains("pc-2"));
+        let m = &p[1].message;
+        assert!(
+            m.starts_with("2 device(s) failed to reach gw.example.net:8443"),
+            "{m}"
+        );
+        assert!(m.contains("6 attempt(s)"), "{m}");
+        assert!(m.contains("TLS failed") && m.contains("filtered"), "{m}");
+        assert!(!m.contains("name does not resolve"), "{m}");
+        assert!(!m.contains("pc-3") && !m.contains("refused"), "{m}");
+    }
+
     #[test]
     fn reports_are_validated() {
         let ok = GatewayReport {
@@ -562,6 +994,9 @@ mod tests {
             probes: vec![],
         };
         assert!(valid_report(&ok).is_ok());
+        let mut bad = ok.clone();
+        bad.previous_ports = vec![0];
+        assert!(valid_report(&bad).is_err());
         let mut bad = ok.clone();
         bad.listen_port = 0;
         assert!(valid_report(&bad).is_err());
