@@ -26,9 +26,21 @@
 //! After a successful check-in the agent long-polls the wait route until the next check-in is
 //! due (the interval from the agent-settings policy, ± its jitter), so a new task reaches it
 //! within seconds. A finished task triggers a check-in at once, so its result arrives within
-//! seconds too. After a failure it retries with exponential backoff (2 s doubling, capped at
-//! the interval, with jitter so a fleet does not return in lock-step), trying every server of
-//! the profile in order each time.
+//! seconds too. When every way failed it retries with exponential backoff (2 s doubling,
+//! capped at the interval, with full jitter so a fleet that lost its server does not return in
+//! lock-step; event `AGENT-BACKOFF` names each delay), trying every LAN server and then every
+//! gateway of the profile each time. A gateway that failed is set aside (one hour by default,
+//! as ITMS does) while another way remains.
+//!
+//! # Failed attempts
+//!
+//! Every way that failed (LAN server or gateway, `host:port`) is kept in the state file as a
+//! [`FailedAttempt`], one entry per address and failure kind with a count, at most
+//! [`MAX_FAILED_ATTEMPTS`] (the least recent dropped first). They travel with the next
+//! check-in that works — including one through a gateway in the same round — and are cleared
+//! only when that check-in is answered 200, so a firewall, NAT or DNS fault on one way is
+//! reported through another instead of staying silent. An internet agent's LAN attempt fails
+//! every time; it is still reported (one entry, counting up): the console decides what is noise.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -39,7 +51,8 @@ use rustls::pki_types::CertificateRevocationListDer;
 use steward_pki::{CertFacts, OffsetDateTime};
 use steward_proto::{
     AgentConfig, AgentError, AgentSettings, CheckinRequest, CheckinResponse, CommunicationProfile,
-    ConnectionPath, GatewayEntry, PROTOCOL_VERSION, TaskAssignment, TaskResult, paths,
+    ConnectionPath, FailedAttempt, GatewayEntry, MAX_FAILED_ATTEMPTS, PROTOCOL_VERSION,
+    TaskAssignment, TaskResult, paths,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -202,6 +215,8 @@ struct Agent {
     settings: AgentSettings,
     profile: CommunicationProfile,
     connector: Connector,
+    /// Connectors for gateways with their own extra trust anchors, by gateway name.
+    gateway_connectors: HashMap<String, Connector>,
     conn: Option<Connection>,
     state: AgentState,
     outbox: Outbox,
@@ -259,6 +274,8 @@ impl Agent {
             ),
         };
         let connector = build_connector(&profile, &identity, &key_pem, &opts.crls)?;
+        let gateway_connectors =
+            build_gateway_connectors(&profile, &identity, &key_pem, &opts.crls);
         state.pid = Some(std::process::id());
         state.device_id = Some(identity.device_id.clone());
         state.config_version = config.as_ref().map_or(0, |c| c.version);
@@ -272,6 +289,7 @@ impl Agent {
             settings,
             profile,
             connector,
+            gateway_connectors,
             conn: None,
             state,
             outbox,
@@ -301,10 +319,22 @@ impl Agent {
                 () = shutdown.as_mut() => return,
                 r = self.checkin() => r,
             };
-            let deadline = match outcome {
+            let mut deadline = match outcome {
                 Ok(true) => now,
                 Ok(false) => now + self.next_interval(),
-                Err(_) => now + self.backoff(),
+                Err(_) => {
+                    let delay = self.backoff();
+                    // Info: the faults themselves were logged as errors just before; this
+                    // line only says when the agent tries again.
+                    tracing::info!(
+                        id = ids::BACKOFF,
+                        "every way to the server failed ({} round(s) in a row); next attempt in {:.1} s (backoff, capped at the {} s check-in interval)",
+                        self.state.consecutive_failures,
+                        delay.as_secs_f64(),
+                        self.settings.checkin_interval_secs
+                    );
+                    now + delay
+                }
             };
             // Three wake-ups in a row that came back at once and led nowhere mean the server and
             // agent disagree about what is new: stop polling until the next interval rather
@@ -350,9 +380,14 @@ impl Agent {
                     }
                     Wake::PollEnded { fast } => may_poll = !fast,
                     Wake::PollFailed => {
-                        // The next check-in will say what is wrong, with its own evidence.
+                        // The connection dropped: the server or gateway restarted, often with
+                        // a change (a new port, a new profile) the agent should hear of soon.
+                        // Check in again after a short random delay, spread so that a restart
+                        // under many agents is not met by all of them at once. That check-in
+                        // says what is wrong, if anything is, with its own evidence.
                         self.conn = None;
                         may_poll = false;
+                        deadline = deadline.min(Instant::now() + self.reconnect_delay());
                     }
                 }
             }
@@ -420,6 +455,12 @@ impl Agent {
         )
     }
 
+    /// After a dropped long-poll: uniform in [1 s, a quarter of the interval, at most 15 s].
+    fn reconnect_delay(&self) -> Duration {
+        let spread = (self.settings.checkin_interval_secs as f64 / 4.0).clamp(1.0, 15.0);
+        Duration::from_secs_f64(1.0 + (spread - 1.0) * random_unit())
+    }
+
     fn config_version(&self) -> u64 {
         self.config.as_ref().map_or(0, |c| c.version)
     }
@@ -454,7 +495,7 @@ impl Agent {
                 server: String::new(),
             },
             profile_version: self.profile.version,
-            failed_attempts: Vec::new(),
+            failed_attempts: self.state.failed_attempts.clone(),
         };
 
         let (server, response) = match self.send_checkin(&mut request).await {
@@ -466,6 +507,9 @@ impl Agent {
             }
         };
 
+        // Answered 200: the server has what was sent. Only now are the attempts forgotten, so
+        // a check-in lost on the way sends them again rather than losing them.
+        self.state.failed_attempts.clear();
         let recovered = self.state.consecutive_failures > 0 || !self.connected_reported;
         let moved = self.state.server.as_deref() != Some(server.as_str());
         self.state.consecutive_failures = 0;
@@ -478,7 +522,9 @@ impl Agent {
             let path = match &request.connection {
                 ConnectionPath::Lan { .. } => "path lan".to_owned(),
                 ConnectionPath::Gateway { gateway, via } => {
-                    format!("through gateway {via} ({gateway})")
+                    format!(
+                        "through gateway {via} ({gateway}), its certificate thumbprint validated against the profile"
+                    )
                 }
             };
             tracing::info!(
@@ -505,16 +551,22 @@ impl Agent {
         let unacked = sent_ids
             .iter()
             .any(|id| !response.acked_results.contains(id));
+        let profile_before = self.profile.version;
         if let Some(config) = response.config {
             self.apply_config(config);
         }
+        // A new profile is acknowledged at once (the next check-in says which version it
+        // holds): a gateway's port change or certificate switch waits for every agent's word,
+        // and should not wait a whole interval for it.
+        let new_profile = self.profile.version != profile_before;
         self.check_cert_expiry();
         self.accept_tasks(&response.tasks);
         self.save_state();
-        // Another round now if results remain that did not fit, or inventory was asked for —
-        // but not when the server left results we just sent unacknowledged (it would only
-        // leave them again) or only started tasks (their completion wakes the loop).
-        Ok((more_results && !unacked) || self.inventory_requested)
+        // Another round now if results remain that did not fit, inventory was asked for, or a
+        // new profile is to be acknowledged — but not when the server left results we just
+        // sent unacknowledged (it would only leave them again) or only started tasks (their
+        // completion wakes the loop).
+        Ok((more_results && !unacked) || self.inventory_requested || new_profile)
     }
 
     /// The ways to try, in order: the LAN servers, then the gateways not set aside (all of
@@ -580,14 +632,31 @@ impl Agent {
                 }
                 Err(fault) => {
                     self.conn = None;
-                    self.fault(&fault);
+                    match &route {
+                        // One line per fault (`steward doctor logs` counts lines per ID), so
+                        // the set-aside is said on the fault's own line.
+                        Route::Gateway(g) => {
+                            self.set_aside
+                                .insert(g.name.clone(), Instant::now() + self.set_aside_for);
+                            self.fault_noted(
+                                &fault,
+                                &format!(
+                                    "; gateway {} set aside for {} s while another way remains",
+                                    g.name,
+                                    self.set_aside_for.as_secs()
+                                ),
+                            );
+                        }
+                        Route::Lan(_) => self.fault(&fault),
+                    }
                     // Reported by the next way that works, in this same round: a fallback to
                     // a gateway must not hide why the LAN failed.
                     request.last_error = Some(fault.to_agent_error(OffsetDateTime::now_utc()));
-                    if let Route::Gateway(g) = &route {
-                        self.set_aside
-                            .insert(g.name.clone(), Instant::now() + self.set_aside_for);
-                    }
+                    note_failed_attempt(
+                        &mut self.state.failed_attempts,
+                        failed_attempt(&route, &fault, OffsetDateTime::now_utc()),
+                    );
+                    request.failed_attempts = self.state.failed_attempts.clone();
                     last = Some(fault);
                 }
             }
@@ -605,23 +674,18 @@ impl Agent {
     ) -> Result<CheckinResponse, Fault> {
         let server = route.endpoint();
         if self.conn.is_none() {
-            let conn = self.connector.connect(&server).await?;
-            if let Route::Gateway(g) = route {
-                // The chain is trusted already; the thumbprint proves it is this gateway.
-                let presented = conn.peer_sha256().unwrap_or_default();
-                if !g
-                    .thumbprints
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(presented))
-                {
-                    return Err(Fault::GatewayThumbprint {
-                        gateway: g.name.clone(),
-                        addr: g.authority(),
-                        presented: presented.to_owned(),
-                        expected: g.thumbprints.join(", "),
-                    });
+            let conn = match route {
+                Route::Lan(_) => self.connector.connect(&server).await?,
+                Route::Gateway(g) => {
+                    // The chain is checked against the profile's anchors (and this gateway's
+                    // own extra roots); the thumbprint then proves it is this gateway.
+                    let connector = self
+                        .gateway_connectors
+                        .get(&g.name)
+                        .unwrap_or(&self.connector);
+                    connector.connect_gateway(g).await?
                 }
-            }
+            };
             self.conn = Some(conn);
         }
         let timeout = self.connector.timeouts.request;
@@ -738,6 +802,12 @@ impl Agent {
         let profile_changed = config.profile != self.profile;
         if profile_changed {
             self.connector = connector;
+            self.gateway_connectors = build_gateway_connectors(
+                &config.profile,
+                &self.identity,
+                &self.key_pem,
+                &self.crls,
+            );
             // The open connection was made under the old profile's trust; the next request
             // must prove the new one works.
             self.conn = None;
@@ -926,7 +996,12 @@ impl Agent {
     }
 
     fn fault(&mut self, fault: &Fault) {
-        tracing::error!(id = fault.id(), "{fault}");
+        self.fault_noted(fault, "");
+    }
+
+    /// Log a fault with `note` appended to its line, and keep it for the next check-in.
+    fn fault_noted(&mut self, fault: &Fault, note: &str) {
+        tracing::error!(id = fault.id(), "{fault}{note}");
         let e = fault.to_agent_error(OffsetDateTime::now_utc());
         self.record_error(e);
     }
@@ -1039,6 +1114,83 @@ fn build_connector(
     Connector::new(profile, Some(id), crls.to_vec()).map_err(|e| RunError::Identity(e.to_string()))
 }
 
+/// Connectors for the gateways that carry their own extra trust anchors. A gateway whose extra
+/// anchors are unusable is logged and tried with the profile's anchors alone: one bad entry
+/// must not make the agent refuse a configuration that still works for every other way.
+fn build_gateway_connectors(
+    profile: &CommunicationProfile,
+    identity: &Identity,
+    key_pem: &str,
+    crls: &[CertificateRevocationListDer<'static>],
+) -> HashMap<String, Connector> {
+    let mut out = HashMap::new();
+    for g in profile
+        .gateways
+        .iter()
+        .filter(|g| !g.trust_anchors_pem.is_empty())
+    {
+        let built = ClientIdentity::from_pem(&identity.cert_pem, &identity.chain_pem, key_pem)
+            .map_err(|e| e.to_string())
+            .and_then(|id| {
+                Connector::for_gateway(profile, g, Some(id), crls.to_vec())
+                    .map_err(|e| e.to_string())
+            });
+        match built {
+            Ok(c) => {
+                out.insert(g.name.clone(), c);
+            }
+            Err(e) => tracing::warn!(
+                id = ids::CONFIG_REJECTED,
+                "the extra trust anchors of gateway {} ({}) are unusable: {e}; it is tried with the profile's anchors only",
+                g.name,
+                g.authority()
+            ),
+        }
+    }
+    out
+}
+
+/// One failed way as the server is told about it.
+fn failed_attempt(route: &Route, fault: &Fault, at: OffsetDateTime) -> FailedAttempt {
+    let (gateway, address) = match route {
+        Route::Lan(s) => (None, host_port(s)),
+        Route::Gateway(g) => (Some(g.name.clone()), g.authority()),
+    };
+    FailedAttempt {
+        gateway,
+        address,
+        kind: fault.kind(),
+        id: fault.id().to_owned(),
+        detail: fault.to_string(),
+        last_at: rfc3339(at),
+        count: 1,
+    }
+}
+
+/// Add `attempt` to `list`: one entry per (address, kind), counting repeats and keeping the
+/// latest evidence; the most recently failed entry last, and at most [`MAX_FAILED_ATTEMPTS`],
+/// the least recent dropped first (an old fault matters less than the one happening now).
+pub fn note_failed_attempt(list: &mut Vec<FailedAttempt>, attempt: FailedAttempt) {
+    let merged = match list
+        .iter()
+        .position(|a| a.address == attempt.address && a.kind == attempt.kind)
+    {
+        Some(i) => {
+            let old = list.remove(i);
+            FailedAttempt {
+                count: old.count.saturating_add(attempt.count),
+                ..attempt
+            }
+        }
+        None => attempt,
+    };
+    list.push(merged);
+    if list.len() > MAX_FAILED_ATTEMPTS {
+        let excess = list.len() - MAX_FAILED_ATTEMPTS;
+        list.drain(..excess);
+    }
+}
+
 /// The interval ± `jitter_percent`, placed by `r` (uniform in [0, 1)).
 fn jittered(interval_secs: u64, jitter_percent: u8, r: f64) -> Duration {
     let base = interval_secs as f64;
@@ -1047,13 +1199,27 @@ fn jittered(interval_secs: u64, jitter_percent: u8, r: f64) -> Duration {
     Duration::from_secs_f64((base * factor).max(1.0))
 }
 
-/// The wait after the `failures`-th failure in a row: 2 s doubling, capped at the interval,
-/// between half and all of that step (placed by `r`) so a fleet that lost its server does not
-/// come back in lock-step, and never an immediate retry.
-fn backoff_delay(failures: u32, cap_secs: u64, r: f64) -> Duration {
+/// First step of the backoff.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// Shortest wait after a failed round: full jitter may draw almost zero, and an immediate
+/// retry against a server that just failed only adds load.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+
+/// The wait after the `failures`-th failed round in a row: a step of [`BACKOFF_BASE`] doubling
+/// each time, capped at the check-in interval, and "full jitter" — uniform between
+/// [`BACKOFF_MIN`] and that step, placed by `r` in [0, 1) — so a fleet that lost its server
+/// spreads its return over the whole step instead of coming back in lock-step.
+pub fn backoff_delay(failures: u32, cap_secs: u64, r: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
-    let full = (2.0 * f64::from(1u32 << exp)).min(cap_secs as f64);
-    Duration::from_secs_f64(full * (0.5 + 0.5 * r))
+    let step = (BACKOFF_BASE.as_secs_f64() * f64::from(1u32 << exp))
+        .min(cap_secs as f64)
+        .max(BACKOFF_MIN.as_secs_f64());
+    let r = if r.is_finite() {
+        r.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    Duration::from_secs_f64((step * r).max(BACKOFF_MIN.as_secs_f64()))
 }
 
 /// A uniform random number in [0, 1), for jitter (not for secrets).
@@ -1092,8 +1258,77 @@ mod tests {
         assert_eq!(top(5), Duration::from_secs(32));
         assert_eq!(top(6), Duration::from_secs(60));
         assert_eq!(top(u32::MAX), Duration::from_secs(60));
-        assert_eq!(backoff_delay(1, 60, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff_delay(40, 60, 0.0), Duration::from_secs(30));
+        // Full jitter: the draw places the delay anywhere in the step, never below the floor.
+        assert_eq!(backoff_delay(1, 60, 0.0), BACKOFF_MIN);
+        assert_eq!(backoff_delay(40, 60, 0.5), Duration::from_secs(30));
+        assert_eq!(backoff_delay(3, 60, f64::NAN), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn backoff_is_jittered_over_the_whole_step_and_bounded() {
+        for failures in 1..=12u32 {
+            let step = (2.0 * f64::from(1u32 << (failures - 1).min(16))).min(60.0);
+            let draws: Vec<f64> = (0..2000)
+                .map(|_| backoff_delay(failures, 60, random_unit()).as_secs_f64())
+                .collect();
+            let (lo, hi) = draws
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+            assert!(
+                lo >= BACKOFF_MIN.as_secs_f64() && hi <= step,
+                "{failures}: {lo}..{hi}"
+            );
+            // Spread over the step, not bunched at its top (as "equal jitter" would be).
+            assert!(
+                lo < step * 0.25 + BACKOFF_MIN.as_secs_f64(),
+                "{failures}: lowest {lo}"
+            );
+            assert!(hi > step * 0.75, "{failures}: highest {hi}");
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            assert!(
+                (mean - step / 2.0).abs() < step * 0.1,
+                "{failures}: mean {mean}"
+            );
+        }
+    }
+
+    fn attempt(address: &str, kind: steward_proto::FailureKind, at: &str) -> FailedAttempt {
+        FailedAttempt {
+            gateway: None,
+            address: address.to_owned(),
+            kind,
+            id: ids::CONNECTION_REFUSED.to_owned(),
+            detail: format!("{address} failed at {at}"),
+            last_at: at.to_owned(),
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn failed_attempts_aggregate_per_address_and_kind_and_are_capped() {
+        use steward_proto::FailureKind::{Refused, Timeout};
+        let mut list = Vec::new();
+        note_failed_attempt(&mut list, attempt("lan:4726", Refused, "t1"));
+        note_failed_attempt(&mut list, attempt("gw:8443", Timeout, "t2"));
+        note_failed_attempt(&mut list, attempt("lan:4726", Refused, "t3"));
+        note_failed_attempt(&mut list, attempt("lan:4726", Timeout, "t4"));
+        assert_eq!(list.len(), 3);
+        let lan = list
+            .iter()
+            .find(|a| a.address == "lan:4726" && a.kind == Refused)
+            .expect("lan entry");
+        assert_eq!((lan.count, lan.last_at.as_str()), (2, "t3"));
+        assert_eq!(lan.detail, "lan:4726 failed at t3");
+        // The most recent last; the cap drops the least recent.
+        for i in 0..MAX_FAILED_ATTEMPTS {
+            note_failed_attempt(&mut list, attempt(&format!("h{i}:1"), Refused, "later"));
+        }
+        assert_eq!(list.len(), MAX_FAILED_ATTEMPTS);
+        assert!(list.iter().all(|a| a.address.starts_with('h')));
+        note_failed_attempt(&mut list, attempt("h0:1", Refused, "latest"));
+        assert_eq!(list.len(), MAX_FAILED_ATTEMPTS);
+        let last = list.last().expect("entry");
+        assert_eq!((last.address.as_str(), last.count), ("h0:1", 2));
     }
 
     #[test]

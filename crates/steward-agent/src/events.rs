@@ -80,6 +80,8 @@ pub mod ids {
     pub const STORE_FAILED: &str = "AGENT-STORE-FAILED";
     /// A gateway presented a certificate whose SHA-256 the profile does not list for it.
     pub const GATEWAY_THUMBPRINT: &str = "AGENT-GATEWAY-THUMBPRINT";
+    /// Every way to the server failed this round; the message names the delay before the next.
+    pub const BACKOFF: &str = "AGENT-BACKOFF";
 
     /// Every ID the agent writes.
     pub const ALL: &[&str] = &[
@@ -111,6 +113,7 @@ pub mod ids {
         PROTOCOL_ERROR,
         STORE_FAILED,
         GATEWAY_THUMBPRINT,
+        BACKOFF,
     ];
 }
 

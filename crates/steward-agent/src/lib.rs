@@ -11,13 +11,14 @@
 //! is the check-in loop (and documents the delivery and execution guarantees); [`net`] reaches
 //! the server and classifies failures; [`task`] runs one task; [`inventory`] collects and
 //! hashes; [`store`] is the data directory with its atomic writes; [`status`] reads it back;
-//! [`events`] is the log format and the ID list.
+//! [`doctor`] checks every way to the server; [`events`] is the log format and the ID list.
 //!
 //! Architecture invariant: the agent never depends on the server crate; it speaks only
 //! `steward-proto`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod doctor;
 pub mod enroll;
 pub mod events;
 pub mod inventory;

@@ -58,6 +58,19 @@ enum Command {
         #[arg(long, default_value_t = steward_agent::DEFAULT_GATEWAY_SET_ASIDE.as_secs())]
         gateway_set_aside_secs: u64,
     },
+    /// Check every way to the server (LAN servers, then gateways) with this agent's profile and
+    /// identity, step by step; exit 0 ok, 1 warnings, 2 errors.
+    Doctor {
+        /// Data directory.
+        #[arg(long, env = "STEWARD_AGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Time limit of each step, in seconds.
+        #[arg(long, default_value_t = steward_agent::doctor::DEFAULT_STEP_TIMEOUT.as_secs())]
+        timeout_secs: u64,
+    },
     /// Show identity, server, connection path, last check-in and last error.
     Status {
         /// Data directory.
@@ -184,6 +197,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Doctor {
+            data_dir,
+            format,
+            timeout_secs,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+            let report = runtime()?.block_on(steward_agent::doctor::doctor(&data_dir, timeout));
+            match format {
+                Format::Text => print!("{}", report.to_text("steward-agent doctor")),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(ExitCode::from(report.exit_code()))
         }
         Command::Status { data_dir, format } => {
             let report = steward_agent::status::status(&data_dir)?;

@@ -31,7 +31,9 @@ use rustls::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use steward_pki::{CertFacts, OffsetDateTime};
-use steward_proto::{AgentError, ApiError, CommunicationProfile, ServerEndpoint, WakeUp};
+use steward_proto::{
+    AgentError, ApiError, CommunicationProfile, FailureKind, GatewayEntry, ServerEndpoint, WakeUp,
+};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -141,6 +143,13 @@ pub fn parse_anchors(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, Pr
         }
     }
     Ok(out)
+}
+
+/// The roots an agent accepts for `gateway`: the profile's, then the gateway's own extra ones.
+pub fn gateway_anchors(profile: &CommunicationProfile, gateway: &GatewayEntry) -> Vec<String> {
+    let mut all = profile.trust_anchors_pem.clone();
+    all.extend(gateway.trust_anchors_pem.iter().cloned());
+    all
 }
 
 /// PEM text → DER certificates (the client certificate and its chain).
@@ -348,7 +357,29 @@ impl Connector {
         identity: Option<ClientIdentity>,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<Self, TlsSetupError> {
-        let anchors = parse_anchors(&profile.trust_anchors_pem)?;
+        Self::with_anchors(&profile.trust_anchors_pem, identity, crls)
+    }
+
+    /// A connector for one gateway of `profile`: it trusts the profile's anchors and the
+    /// gateway's own extra roots (a third-party certificate bound on that gateway only). The
+    /// thumbprint check ([`Connector::connect_gateway`]) still decides whether it is that
+    /// gateway, so an extra root never widens trust beyond the listed certificates.
+    pub fn for_gateway(
+        profile: &CommunicationProfile,
+        gateway: &GatewayEntry,
+        identity: Option<ClientIdentity>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, TlsSetupError> {
+        Self::with_anchors(&gateway_anchors(profile, gateway), identity, crls)
+    }
+
+    /// A connector trusting exactly `anchors_pem`.
+    pub fn with_anchors(
+        anchors_pem: &[String],
+        identity: Option<ClientIdentity>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, TlsSetupError> {
+        let anchors = parse_anchors(anchors_pem)?;
         let mut roots = RootCertStore::empty();
         let count = anchors.len();
         for a in anchors {
@@ -393,6 +424,31 @@ impl Connector {
             anchors: count,
             timeouts: Timeouts::default(),
         })
+    }
+
+    /// Connect to a gateway of the profile and check that the certificate it presented
+    /// (already verified against this connector's anchors) is one the profile lists for it.
+    pub async fn connect_gateway(&self, gateway: &GatewayEntry) -> Result<Connection, Fault> {
+        let conn = self
+            .connect(&ServerEndpoint {
+                host: gateway.host.clone(),
+                port: gateway.port,
+            })
+            .await?;
+        let presented = conn.peer_sha256().unwrap_or_default();
+        if !gateway
+            .thumbprints
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(presented))
+        {
+            return Err(Fault::GatewayThumbprint {
+                gateway: gateway.name.clone(),
+                addr: gateway.authority(),
+                presented: presented.to_owned(),
+                expected: gateway.thumbprints.join(", "),
+            });
+        }
+        Ok(conn)
     }
 
     /// Resolve, connect and handshake with `server`.
@@ -880,6 +936,25 @@ impl Fault {
             Fault::ServerRejected { .. } => ids::SERVER_REJECTED,
             Fault::Protocol { .. } => ids::PROTOCOL_ERROR,
             Fault::GatewayThumbprint { .. } => ids::GATEWAY_THUMBPRINT,
+        }
+    }
+
+    /// The class an administrator acts on, as reported in a failed attempt.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Fault::Dns { .. } => FailureKind::Dns,
+            // No route and a connection broken before any answer both mean "could not get
+            // there": the same class as a reset for whoever opens the firewall.
+            Fault::Refused { .. } | Fault::ConnectionFailed { .. } => FailureKind::Refused,
+            Fault::Timeout { .. } => FailureKind::Timeout,
+            Fault::TlsUntrusted { .. }
+            | Fault::TlsExpired { .. }
+            | Fault::TlsNameMismatch { .. }
+            | Fault::TlsRevoked { .. }
+            | Fault::TlsClientRejected { .. }
+            | Fault::TlsFailed { .. } => FailureKind::Tls,
+            Fault::GatewayThumbprint { .. } => FailureKind::WrongPeer,
+            Fault::ServerRejected { .. } | Fault::Protocol { .. } => FailureKind::Http,
         }
     }
 

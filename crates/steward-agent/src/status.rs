@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use steward_pki::{CertFacts, OffsetDateTime};
-use steward_proto::{AgentError, ConnectionPath};
+use steward_proto::{AgentError, ConnectionPath, FailedAttempt};
 
 use crate::agent::effective_settings;
 use crate::events::rfc3339;
@@ -53,6 +53,8 @@ pub struct StatusReport {
     pub consecutive_failures: u32,
     /// The most recent fault.
     pub last_error: Option<AgentError>,
+    /// Failed ways to the server not yet reported to it (one per address and kind).
+    pub failed_attempts: Vec<FailedAttempt>,
     /// Configuration version in force (0: none received yet).
     pub config_version: u64,
     /// Check-in interval in force (seconds).
@@ -104,6 +106,7 @@ pub fn status(dir: &Path) -> Result<StatusReport, StoreError> {
         last_attempt_at: state.last_attempt_at.clone(),
         consecutive_failures: state.consecutive_failures,
         last_error: state.last_error.clone(),
+        failed_attempts: state.failed_attempts.clone(),
         config_version: config.as_ref().map_or(0, |c| c.version),
         checkin_interval_secs: effective_settings(&config.map(|c| c.settings).unwrap_or_default())
             .checkin_interval_secs,
@@ -171,6 +174,17 @@ impl fmt::Display for StatusReport {
         match &self.last_error {
             Some(e) => writeln!(f, "last error:      {} {} ({})", e.id, e.message, e.at)?,
             None => writeln!(f, "last error:      none")?,
+        }
+        for a in &self.failed_attempts {
+            let way = match &a.gateway {
+                Some(g) => format!("gateway {g} {}", a.address),
+                None => format!("lan {}", a.address),
+            };
+            writeln!(
+                f,
+                "failed way:      {way}: {} ×{} (last {}), not reported yet",
+                a.id, a.count, a.last_at
+            )?;
         }
         writeln!(
             f,

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use steward_proto::{AgentConfig, AgentError, CommunicationProfile, ConnectionPath, TaskResult};
+use steward_proto::{
+    AgentConfig, AgentError, CommunicationProfile, ConnectionPath, FailedAttempt, TaskResult,
+};
 
 /// A file of the data directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +394,9 @@ pub struct AgentState {
     pub inventory_sent_at: Option<String>,
     /// When the agent last warned that its certificate expires soon (RFC 3339).
     pub cert_warned_at: Option<String>,
+    /// Every way to the server that failed since the last check-in the server answered 200,
+    /// one entry per address and kind (see [`crate::agent`]); sent with the next check-in.
+    pub failed_attempts: Vec<FailedAttempt>,
     /// Process ID of the `run` that wrote this file.
     pub pid: Option<u32>,
     /// When this file was written (RFC 3339).

@@ -72,6 +72,7 @@ pub const UNKNOWN_EVENT: &str = "AGENT-UNKNOWN-EVENT";
 /// table by a test in `steward-agent`, and every ID here is documented in diagnostics.md.
 pub const AGENT_EVENTS: &[AgentEvent] = &[
     info("AGENT-STARTED"),
+    info("AGENT-BACKOFF"),
     info("AGENT-STOPPED"),
     info("AGENT-ENROLLED"),
     info(CONNECTED),

@@ -8,13 +8,15 @@
 //! (in `steward-doctor`) decide what is wrong with it. Keeping I/O here and rules there is what
 //! lets the rules be tested without sockets.
 //!
-//! Used by `steward doctor cert` today and by the agent and gateway doctors later.
+//! Used by `steward doctor cert`; [`path`] checks the way from an agent to the server step by
+//! step for `steward-agent doctor` and `steward doctor gateway`.
 #![forbid(unsafe_code)]
 
 mod crl;
 mod endpoint;
 mod error;
 mod net;
+pub mod path;
 mod tls;
 
 pub use crl::{USER_AGENT, fetch_crl};

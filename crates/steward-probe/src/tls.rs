@@ -104,7 +104,7 @@ pub async fn fetch_chain(
     handshake(tcp, addr, server_name, timeout).await
 }
 
-async fn handshake(
+pub(crate) async fn handshake(
     tcp: TcpStream,
     addr: SocketAddr,
     server_name: ServerName<'static>,
