@@ -134,6 +134,10 @@ enum DemoWhat {
 enum Doctor {
     /// Check a certificate file or a live TLS endpoint against a requirement profile.
     Cert(CertArgs),
+    /// Check the way to a gateway step by step (DNS, TCP, TLS, certificate, thumbprint, and
+    /// with an agent's data directory the ping through to the server); exit 0 ok, 1 warnings,
+    /// 2 errors.
+    Gateway(crate::doctor_gateway::GatewayArgs),
     /// Read an agent log and name each fault found in it, with its remedy.
     Logs {
         /// The agent log (DATA_DIR/logs/agent.log*).
@@ -216,6 +220,7 @@ impl Cli {
                 let env_password = std::env::var(PASSWORD_ENV).ok();
                 crate::doctor_cert::run(&args, env_password)
             }
+            Command::Doctor(Doctor::Gateway(args)) => crate::doctor_gateway::run(&args),
             Command::Doctor(Doctor::Logs { file, format }) => {
                 crate::doctor_logs::run(&file, format)
             }

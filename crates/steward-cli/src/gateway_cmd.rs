@@ -1,5 +1,5 @@
-//! `steward gateway token|join|run`: thin wrappers. `token` asks the server (admin API) for a
-//! single-use join token; `join` and `run` are the steward-gateway library.
+//! `steward gateway token|join|run|set-port|cert import`: thin wrappers. `token` asks the
+//! server (admin API) for a single-use join token; the rest is the steward-gateway library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,42 @@ pub(crate) enum GatewayCmd {
     Join(JoinArgs),
     /// Serve agents at the edge and tunnel their requests to the server until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Change the listen address, phased: after a restart the gateway answers on the new and
+    /// the old address until every agent has a profile with the new port, then closes the old.
+    SetPort(SetPortArgs),
+    /// The gateway's server certificate.
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCmd {
+    /// Check a third-party certificate (.pfx, or PEM/DER with its key and full chain) with the
+    /// rules of `steward doctor cert` and stage it as the next server certificate: agents get
+    /// its thumbprint and root first, and the running gateway serves it once all have them.
+    Import(CertImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetPortArgs {
+    /// The data directory written by `steward gateway join`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The new address to listen on, e.g. 0.0.0.0:9443.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertImportArgs {
+    /// The certificate file (.pfx/.p12, or PEM/DER with the private key and the full chain).
+    file: PathBuf,
+    /// The data directory written by `steward gateway join`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// File holding the PKCS#12 password (first line).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +115,14 @@ pub(crate) struct RunArgs {
     /// Listen here instead of the joined address.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Seconds between reports to the server (each report may trigger self-probes, retire
+    /// previous ports or promote a staged certificate).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    report_interval: u64,
 }
+
+/// No certificate file is this large; refuse before reading it all into memory.
+const MAX_CERT_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // A gateway tunnels many agents: use every core.
@@ -124,6 +167,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<ExitCode> {
                     &a.data_dir,
                     RunOptions {
                         listen: a.listen,
+                        report_interval: Duration::from_secs(a.report_interval),
                         ..RunOptions::default()
                     },
                 )
@@ -134,5 +178,112 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        GatewayCmd::SetPort(a) => set_port(&a),
+        GatewayCmd::Cert(CertCmd::Import(a)) => cert_import(&a),
+    }
+}
+
+fn set_port(a: &SetPortArgs) -> anyhow::Result<ExitCode> {
+    let change = steward_gateway::set_port(&a.data_dir, a.listen)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.id()))?;
+    let Some(old) = change.replaced else {
+        println!(
+            "the gateway already listens on {}; nothing changed",
+            a.listen
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let previous: Vec<String> = change
+        .config
+        .previous_listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("listen address: {old} -> {}", a.listen);
+    println!(
+        "restart the gateway (steward gateway run --data-dir {}) for it to take effect;",
+        a.data_dir.display()
+    );
+    println!(
+        "it will then answer on {} and on {} until every agent has a profile with port {}",
+        a.listen,
+        previous.join(", "),
+        a.listen.port()
+    );
+    println!(
+        "(agents on the internet learn the new port only through the old one), and then stop \
+         listening on the old port by itself (log: GATEWAY-PORT-RETIRED)."
+    );
+    println!(
+        "open port {} on the perimeter firewall now; close {} only after that.",
+        a.listen.port(),
+        old.port()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cert_import(a: &CertImportArgs) -> anyhow::Result<ExitCode> {
+    let password = match &a.password_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the password file {}", f.display()))?;
+            // The first line, without its line ending: `echo secret > file` must work.
+            Some(text.lines().next().unwrap_or("").to_owned())
+        }
+        None => None,
+    };
+    let meta =
+        std::fs::metadata(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    if meta.len() > MAX_CERT_FILE_BYTES {
+        anyhow::bail!(
+            "{}: {} bytes is far larger than any certificate file",
+            a.file.display(),
+            meta.len()
+        );
+    }
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let label = a.file.display().to_string();
+    match steward_gateway::import_cert(
+        &a.data_dir,
+        &bytes,
+        password.as_deref(),
+        &label,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(staged) => {
+            print!("{}", staged.report.to_text());
+            if staged.already_current {
+                println!("\nthis certificate is already the one served; nothing staged.");
+            } else {
+                println!(
+                    "\nstaged as the next server certificate: {} (root: {}), checked for {}.",
+                    staged.sha256,
+                    staged.root_subject,
+                    staged.names.join(", ")
+                );
+                if let Some(old) = staged.replaced_next {
+                    println!("it replaces the certificate staged before ({old}).");
+                }
+                println!(
+                    "the running gateway announces its thumbprint and root to agents at its next \
+                     report, keeps serving the current certificate, and switches once every \
+                     agent has them (log: GATEWAY-CERT-PROMOTED); no restart is needed."
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(steward_gateway::GatewayError::CertRefused { report }) => {
+            print!("{}", report.to_text());
+            println!(
+                "\nGATEWAY-CERT-REFUSED: not staged; fix the findings above and import again."
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e @ steward_gateway::GatewayError::CertNoRoot { .. }) => {
+            println!("{}: {e}", e.id());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", e.id())),
     }
 }

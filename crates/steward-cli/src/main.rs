@@ -9,6 +9,7 @@ mod cli;
 mod demo;
 mod demo_cert;
 mod doctor_cert;
+mod doctor_gateway;
 mod doctor_logs;
 mod gateway_cmd;
 mod server_cmd;

@@ -62,6 +62,33 @@ pub enum GatewayError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An imported certificate was refused: a `steward doctor cert` rule found an error (or
+    /// the certificate expires too soon to be rolled out); the report holds every finding.
+    #[error("the certificate was refused: {}", refused_ids(report))]
+    CertRefused {
+        /// The findings under the `steward` profile.
+        report: Box<steward_doctor::CertReport>,
+    },
+    /// An imported certificate's file does not hold its chain up to a self-signed root, which
+    /// agents need (it is distributed to them before the certificate goes live).
+    #[error(
+        "the file does not hold the full chain up to a self-signed root ({end}); export it again \
+         with every certificate of the certification path, root included"
+    )]
+    CertNoRoot {
+        /// Where the chain in the file stops.
+        end: String,
+    },
+}
+
+fn refused_ids(report: &steward_doctor::CertReport) -> String {
+    let ids: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity != steward_doctor::Severity::Ok)
+        .map(|f| f.id)
+        .collect();
+    ids.join(", ")
 }
 
 impl GatewayError {
@@ -75,6 +102,8 @@ impl GatewayError {
             Self::Refused { .. } => "GATEWAY-SERVER-REFUSED",
             Self::Crl { .. } => "GATEWAY-CRL-UNAVAILABLE",
             Self::Bind { .. } => "GATEWAY-BIND",
+            Self::CertRefused { .. } => "GATEWAY-CERT-REFUSED",
+            Self::CertNoRoot { .. } => "GATEWAY-CERT-NO-ROOT",
         }
     }
 

@@ -159,12 +159,11 @@ pub async fn join(opts: &JoinOptions) -> Result<GatewayConfig, GatewayError> {
         server_url: opts.server_url.trim_end_matches('/').to_owned(),
         external_name: opts.external_name.clone(),
         listen: opts.listen,
+        previous_listen: Vec::new(),
         crl_url: joined.crl_url,
     };
-    let json =
-        serde_json::to_string_pretty(&cfg).map_err(|e| GatewayError::Crypto(e.to_string()))?;
     // Written last: its presence means the join completed.
-    write_atomic(&dir.config(), json.as_bytes(), 0o644)?;
+    dir.write_config(&cfg)?;
     tracing::info!(gateway = %cfg.gateway_id, server = %cfg.server_url, "gateway joined");
     Ok(cfg)
 }

@@ -10,21 +10,35 @@
 //! bound, thumbprints, version, health) on start and periodically; the server derives the
 //! profile's gateway entries from those reports.
 //!
-//! Architecture invariants: the gateway stores nothing but its identity and configuration;
+//! The server's answer to each report drives three things the gateway does by itself: it
+//! tests its own external address from its side (`probe`: resolve, connect, TLS, own
+//! thumbprint) and reports the outcome at once when it changes; after `set_port` (a phased
+//! port change) it serves the previous addresses until every agent has the new port, then
+//! closes them; and a certificate staged by `import_cert` (judged by the `steward doctor
+//! cert` rules) is announced with its root and served only once every agent has both.
+//!
+//! Architecture invariants: the gateway stores nothing but its identity and configuration
+//! (`gateway.json`, and `certs.json` with the imported certificates it names);
 //! the agent identity it forwards is always the one it verified itself (a header sent by the
 //! agent is replaced, never passed on); the server re-verifies it and trusts it only from an
 //! enrolled gateway.
 #![forbid(unsafe_code)]
 
+mod cert;
 mod error;
 mod join;
+mod port;
+mod probe;
 mod run;
 mod state;
 
+pub use cert::{Staged, import_cert};
 pub use error::GatewayError;
 pub use join::{DEFAULT_LISTEN, JoinOptions, join};
+pub use port::{PortChange, set_port};
+pub use probe::{SELF_PROBE_STEP_TIMEOUT, self_probe};
 pub use run::{Gateway, RunOptions, RunningGateway};
-pub use state::{GatewayConfig, GatewayDir};
+pub use state::{CertSlots, GatewayConfig, GatewayDir};
 
 /// The gateway's version, reported to the server.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,4 +1,6 @@
-//! `steward gateway run`: the edge listener, the forwarding, the CRL refresh and the reports.
+//! `steward gateway run`: the edge listeners, the forwarding, the CRL refresh, the reports and
+//! what the server's answers set off (self-probes, retiring previous ports, promoting a staged
+//! certificate).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,16 +18,19 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use steward_pki::Thumbprint;
-use steward_proto::{AGENT_CERT_HEADER, ApiError, GatewayReport, MAX_AGENT_BODY_BYTES, paths};
+use rustls_pki_types::CertificateRevocationListDer;
+use steward_proto::{
+    AGENT_CERT_HEADER, ApiError, GatewayReport, GatewayReportResponse, MAX_AGENT_BODY_BYTES,
+    ProbeTarget, ReachProbe, paths,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::join::{error_chain, provider, refused, roots};
-use crate::state::{GatewayConfig, GatewayDir, read_certs, read_key};
+use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
+use crate::state::{GatewayConfig, GatewayDir, ServerCert, read_certs};
 use crate::{GatewayError, VERSION};
 
 /// A TLS handshake must finish within this.
@@ -34,13 +39,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest upstream request: above the longest long-poll an agent is configured for.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// A report (and its answer) must finish within this: the report loop must never hang.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest CRL accepted.
 const MAX_CRL_BYTES: usize = 32 * 1024 * 1024;
+/// Largest report answer read.
+const MAX_REPORT_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Reports made in a row after an answer changed something (a probe outcome, a retired port,
+/// a promoted certificate); bounded so a flapping probe cannot turn into a report storm.
+const MAX_REPORTS_IN_A_ROW: usize = 4;
+/// Pending devices named in the log line of each report.
+const PENDING_NAMED: usize = 5;
 
 /// How `run` behaves; the defaults suit production.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Listen here instead of the configured address (tests bind `127.0.0.1:0`).
+    /// Listen here instead of the configured address (tests bind `127.0.0.1:0`). Previous
+    /// addresses (after `set-port`) are still served as configured.
     pub listen: Option<SocketAddr>,
     /// How often the CRL is fetched again.
     pub crl_refresh: Duration,
@@ -65,53 +80,118 @@ pub struct Gateway;
 /// A running gateway; stop it with [`RunningGateway::shutdown`].
 #[derive(Debug)]
 pub struct RunningGateway {
-    /// The bound address.
+    /// The bound current address.
     pub addr: SocketAddr,
-    /// Its configuration.
+    /// The bound previous addresses (after `set-port`), as at start; see
+    /// [`RunningGateway::previous_listening`] for those still served.
+    pub previous: Vec<SocketAddr>,
+    /// Its configuration, as at start.
     pub config: GatewayConfig,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
+/// A previous listen address still served during a port change.
+#[derive(Debug)]
+struct Previous {
+    /// As configured in `gateway.json` (what is removed from it when retired).
+    configured: SocketAddr,
+    /// As bound.
+    bound: SocketAddr,
+    /// Stops its accept loop (and drops its connections).
+    stop: watch::Sender<bool>,
+}
+
+/// The server certificates: the one served, and a staged one announced to agents.
+#[derive(Debug)]
+struct Certs {
+    current: Arc<ServerCert>,
+    next: Option<Arc<ServerCert>>,
+}
+
 /// What every connection and loop shares.
 #[derive(Debug)]
 struct Shared {
     config: GatewayConfig,
+    dir: GatewayDir,
     upstream: reqwest::Client,
-    /// Replaced when a fresh CRL arrives; each accepted connection uses the current one.
+    /// Replaced when a fresh CRL arrives or a certificate is promoted; each accepted
+    /// connection uses the current one.
     edge: RwLock<Arc<ServerConfig>>,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: Arc<PrivateKeyDer<'static>>,
+    /// The CRL in service, kept to rebuild the edge when the certificate changes.
+    crl: RwLock<CertificateRevocationListDer<'static>>,
+    certs: RwLock<Certs>,
     anchors_pem: Vec<String>,
-    thumbprints: Vec<String>,
     health: Mutex<String>,
     port: u16,
+    previous: Mutex<Vec<Previous>>,
+    /// Outcomes of the last self-probes, sent with every report.
+    probes: Mutex<Vec<ReachProbe>>,
+}
+
+/// A poisoned lock only means a thread panicked while holding it; every value kept here is
+/// replaced whole, so it is still consistent.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
     fn edge(&self) -> Arc<ServerConfig> {
-        // Replacing an Arc cannot leave it half-written, so a poisoned lock is still usable.
-        self.edge.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.edge).clone()
     }
 
     fn set_health(&self, h: String) {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        *lock(&self.health) = h;
     }
 
     fn health(&self) -> String {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.health).clone()
+    }
+
+    /// SHA-256 of the served certificate, then of the staged one.
+    fn thumbprints(&self) -> Vec<String> {
+        let c = read(&self.certs);
+        let mut t = vec![c.current.sha256.clone()];
+        if let Some(n) = &c.next {
+            t.push(n.sha256.clone());
+        }
+        t
+    }
+
+    /// Roots agents need for imported certificates (served or staged).
+    fn imported_roots(&self) -> Vec<String> {
+        let c = read(&self.certs);
+        let mut roots: Vec<String> = Vec::new();
+        for r in std::iter::once(&c.current)
+            .chain(c.next.as_ref())
+            .filter_map(|c| c.root_pem.clone())
+        {
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+        roots
+    }
+
+    fn previous_ports(&self) -> Vec<u16> {
+        lock(&self.previous)
+            .iter()
+            .map(|p| p.bound.port())
+            .collect()
     }
 }
 
 /// The edge TLS configuration: the gateway's server certificate, and a client certificate
 /// required from every agent, chained to the platform root and not revoked by the CRL.
 fn edge_config(
-    chain: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
+    cert: &ServerCert,
     anchors_pem: &[String],
     crl: CertificateRevocationListDer<'static>,
 ) -> Result<Arc<ServerConfig>, GatewayError> {
@@ -130,7 +210,7 @@ fn edge_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| GatewayError::Crypto(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.to_vec(), key.clone_key())
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
         .map_err(|e| GatewayError::Crypto(format!("the gateway's server certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
@@ -177,8 +257,19 @@ async fn fetch_crl(
     Ok(CertificateRevocationListDer::from(body))
 }
 
+async fn bind(want: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayError> {
+    let listener = TcpListener::bind(want)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: want, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Bind { addr: want, source })?;
+    Ok((listener, addr))
+}
+
 impl Gateway {
-    /// Loads the identity, fetches the CRL, binds, reports itself once, and starts serving.
+    /// Loads the identity, fetches the CRL, binds the current and every previous address,
+    /// reports itself once, and starts serving.
     pub async fn start(data_dir: &Path, opts: RunOptions) -> Result<RunningGateway, GatewayError> {
         let dir = GatewayDir::new(data_dir);
         let config = dir.read_config()?;
@@ -188,11 +279,9 @@ impl Gateway {
         let anchors_pem = vec![anchors];
         let mut identity = read_certs(&dir.identity_cert())?;
         identity.extend(chain_above.iter().cloned());
-        let identity_key = read_key(&dir.identity_key())?;
-        let mut server_chain = read_certs(&dir.server_cert())?;
-        let thumbprints = vec![Thumbprint::of(&server_chain[0]).sha256_hex()];
-        server_chain.extend(chain_above);
-        let server_key = Arc::new(read_key(&dir.server_key())?);
+        let identity_key = crate::state::read_key(&dir.identity_key())?;
+        let current = Arc::new(dir.load_current()?);
+        let next = load_next(&dir, &current.sha256)?;
 
         let tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -211,36 +300,71 @@ impl Gateway {
 
         // No CRL, no edge: agents are refused rather than let in unchecked.
         let crl = fetch_crl(&upstream, &crl_url(&config)).await?;
-        let edge = edge_config(&server_chain, &server_key, &anchors_pem, crl)?;
+        let edge = edge_config(&current, &anchors_pem, crl.clone())?;
 
-        let want = opts.listen.unwrap_or(config.listen);
-        let listener = TcpListener::bind(want)
-            .await
-            .map_err(|source| GatewayError::Bind { addr: want, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| GatewayError::Bind { addr: want, source })?;
+        let (listener, addr) = bind(opts.listen.unwrap_or(config.listen)).await?;
+        // Every previous address is served too: agents that have not learnt the new port yet
+        // can learn it only through an old one.
+        let mut previous = Vec::new();
+        let mut previous_listeners = Vec::new();
+        for configured in &config.previous_listen {
+            let (l, bound) = bind(*configured).await?;
+            let (stop, stopped) = watch::channel(false);
+            previous.push(Previous {
+                configured: *configured,
+                bound,
+                stop,
+            });
+            previous_listeners.push((l, stopped));
+        }
+        let previous_addrs: Vec<SocketAddr> = previous.iter().map(|p| p.bound).collect();
 
         let shared = Arc::new(Shared {
             config: config.clone(),
+            dir,
             upstream,
             edge: RwLock::new(edge),
-            server_chain,
-            server_key,
+            crl: RwLock::new(crl),
+            certs: RwLock::new(Certs { current, next }),
             anchors_pem,
-            thumbprints,
             health: Mutex::new("ok".to_owned()),
             port: addr.port(),
+            previous: Mutex::new(previous),
+            probes: Mutex::new(Vec::new()),
         });
-        if let Err(e) = report(&shared).await {
-            // Serving starts anyway: the periodic report retries, and agents with a profile
-            // already naming this gateway can use it meanwhile.
-            tracing::warn!(id = e.id(), error = %e, "the first report to the server failed");
-        }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone()));
+        // The current listener's own stop is never sent: it stops with the gateway.
+        let (current_stop, current_stopped) = watch::channel(false);
+        tasks.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            shutdown_rx.clone(),
+            current_stopped,
+            current_stop,
+        ));
+        for (l, stopped) in previous_listeners {
+            let (keep, _) = watch::channel(false);
+            tasks.spawn(accept_loop(
+                l,
+                shared.clone(),
+                shutdown_rx.clone(),
+                stopped,
+                keep,
+            ));
+        }
+        // Listening before the first report: the answer may ask for a probe of this very
+        // listener.
+        let first = match report(&shared).await {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                // Serving starts anyway: the periodic report retries, and agents with a
+                // profile already naming this gateway can use it meanwhile.
+                tracing::warn!(id = e.id(), error = %e, "the first report to the server failed");
+                None
+            }
+        };
         tasks.spawn(crl_loop(
             shared.clone(),
             opts.crl_refresh,
@@ -249,16 +373,26 @@ impl Gateway {
         tasks.spawn(report_loop(
             shared.clone(),
             opts.report_interval,
+            first,
             shutdown_rx,
         ));
-        tracing::info!(gateway = %config.gateway_id, listen = %addr, server = %config.server_url, "gateway started");
+        tracing::info!(gateway = %config.gateway_id, listen = %addr, previous = ?previous_addrs, server = %config.server_url, "gateway started");
         Ok(RunningGateway {
             addr,
+            previous: previous_addrs,
             config,
             shared,
             shutdown_tx,
             tasks,
         })
+    }
+}
+
+/// The staged certificate, unless it is the one served already.
+fn load_next(dir: &GatewayDir, current: &str) -> Result<Option<Arc<ServerCert>>, GatewayError> {
+    match dir.read_slots()?.next {
+        Some(sha) if sha != current => Ok(Some(Arc::new(dir.load_imported(&sha)?))),
+        _ => Ok(None),
     }
 }
 
@@ -268,14 +402,55 @@ impl RunningGateway {
         refresh_crl(&self.shared).await
     }
 
-    /// Reports itself to the server now.
+    /// Reports itself to the server now and acts on the answer (probes, retiring previous
+    /// ports, promoting a staged certificate), reporting again while that changes something.
     pub async fn report(&self) -> Result<(), GatewayError> {
-        report(&self.shared).await
+        let answer = report(&self.shared).await?;
+        follow_up(&self.shared, answer).await;
+        Ok(())
+    }
+
+    /// Previous addresses still served (empty once every agent has the new port).
+    pub fn previous_listening(&self) -> Vec<SocketAddr> {
+        lock(&self.shared.previous)
+            .iter()
+            .map(|p| p.bound)
+            .collect()
+    }
+
+    /// SHA-256 (hex) of the served certificate, then of the staged one.
+    pub fn thumbprints(&self) -> Vec<String> {
+        self.shared.thumbprints()
+    }
+
+    /// The outcomes of the last self-probes.
+    pub fn probes(&self) -> Vec<ReachProbe> {
+        lock(&self.shared.probes).clone()
+    }
+
+    /// Tests `target` from the gateway's side against its own thumbprints, as the server's
+    /// report answers ask.
+    pub async fn self_probe(&self, target: &ProbeTarget) -> ReachProbe {
+        self_probe(target, &self.shared.thumbprints(), SELF_PROBE_STEP_TIMEOUT).await
     }
 
     /// Serves until SIGINT or SIGTERM, then stops.
     pub async fn run_until_signal(self) {
-        let _ = tokio::signal::ctrl_c().await;
+        use tokio::signal::unix::{SignalKind, signal};
+        // Service managers stop with SIGTERM; a terminal with SIGINT. If SIGTERM cannot be
+        // watched, SIGINT still works.
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
         tracing::info!("signal received; stopping");
         self.shutdown().await;
     }
@@ -290,17 +465,15 @@ impl RunningGateway {
 async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     let outcome = async {
         let crl = fetch_crl(&shared.upstream, &crl_url(&shared.config)).await?;
-        edge_config(
-            &shared.server_chain,
-            &shared.server_key,
-            &shared.anchors_pem,
-            crl,
-        )
+        let current = read(&shared.certs).current.clone();
+        let cfg = edge_config(&current, &shared.anchors_pem, crl.clone())?;
+        Ok::<_, GatewayError>((crl, cfg))
     }
     .await;
     match outcome {
-        Ok(cfg) => {
-            *shared.edge.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+        Ok((crl, cfg)) => {
+            *write(&shared.crl) = crl;
+            *write(&shared.edge) = cfg;
             shared.set_health("ok".to_owned());
             Ok(())
         }
@@ -312,31 +485,241 @@ async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     }
 }
 
-async fn report(shared: &Shared) -> Result<(), GatewayError> {
+/// A report and what it announced.
+#[derive(Debug)]
+struct Answer {
+    response: GatewayReportResponse,
+    /// The staged certificate the report listed, if any: only an answer to a report that
+    /// listed it can clear it for promotion.
+    announced_next: Option<String>,
+}
+
+async fn report(shared: &Shared) -> Result<Answer, GatewayError> {
+    // A certificate staged by `cert import` while running is picked up here, so it reaches
+    // agents without a restart.
+    pick_up_staged(shared);
+    let thumbprints = shared.thumbprints();
+    let announced_next = thumbprints.get(1).cloned();
     let url = format!("{}{}", shared.config.server_url, paths::GATEWAY_REPORT);
-    let resp = shared
+    let body = GatewayReport {
+        external_name: shared.config.external_name.clone(),
+        listen_port: shared.port,
+        thumbprints,
+        version: VERSION.to_owned(),
+        health: shared.health(),
+        previous_ports: shared.previous_ports(),
+        trust_anchors_pem: shared.imported_roots(),
+        probes: lock(&shared.probes).clone(),
+    };
+    let unreachable = |reason: String| GatewayError::Unreachable {
+        url: url.clone(),
+        reason,
+    };
+    let mut resp = shared
         .upstream
         .post(&url)
-        .json(&GatewayReport {
-            external_name: shared.config.external_name.clone(),
-            listen_port: shared.port,
-            thumbprints: shared.thumbprints.clone(),
-            version: VERSION.to_owned(),
-            health: shared.health(),
-            previous_ports: Vec::new(),
-            trust_anchors_pem: Vec::new(),
-            probes: Vec::new(),
-        })
+        .timeout(REPORT_TIMEOUT)
+        .json(&body)
         .send()
         .await
-        .map_err(|e| GatewayError::Unreachable {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        .map_err(|e| unreachable(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(refused(&url, resp).await);
     }
-    Ok(())
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| unreachable(error_chain(&e)))?
+    {
+        if bytes.len() + chunk.len() > MAX_REPORT_RESPONSE_BYTES {
+            return Err(unreachable(format!(
+                "the answer is larger than {MAX_REPORT_RESPONSE_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    // A server that only stores reports answers 204 with no body: nothing to probe, and no
+    // word that agents are current, so nothing is retired or promoted.
+    let response = if bytes.iter().all(u8::is_ascii_whitespace) {
+        GatewayReportResponse::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| unreachable(format!("the answer is not a gateway report response: {e}")))?
+    };
+    Ok(Answer {
+        response,
+        announced_next,
+    })
+}
+
+/// Loads a certificate staged since the last look (a failure keeps the previous state: the
+/// import checked the files, so this is a damaged data directory, and it is logged).
+fn pick_up_staged(shared: &Shared) {
+    let current = read(&shared.certs).current.sha256.clone();
+    let wanted = match shared.dir.read_slots() {
+        Ok(s) => s.next.filter(|n| *n != current),
+        Err(e) => {
+            tracing::warn!(id = e.id(), error = %e, "the certificate slots cannot be read");
+            return;
+        }
+    };
+    let have = read(&shared.certs).next.as_ref().map(|n| n.sha256.clone());
+    if wanted == have {
+        return;
+    }
+    let next = match wanted {
+        None => None,
+        Some(sha) => match shared.dir.load_imported(&sha) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(id = e.id(), error = %e, "the staged certificate cannot be loaded");
+                return;
+            }
+        },
+    };
+    if let Some(n) = &next {
+        tracing::info!(thumbprint = %n.sha256, "staged certificate announced to agents; the current one is served until every agent has it");
+    }
+    write(&shared.certs).next = next;
+}
+
+/// Acts on the server's answer, reporting again at once while that changes what the server
+/// should know (bounded).
+async fn follow_up(shared: &Shared, mut answer: Answer) {
+    for _ in 0..MAX_REPORTS_IN_A_ROW {
+        if !react(shared, &answer).await {
+            return;
+        }
+        answer = match report(shared).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(id = e.id(), error = %e, "report to the server failed");
+                return;
+            }
+        };
+    }
+}
+
+/// Acts on one answer; true when the next report would tell the server something new.
+async fn react(shared: &Shared, answer: &Answer) -> bool {
+    let r = &answer.response;
+    let mut again = false;
+    let rollout = !lock(&shared.previous).is_empty() || answer.announced_next.is_some();
+    if r.all_agents_current {
+        again |= retire_previous(shared);
+        if let Some(next) = &answer.announced_next {
+            match promote(shared, next) {
+                Ok(true) => again = true,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = e.id(), error = %e, "the staged certificate could not be promoted; the current one stays in service");
+                }
+            }
+        }
+    } else if rollout {
+        let named: Vec<&str> = r
+            .pending_devices
+            .iter()
+            .take(PENDING_NAMED)
+            .map(String::as_str)
+            .collect();
+        tracing::info!(
+            id = "GATEWAY-ROLLOUT-PENDING",
+            pending_total = r.pending_total,
+            pending = %named.join(", "),
+            previous_ports = ?shared.previous_ports(),
+            next = answer.announced_next.as_deref().unwrap_or("-"),
+            "waiting for every agent to have the new profile"
+        );
+    }
+    let targets: Vec<ProbeTarget> = r.probe.iter().take(MAX_TARGETS).cloned().collect();
+    if !targets.is_empty() || !lock(&shared.probes).is_empty() {
+        let own = shared.thumbprints();
+        let mut set = JoinSet::new();
+        for (i, t) in targets.into_iter().enumerate() {
+            let own = own.clone();
+            set.spawn(async move { (i, self_probe(&t, &own, SELF_PROBE_STEP_TIMEOUT).await) });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            if let Ok(p) = joined {
+                done.push(p);
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        let outcomes: Vec<ReachProbe> = done.into_iter().map(|(_, p)| p).collect();
+        for p in &outcomes {
+            match p.failure {
+                None => {
+                    tracing::debug!(target_host = %p.target.host, port = p.target.port, detail = %p.detail, "self-probe reached this gateway")
+                }
+                Some(kind) => {
+                    tracing::warn!(id = "GATEWAY-SELF-PROBE-FAILED", target_host = %p.target.host, port = p.target.port, kind = ?kind, detail = %p.detail, "this gateway cannot be reached the way agents are told to")
+                }
+            }
+        }
+        let mut kept = lock(&shared.probes);
+        again |= changed(&kept, &outcomes);
+        *kept = outcomes;
+    }
+    again
+}
+
+/// Stops every previous listener and removes it from `gateway.json`; true when any was.
+fn retire_previous(shared: &Shared) -> bool {
+    let retired: Vec<Previous> = std::mem::take(&mut *lock(&shared.previous));
+    if retired.is_empty() {
+        return false;
+    }
+    // Read again from disk: `set-port` may have changed the file since start.
+    match shared.dir.read_config() {
+        Ok(mut cfg) => {
+            cfg.previous_listen
+                .retain(|a| !retired.iter().any(|r| r.configured == *a));
+            if let Err(e) = shared.dir.write_config(&cfg) {
+                tracing::warn!(id = e.id(), error = %e, "retired ports could not be removed from the configuration; they are retired again at the next start");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(id = e.id(), error = %e, "retired ports could not be removed from the configuration; they are retired again at the next start");
+        }
+    }
+    for p in retired {
+        let _ = p.stop.send(true);
+        tracing::info!(id = "GATEWAY-PORT-RETIRED", port = p.bound.port(), addr = %p.bound, "every agent has the new port; stopped listening on the previous one");
+    }
+    true
+}
+
+/// Makes the staged certificate `next` the served one: `certs.json` first (so a restart
+/// serves it too), then the edge, without a restart. Ok(false): nothing to promote.
+fn promote(shared: &Shared, next: &str) -> Result<bool, GatewayError> {
+    let staged = match &read(&shared.certs).next {
+        Some(n) if n.sha256 == next => n.clone(),
+        _ => return Ok(false),
+    };
+    let mut slots = shared.dir.read_slots()?;
+    if slots.next.as_deref() != Some(next) {
+        // Replaced on disk by a newer import since the report: that one must be announced
+        // first.
+        return Ok(false);
+    }
+    let crl = read(&shared.crl).clone();
+    // Built before anything changes, so a certificate the TLS stack refuses stays staged.
+    let edge = edge_config(&staged, &shared.anchors_pem, crl)?;
+    let old = read(&shared.certs).current.sha256.clone();
+    slots.current = Some(next.to_owned());
+    slots.next = None;
+    shared.dir.write_slots(&slots)?;
+    {
+        let mut certs = write(&shared.certs);
+        certs.current = staged;
+        certs.next = None;
+    }
+    *write(&shared.edge) = edge;
+    tracing::info!(id = "GATEWAY-CERT-PROMOTED", thumbprint = %next, previous = %old, "every agent has the staged certificate; it is now served");
+    Ok(true)
 }
 
 async fn crl_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -351,28 +734,50 @@ async fn crl_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Rec
     }
 }
 
-async fn report_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn report_loop(
+    shared: Arc<Shared>,
+    every: Duration,
+    first: Option<Answer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut answer = first;
     loop {
+        if let Some(a) = answer.take() {
+            tokio::select! {
+                () = follow_up(&shared, a) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = report(&shared).await {
-            tracing::warn!(id = e.id(), error = %e, "report to the server failed");
+        match report(&shared).await {
+            Ok(a) => answer = Some(a),
+            Err(e) => tracing::warn!(id = e.id(), error = %e, "report to the server failed"),
         }
     }
 }
 
+/// Accepts until the gateway stops (`shutdown`) or this listener is retired (`stopped`).
+/// `_keep` holds the sender of `stopped` when no one else does, so it never fires by itself.
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+    _keep: watch::Sender<bool>,
 ) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            changed = stopped.changed() => {
+                if changed.is_err() || *stopped.borrow() {
                     break;
                 }
             }
@@ -389,6 +794,8 @@ async fn accept_loop(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    // The listening socket closes here: the port stops answering.
+    drop(listener);
     conns.shutdown().await;
 }
 
@@ -402,8 +809,18 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            // Unknown CAs, revoked or expired agent certificates end here.
-            tracing::info!(id = "GATEWAY-AGENT-REFUSED", peer = %addr, error = %e, "agent TLS handshake refused");
+            let no_cert = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::NoCertificatesPresented));
+            if no_cert {
+                // Not an agent: the gateway's own self-probe (it checks the server side of
+                // the handshake only), a health check or a scanner. Agents always present one.
+                tracing::debug!(peer = %addr, "TLS client without a certificate refused");
+            } else {
+                // Unknown CAs, revoked or expired agent certificates end here.
+                tracing::info!(id = "GATEWAY-AGENT-REFUSED", peer = %addr, error = %e, "agent TLS handshake refused");
+            }
             return;
         }
         Err(_) => {
