@@ -90,6 +90,9 @@ pub struct RunOptions {
     /// How long a gateway that failed is skipped while another way remains
     /// (`None`: [`DEFAULT_GATEWAY_SET_ASIDE`]).
     pub gateway_set_aside: Option<Duration>,
+    /// Skip the profile's LAN servers and use only its gateways: the internet path, tried from
+    /// a computer on the LAN (before sending laptops out, or in `steward demo`).
+    pub gateways_only: bool,
 }
 
 /// How long a failing gateway is set aside by default (as ITMS does).
@@ -236,6 +239,8 @@ struct Agent {
     /// Gateways that failed, by name, and until when they are skipped.
     set_aside: HashMap<String, Instant>,
     set_aside_for: Duration,
+    /// See [`RunOptions::gateways_only`].
+    gateways_only: bool,
 }
 
 impl Agent {
@@ -305,6 +310,7 @@ impl Agent {
             fast_wakes: 0,
             set_aside: HashMap::new(),
             set_aside_for: opts.gateway_set_aside.unwrap_or(DEFAULT_GATEWAY_SET_ASIDE),
+            gateways_only: opts.gateways_only,
         })
     }
 
@@ -574,13 +580,16 @@ impl Agent {
     fn routes(&mut self) -> Vec<Route> {
         let now = Instant::now();
         self.set_aside.retain(|_, until| *until > now);
-        let mut routes: Vec<Route> = self
-            .profile
-            .servers
-            .iter()
-            .cloned()
-            .map(Route::Lan)
-            .collect();
+        let mut routes: Vec<Route> = if self.gateways_only {
+            Vec::new()
+        } else {
+            self.profile
+                .servers
+                .iter()
+                .cloned()
+                .map(Route::Lan)
+                .collect()
+        };
         let gateways = &self.profile.gateways;
         let usable: Vec<&GatewayEntry> = gateways
             .iter()
@@ -663,7 +672,13 @@ impl Agent {
         }
         Err(last.unwrap_or_else(|| Fault::ConnectionFailed {
             addr: String::new(),
-            reason: "the profile lists no server".to_owned(),
+            reason: if self.gateways_only {
+                "run with --gateways-only, but the profile lists no gateway (has one joined \
+                 and reported to the server?)"
+                    .to_owned()
+            } else {
+                "the profile lists no server".to_owned()
+            },
         }))
     }
 

@@ -57,6 +57,10 @@ enum Command {
         /// Seconds a failing internet gateway is skipped while another way remains.
         #[arg(long, default_value_t = steward_agent::DEFAULT_GATEWAY_SET_ASIDE.as_secs())]
         gateway_set_aside_secs: u64,
+        /// Use only the profile's internet gateways, never its LAN servers: try the internet
+        /// path from a computer on the LAN.
+        #[arg(long)]
+        gateways_only: bool,
     },
     /// Check every way to the server (LAN servers, then gateways) with this agent's profile and
     /// identity, step by step; exit 0 ok, 1 warnings, 2 errors.
@@ -164,6 +168,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             verbose,
             keep_logs,
             gateway_set_aside_secs,
+            gateways_only,
         } => {
             let dir = steward_agent::store::DataDir::new(&data_dir);
             dir.create()
@@ -185,6 +190,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 once,
                 crls: Vec::new(),
                 gateway_set_aside: Some(std::time::Duration::from_secs(gateway_set_aside_secs)),
+                gateways_only,
             };
             let rt = runtime()?;
             match rt.block_on(steward_agent::run(opts, shutdown_signal())) {

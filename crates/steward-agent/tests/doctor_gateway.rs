@@ -45,6 +45,7 @@ async fn once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
             once: true,
             crls: Vec::new(),
             gateway_set_aside: Some(Duration::ZERO),
+            gateways_only: false,
         },
         std::future::pending(),
     )

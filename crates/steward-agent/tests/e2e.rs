@@ -63,6 +63,7 @@ impl RunningAgent {
                     once: false,
                     crls: Vec::new(),
                     gateway_set_aside: None,
+                    gateways_only: false,
                 },
                 async move {
                     let _ = stopped.await;

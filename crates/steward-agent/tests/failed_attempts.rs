@@ -78,6 +78,7 @@ async fn once(agent_dir: &Path) -> Result<(), steward_agent::RunError> {
             once: true,
             crls: Vec::new(),
             gateway_set_aside: None,
+            gateways_only: false,
         },
         std::future::pending(),
     )

@@ -224,6 +224,7 @@ async fn run_once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
             once: true,
             crls: Vec::new(),
             gateway_set_aside: Some(Duration::from_secs(0)),
+            gateways_only: false,
         },
         std::future::pending(),
     )

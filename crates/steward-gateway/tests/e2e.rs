@@ -253,12 +253,20 @@ impl Rig {
 }
 
 async fn run_once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
+    run_once_with(data_dir, false).await
+}
+
+async fn run_once_with(
+    data_dir: &Path,
+    gateways_only: bool,
+) -> Result<(), steward_agent::RunError> {
     steward_agent::run(
         steward_agent::RunOptions {
             data_dir: data_dir.to_owned(),
             once: true,
             crls: Vec::new(),
             gateway_set_aside: None,
+            gateways_only,
         },
         std::future::pending(),
     )
@@ -364,6 +372,36 @@ async fn an_agent_off_the_lan_checks_in_through_the_gateway() {
     assert!(msg.contains(&entry.thumbprints[0]), "{msg}");
     assert!(msg.contains(&"00".repeat(32)), "{msg}");
 
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_only_tries_the_internet_path_from_the_lan() {
+    let rig = Rig::start().await;
+    let gw = format!("127.0.0.2:{}", rig.gateway.addr.port());
+    let pc = rig.agent("pc").await;
+    let path = |pc: &Path| {
+        steward_agent::store::DataDir::new(pc)
+            .load_state()
+            .unwrap()
+            .connection
+    };
+    // The first contact (no profile with gateways yet) is on the LAN.
+    run_once(&pc).await.unwrap();
+    assert!(matches!(path(&pc), Some(ConnectionPath::Lan { .. })));
+    // The LAN server answers, yet the gateway carries the check-in.
+    run_once_with(&pc, true).await.unwrap();
+    assert_eq!(
+        path(&pc),
+        Some(ConnectionPath::Gateway {
+            gateway: rig.gateway.config.gateway_id.clone(),
+            via: gw.clone(),
+        })
+    );
+    // Without gateways in the profile there is no way, and the fault says why.
+    leave_lan(&pc, |c| c.profile.gateways.clear());
+    let err = run_once_with(&pc, true).await.err().unwrap();
+    assert!(err.to_string().contains("--gateways-only"), "{err}");
     rig.stop().await;
 }
 
