@@ -1,6 +1,7 @@
-//! `steward demo`: the README's main job. A real server and three real agent processes on
-//! loopback, in a temporary directory; prints the console URL and the admin credentials, and
-//! stops everything on Ctrl-C.
+//! `steward demo`: the README's main job. A real server, a real internet gateway, three real
+//! agent processes on the LAN and one that reaches the server only through the gateway
+//! (`steward-agent run --gateways-only`), all on loopback in a temporary directory; prints the
+//! console URL and the admin credentials, and stops everything on Ctrl-C.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -8,12 +9,18 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use steward_proto::admin::{DeviceStatus, DeviceSummary, NewPackage, paths};
+use steward_proto::admin::{
+    DeviceStatus, DeviceSummary, GatewayStatus, GatewaySummary, GatewayToken, NewGatewayToken,
+    NewPackage, paths,
+};
 use steward_server::{InitOptions, Server, ServerOverrides};
 
 use crate::admin::Conn;
 
+/// Agents on the LAN.
 const AGENTS: usize = 3;
+/// The agent that is "on the internet": it uses only the gateway.
+const ROAMING: &str = "demo-roaming";
 
 /// Kills the agent processes however the demo ends.
 struct Agents(Vec<Child>);
@@ -78,13 +85,39 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
 
     let conn = Conn::for_data_dir(&server_dir);
     let admin = conn.connect().await?;
+
+    // The internet gateway: a join token from the admin API, then `steward gateway join` and
+    // `run`, in this process. It reports itself, and the profile gains its entry.
+    let token: GatewayToken = admin
+        .post(
+            paths::GATEWAY_TOKENS,
+            &NewGatewayToken { expires_secs: 600 },
+        )
+        .await?;
+    let token_file = dir.join("gateway.token");
+    std::fs::write(&token_file, serde_json::to_vec(&token)?)
+        .with_context(|| format!("cannot write {}", token_file.display()))?;
+    let gateway_dir = dir.join("gateway");
+    steward_gateway::join(&steward_gateway::JoinOptions {
+        server_url: server.agent_url().to_owned(),
+        token_file,
+        data_dir: gateway_dir.clone(),
+        external_name: "127.0.0.1".into(),
+        listen: free_addr()?,
+    })
+    .await
+    .context("the demo gateway could not join")?;
+    let gateway = steward_gateway::Gateway::start(&gateway_dir, Default::default())
+        .await
+        .context("the demo gateway could not start")?;
+    println!("  gateway    {} (agents outside the LAN)", gateway.addr);
     let package = dir.join("agent-package.json");
     let pkg: steward_proto::BootstrapPackage = admin
         .post(
             paths::PACKAGES,
             &NewPackage {
                 expires_secs: 3600,
-                max_uses: AGENTS as u32,
+                max_uses: AGENTS as u32 + 1,
                 tags: vec!["demo".into()],
             },
         )
@@ -93,8 +126,12 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", package.display()))?;
 
     let mut agents = Agents(Vec::new());
-    for i in 1..=AGENTS {
-        let data = dir.join(format!("agent-{i}"));
+    let names: Vec<String> = (1..=AGENTS)
+        .map(|i| format!("demo-agent-{i}"))
+        .chain([ROAMING.to_owned()])
+        .collect();
+    for name in &names {
+        let data = dir.join(name);
         let out = Command::new(agent_bin)
             .arg("enroll")
             .arg("--package")
@@ -102,43 +139,71 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
             .arg("--data-dir")
             .arg(&data)
             .arg("--name")
-            .arg(format!("demo-agent-{i}"))
+            .arg(name)
             .output()
             .context("cannot start steward-agent")?;
         if !out.status.success() {
             bail!(
-                "agent {i} did not enroll: {}",
+                "{name} did not enroll: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let child = Command::new(agent_bin)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(&data)
+        let mut run = Command::new(agent_bin);
+        run.arg("run").arg("--data-dir").arg(&data);
+        if name == ROAMING {
+            run.arg("--gateways-only");
+        }
+        let child = run
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start steward-agent")?;
         agents.0.push(child);
     }
-    // Wait (bounded) until every agent has checked in, so the console shows them Online.
-    let mut online = 0;
+    // Wait (bounded) until every agent has checked in and the gateway has tested its own
+    // address, so the console shows them Online and the gateway green.
+    let mut online = Vec::new();
+    let mut gateways: Vec<GatewaySummary> = Vec::new();
     for _ in 0..100 {
         let devices: Vec<DeviceSummary> = admin.get(paths::DEVICES).await?;
         online = devices
-            .iter()
+            .into_iter()
             .filter(|d| d.status == DeviceStatus::Online)
-            .count();
-        if online == AGENTS {
+            .collect();
+        gateways = admin.get(paths::GATEWAYS).await?;
+        let green = gateways.iter().all(|g| g.status == GatewayStatus::Green);
+        if online.len() == names.len() && green {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let d = server_dir.display();
     println!(
-        "  agents     {online}/{AGENTS} Online (logs in {}/agent-N/logs)",
+        "  agents     {}/{} Online (logs in {}/<name>/logs)",
+        online.len(),
+        names.len(),
         dir.display()
     );
+    if let Some(r) = online.iter().find(|d| d.name == ROAMING) {
+        println!(
+            "  {ROAMING} {}",
+            r.connection_path.as_deref().unwrap_or("(no path yet)")
+        );
+    }
+    for g in &gateways {
+        let state = match g.status {
+            GatewayStatus::Green => "green".to_owned(),
+            GatewayStatus::Red => format!(
+                "red: {}",
+                g.problems
+                    .iter()
+                    .map(|p| format!("{} {}", p.id, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
+        println!("  gateway    {} {state}", g.id);
+    }
     println!();
     println!(
         "Console:  {}   user admin   password {password}",
@@ -149,6 +214,11 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
         report.root_cert_path.display()
     );
     println!("Try:      steward devices list --data-dir {d}");
+    println!("          steward gateway list --data-dir {d}");
+    println!(
+        "          steward-agent doctor --data-dir {}",
+        dir.join(ROAMING).display()
+    );
     println!("          steward task run --data-dir {d} --target all -- uname -a");
     println!(
         "          steward doctor cert {} --trust {} --fqdn localhost",
@@ -160,6 +230,7 @@ async fn demo(dir: &Path, agent_bin: &Path) -> anyhow::Result<ExitCode> {
     stop_signal().await?;
     println!("stopping");
     drop(agents);
+    gateway.shutdown().await;
     server.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }
