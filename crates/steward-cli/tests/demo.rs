@@ -59,8 +59,7 @@ fn the_demo_brings_up_server_gateway_and_agents_and_stops_on_sigterm() {
     );
     let gateway = out
         .lines()
-        .filter(|l| l.trim_start().starts_with("gateway "))
-        .last()
+        .rfind(|l| l.trim_start().starts_with("gateway "))
         .unwrap_or_default();
     assert!(gateway.ends_with(" green"), "{out}");
     let pid = child.id().to_string();
