@@ -5,9 +5,11 @@
 //! each naming why, and nothing is staged.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{openssl, openssl_root};
 use steward_doctor::Severity;
 use steward_gateway::{CertSlots, GatewayConfig, GatewayDir, GatewayError, import_cert};
 use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage};
@@ -15,45 +17,9 @@ use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage};
 const EXTERNAL: &str = "gateway.example.com";
 const PASSWORD: &str = "pfx secret";
 
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-[dn]
-[ca_ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign,digitalSignature
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-";
-
-/// Runs `openssl` in `dir` (file names relative to it); panics with its stderr on failure.
-fn openssl(dir: &Path, cmd: &str, extra: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(cmd.split_whitespace())
-        .args(extra)
-        .current_dir(dir)
-        .env("OPENSSL_CONF", dir.join("openssl.cnf"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        out.status.success(),
-        "openssl {cmd} {extra:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An openssl-made root and issuing CA (RSA 2048, SHA-256) in `dir`.
 fn openssl_ca(dir: &Path) {
-    std::fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-    openssl(
-        dir,
-        "req -x509 -extensions ca_ext -newkey rsa:2048 -nodes -keyout root.key -out root.pem \
-         -days 3650 -sha256",
-        &["-subj", "/O=Example/CN=Example Enterprise Root"],
-    );
+    openssl_root(dir);
     openssl(
         dir,
         "req -new -newkey rsa:2048 -nodes -keyout inter.key -out inter.csr",

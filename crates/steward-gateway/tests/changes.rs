@@ -6,68 +6,17 @@
 //! certificate announced first and served only once every agent has it.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Once, Rig, capture_logs, logged, openssl, openssl_root, read_config};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use steward_gateway::{Gateway, GatewayDir, JoinOptions, RunOptions, RunningGateway};
-use steward_proto::admin::{
-    GatewaySummary, GatewayToken, LoginRequest, LoginResponse, NewGatewayToken, NewPackage,
-    paths as admin,
-};
-use steward_proto::{AgentConfig, BootstrapPackage, ConnectionPath, FailureKind, ProbeTarget};
-use steward_server::{InitOptions, RunningServer, Server, ServerOverrides};
-
-const PASSWORD: &str = "correct horse battery";
-
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| LogWriter)
-        .with_ansi(false)
-        .try_init();
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
-}
-
-fn https(root_pem: &str) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-        .unwrap()
-}
+use steward_gateway::GatewayDir;
+use steward_proto::{ConnectionPath, FailureKind, ProbeTarget};
 
 /// A port on 127.0.0.2 free right now (bound, then released).
 fn free_port() -> u16 {
@@ -78,174 +27,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    server: RunningServer,
-    admin: reqwest::Client,
-    token: String,
-    gateway_dir: PathBuf,
-}
-
-impl Rig {
-    /// A server, and a gateway joined to listen on `listen` (not started).
-    async fn start(listen: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut opts = InitOptions::new(root.join("server"), vec!["localhost".into()]);
-        opts.ip_addrs = vec!["127.0.0.1".parse().unwrap()];
-        opts.admin_password = Some(PASSWORD.into());
-        opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], crl_port)));
-        let report = steward_server::init(opts).await.unwrap();
-        let root_pem = std::fs::read_to_string(&report.root_cert_path).unwrap();
-        let loopback = Some("127.0.0.1:0".parse().unwrap());
-        let server = Server::start(
-            &root.join("server"),
-            ServerOverrides {
-                agent_addr: loopback,
-                console_addr: loopback,
-                crl_addr: None,
-            },
-        )
-        .await
-        .unwrap();
-        let admin = https(&root_pem);
-        let login: LoginResponse = admin
-            .post(format!("{}{}", server.console_url(), admin::LOGIN))
-            .json(&LoginRequest {
-                username: "admin".into(),
-                password: PASSWORD.into(),
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token: GatewayToken = admin
-            .post(format!("{}{}", server.console_url(), admin::GATEWAY_TOKENS))
-            .bearer_auth(&login.token)
-            .json(&NewGatewayToken { expires_secs: 600 })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token_file = root.join("gateway.token");
-        std::fs::write(&token_file, serde_json::to_vec(&token).unwrap()).unwrap();
-        steward_gateway::join(&JoinOptions {
-            server_url: format!("https://127.0.0.1:{}", server.agent_addr.port()),
-            token_file,
-            data_dir: root.join("gateway"),
-            external_name: "127.0.0.2".into(),
-            listen,
-        })
-        .await
-        .unwrap();
-        Self {
-            _dir: dir,
-            gateway_dir: root.join("gateway"),
-            root,
-            server,
-            admin,
-            token: login.token,
-        }
-    }
-
-    async fn gateway(&self, report_interval: Duration) -> RunningGateway {
-        Gateway::start(
-            &self.gateway_dir,
-            RunOptions {
-                listen: None,
-                crl_refresh: Duration::from_secs(3600),
-                report_interval,
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn summary(&self) -> GatewaySummary {
-        let gws: Vec<GatewaySummary> = self
-            .admin
-            .get(format!("{}{}", self.server.console_url(), admin::GATEWAYS))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        gws.into_iter().next().unwrap()
-    }
-
-    /// Enrolls a real agent (on the LAN) into `name`.
-    async fn agent(&self, name: &str) -> PathBuf {
-        let pkg: BootstrapPackage = self
-            .admin
-            .post(format!("{}{}", self.server.console_url(), admin::PACKAGES))
-            .bearer_auth(&self.token)
-            .json(&NewPackage {
-                expires_secs: 600,
-                max_uses: 1,
-                tags: vec![],
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let file = self.root.join(format!("{name}.package"));
-        std::fs::write(&file, serde_json::to_vec(&pkg).unwrap()).unwrap();
-        let data_dir = self.root.join(name);
-        steward_agent::enroll(&steward_agent::EnrollOptions {
-            name: None,
-            package: file,
-            data_dir: data_dir.clone(),
-            force: false,
-        })
-        .await
-        .unwrap();
-        data_dir
-    }
-}
-
+/// One check-in, the gateway never set aside after a failure.
 async fn run_once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
-    steward_agent::run(
-        steward_agent::RunOptions {
-            data_dir: data_dir.to_owned(),
-            once: true,
-            crls: Vec::new(),
+    common::run_once_with(
+        data_dir,
+        Once {
             gateway_set_aside: Some(Duration::from_secs(0)),
             gateways_only: false,
         },
-        std::future::pending(),
     )
     .await
 }
 
-fn config_path(data_dir: &Path) -> PathBuf {
-    steward_agent::store::DataDir::new(data_dir).config_path()
-}
-
-fn read_config(data_dir: &Path) -> AgentConfig {
-    serde_json::from_slice(&std::fs::read(config_path(data_dir)).unwrap()).unwrap()
-}
-
 /// The agent leaves the LAN: its LAN address becomes one nothing answers on.
 fn leave_lan(data_dir: &Path) {
-    let mut c = read_config(data_dir);
-    for s in &mut c.profile.servers {
-        s.host = "127.0.0.3".into();
-    }
-    std::fs::write(config_path(data_dir), serde_json::to_vec(&c).unwrap()).unwrap();
+    common::leave_lan(data_dir, |_| {});
 }
 
 fn via(data_dir: &Path) -> Option<String> {
@@ -446,43 +242,10 @@ fn chrono_like(at: &str) {
 // ---------------------------------------------------------------------------------------------
 // An imported certificate: announced, then served
 
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-[dn]
-[ca_ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign,digitalSignature
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-";
-
-fn openssl(dir: &Path, cmd: &str, extra: &[&str]) {
-    let out = Command::new("openssl")
-        .args(cmd.split_whitespace())
-        .args(extra)
-        .current_dir(dir)
-        .env("OPENSSL_CONF", dir.join("openssl.cnf"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An openssl-made enterprise CA and a SAN certificate for 127.0.0.2 (the rig's external
 /// name) and the split domains, exported as a PFX with its full chain.
 fn enterprise_pfx(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-    openssl(
-        dir,
-        "req -x509 -extensions ca_ext -newkey rsa:2048 -nodes -keyout root.key -out root.pem \
-         -days 3650 -sha256",
-        &["-subj", "/O=Example/CN=Example Enterprise Root"],
-    );
+    openssl_root(dir);
     std::fs::write(
         dir.join("san.ext"),
         "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\

@@ -7,159 +7,50 @@
 //! server sees is the one the gateway verified, whatever header the agent sends.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod common;
+
+use std::ops::Deref;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{
+    Once, capture_logs, fetch, https, leave_lan, logged, read_config, run_once, run_once_with,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use steward_gateway::{Gateway, JoinOptions, RunOptions, RunningGateway};
+use steward_gateway::RunningGateway;
 use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage};
-use steward_proto::admin::{
-    DeviceSummary, GatewaySummary, GatewayToken, LoginRequest, LoginResponse, NewGatewayToken,
-    NewPackage, paths as admin,
+use steward_proto::admin::{DeviceSummary, GatewaySummary, paths as admin};
+use steward_proto::{AGENT_CERT_HEADER, ApiError, CheckinResponse, ConnectionPath, paths};
+
+/// `steward agent run --once --gateways-only`.
+const GATEWAYS_ONLY: Once = Once {
+    gateway_set_aside: None,
+    gateways_only: true,
 };
-use steward_proto::{
-    AGENT_CERT_HEADER, AgentConfig, ApiError, BootstrapPackage, CheckinResponse, ConnectionPath,
-    paths,
-};
-use steward_server::{InitOptions, RunningServer, Server, ServerOverrides};
 
-const PASSWORD: &str = "correct horse battery";
-
-/// Everything logged in this test process (the agent's event lines among it).
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    // Once per process; a second call (the other test) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(|| LogWriter)
-        .with_ansi(false)
-        .try_init();
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned()
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn https(
-    root_pem: &str,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
-        .unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match identity {
-        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
+/// The common rig with its gateway started.
 struct Rig {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    server: RunningServer,
+    rig: common::Rig,
     gateway: RunningGateway,
-    root_pem: String,
-    admin: reqwest::Client,
-    token: String,
+}
+
+impl Deref for Rig {
+    type Target = common::Rig;
+
+    fn deref(&self) -> &common::Rig {
+        &self.rig
+    }
 }
 
 impl Rig {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut opts = InitOptions::new(root.join("server"), vec!["localhost".into()]);
-        opts.ip_addrs = vec!["127.0.0.1".parse().unwrap()];
-        opts.admin_password = Some(PASSWORD.into());
-        opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], crl_port)));
-        let report = steward_server::init(opts).await.unwrap();
-        let root_pem = std::fs::read_to_string(&report.root_cert_path).unwrap();
-        let loopback = Some("127.0.0.1:0".parse().unwrap());
-        let server = Server::start(
-            &root.join("server"),
-            ServerOverrides {
-                agent_addr: loopback,
-                console_addr: loopback,
-                crl_addr: None,
-            },
-        )
-        .await
-        .unwrap();
-        let admin = https(&root_pem, None);
-        let login: LoginResponse = admin
-            .post(format!("{}{}", server.console_url(), admin::LOGIN))
-            .json(&LoginRequest {
-                username: "admin".into(),
-                password: PASSWORD.into(),
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-
-        // `steward gateway token`, then `steward gateway join` with the file it writes.
-        let token: GatewayToken = admin
-            .post(format!("{}{}", server.console_url(), admin::GATEWAY_TOKENS))
-            .bearer_auth(&login.token)
-            .json(&NewGatewayToken { expires_secs: 600 })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token_file = root.join("gateway.token");
-        std::fs::write(&token_file, serde_json::to_vec(&token).unwrap()).unwrap();
-        let joined = steward_gateway::join(&JoinOptions {
-            server_url: format!("https://127.0.0.1:{}", server.agent_addr.port()),
-            token_file,
-            data_dir: root.join("gateway"),
-            external_name: "127.0.0.2".into(),
-            listen: "127.0.0.2:0".parse().unwrap(),
-        })
-        .await
-        .unwrap();
+        let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             for key in ["identity.key", "server.key"] {
-                let mode = std::fs::metadata(root.join("gateway").join(key))
+                let mode = std::fs::metadata(rig.gateway_dir.join(key))
                     .unwrap()
                     .permissions()
                     .mode();
@@ -169,7 +60,7 @@ impl Rig {
         // The CRL comes over the gateway's own link to the agent site (a DMZ may reach nothing
         // else): the distribution point given at join is made unreachable, and revocations
         // must still reach the edge.
-        let config_file = root.join("gateway").join("gateway.json");
+        let config_file = rig.gateway_dir.join("gateway.json");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
         assert!(
@@ -181,114 +72,15 @@ impl Rig {
         config["crl_url"] = "http://127.0.0.1:1/crl/issuing.crl".into();
         std::fs::write(&config_file, serde_json::to_vec(&config).unwrap()).unwrap();
         // Reports are made on start; the periodic one is pushed out of the test's way.
-        let gateway = Gateway::start(
-            &root.join("gateway"),
-            RunOptions {
-                listen: None,
-                crl_refresh: Duration::from_secs(3600),
-                report_interval: Duration::from_secs(3600),
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(gateway.config.gateway_id, joined.gateway_id);
-        Self {
-            _dir: dir,
-            root,
-            server,
-            gateway,
-            root_pem,
-            admin,
-            token: login.token,
-        }
-    }
-
-    async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.admin
-            .get(format!("{}{path}", self.server.console_url()))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Enrolls a real agent (on the LAN) into `name`.
-    async fn agent(&self, name: &str) -> std::path::PathBuf {
-        let pkg: BootstrapPackage = self
-            .admin
-            .post(format!("{}{}", self.server.console_url(), admin::PACKAGES))
-            .bearer_auth(&self.token)
-            .json(&NewPackage {
-                expires_secs: 600,
-                max_uses: 1,
-                tags: vec![],
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let file = self.root.join(format!("{name}.package"));
-        std::fs::write(&file, serde_json::to_vec(&pkg).unwrap()).unwrap();
-        let data_dir = self.root.join(name);
-        steward_agent::enroll(&steward_agent::EnrollOptions {
-            name: None,
-            package: file,
-            data_dir: data_dir.clone(),
-            force: false,
-        })
-        .await
-        .unwrap();
-        data_dir
+        let gateway = rig.gateway(Duration::from_secs(3600)).await;
+        assert_eq!(gateway.config.gateway_id, rig.gateway_id);
+        Self { rig, gateway }
     }
 
     async fn stop(self) {
         self.gateway.shutdown().await;
-        self.server.shutdown().await.unwrap();
+        self.rig.server.shutdown().await.unwrap();
     }
-}
-
-async fn run_once(data_dir: &Path) -> Result<(), steward_agent::RunError> {
-    run_once_with(data_dir, false).await
-}
-
-async fn run_once_with(
-    data_dir: &Path,
-    gateways_only: bool,
-) -> Result<(), steward_agent::RunError> {
-    steward_agent::run(
-        steward_agent::RunOptions {
-            data_dir: data_dir.to_owned(),
-            once: true,
-            crls: Vec::new(),
-            gateway_set_aside: None,
-            gateways_only,
-        },
-        std::future::pending(),
-    )
-    .await
-}
-
-fn config_path(data_dir: &Path) -> std::path::PathBuf {
-    steward_agent::store::DataDir::new(data_dir).config_path()
-}
-
-fn read_config(data_dir: &Path) -> AgentConfig {
-    serde_json::from_slice(&std::fs::read(config_path(data_dir)).unwrap()).unwrap()
-}
-
-/// The agent leaves the LAN: its LAN address becomes one nothing answers on.
-fn leave_lan(data_dir: &Path, edit: impl FnOnce(&mut AgentConfig)) {
-    let mut c = read_config(data_dir);
-    for s in &mut c.profile.servers {
-        s.host = "127.0.0.3".into();
-    }
-    edit(&mut c);
-    std::fs::write(config_path(data_dir), serde_json::to_vec(&c).unwrap()).unwrap();
 }
 
 fn agent_identity(data_dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -390,7 +182,7 @@ async fn gateways_only_tries_the_internet_path_from_the_lan() {
     run_once(&pc).await.unwrap();
     assert!(matches!(path(&pc), Some(ConnectionPath::Lan { .. })));
     // The LAN server answers, yet the gateway carries the check-in.
-    run_once_with(&pc, true).await.unwrap();
+    run_once_with(&pc, GATEWAYS_ONLY).await.unwrap();
     assert_eq!(
         path(&pc),
         Some(ConnectionPath::Gateway {
@@ -400,7 +192,7 @@ async fn gateways_only_tries_the_internet_path_from_the_lan() {
     );
     // Without gateways in the profile there is no way, and the fault says why.
     leave_lan(&pc, |c| c.profile.gateways.clear());
-    let err = run_once_with(&pc, true).await.err().unwrap();
+    let err = run_once_with(&pc, GATEWAYS_ONLY).await.err().unwrap();
     assert!(err.to_string().contains("--gateways-only"), "{err}");
     rig.stop().await;
 }
@@ -445,18 +237,12 @@ async fn the_gateway_vouches_only_for_agents_it_verified() {
 
     // A long-poll passes with its query: an agent without configuration is woken at once.
     let (chain, key) = agent_identity(&pc);
-    let wake: steward_proto::WakeUp = https(&rig.root_pem, Some((chain, key)))
-        .get(format!(
-            "https://127.0.0.2:{}{}?config_version=0",
-            rig.gateway.addr.port(),
-            paths::WAIT
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wake: steward_proto::WakeUp = fetch(https(&rig.root_pem, Some((chain, key))).get(format!(
+        "https://127.0.0.2:{}{}?config_version=0",
+        rig.gateway.addr.port(),
+        paths::WAIT
+    )))
+    .await;
     assert_eq!(wake.reason, "config");
 
     // Enrollment is not tunnelled.
