@@ -241,6 +241,8 @@ struct Agent {
     set_aside_for: Duration,
     /// See [`RunOptions::gateways_only`].
     gateways_only: bool,
+    /// When the trust bundle was last fetched (at most once a minute).
+    trust_tried_at: Option<Instant>,
 }
 
 impl Agent {
@@ -311,6 +313,7 @@ impl Agent {
             set_aside: HashMap::new(),
             set_aside_for: opts.gateway_set_aside.unwrap_or(DEFAULT_GATEWAY_SET_ASIDE),
             gateways_only: opts.gateways_only,
+            trust_tried_at: None,
         })
     }
 
@@ -504,7 +507,17 @@ impl Agent {
             failed_attempts: self.state.failed_attempts.clone(),
         };
 
-        let (server, response) = match self.send_checkin(&mut request).await {
+        let mut answer = self.send_checkin(&mut request).await;
+        // Untrusted: perhaps a certificate rollover happened while this agent was away. The
+        // signed trust bundle may supply the new root; then the round is tried once more.
+        if let Err(fault) = &answer
+            && fault.id() == ids::TLS_UNTRUSTED
+            && self.recover_trust().await
+        {
+            request.last_error = self.state.pending_error.clone();
+            answer = self.send_checkin(&mut request).await;
+        }
+        let (server, response) = match answer {
             Ok(ok) => ok,
             Err(fault) => {
                 self.state.consecutive_failures = self.state.consecutive_failures.saturating_add(1);
@@ -565,6 +578,10 @@ impl Agent {
         // holds): a gateway's port change or certificate switch waits for every agent's word,
         // and should not wait a whole interval for it.
         let new_profile = self.profile.version != profile_before;
+        // Renewed now, and confirmed by the immediate next check-in (the first request with
+        // the new certificate is what makes the server retire the old one).
+        let renewed = (response.renew_certificate || self.own_renewal_due())
+            && self.renew_certificate().await;
         self.check_cert_expiry();
         self.accept_tasks(&response.tasks);
         self.save_state();
@@ -572,7 +589,178 @@ impl Agent {
         // new profile is to be acknowledged — but not when the server left results we just
         // sent unacknowledged (it would only leave them again) or only started tasks (their
         // completion wakes the loop).
-        Ok((more_results && !unacked) || self.inventory_requested || new_profile)
+        Ok((more_results && !unacked) || self.inventory_requested || new_profile || renewed)
+    }
+
+    /// Whether 90% of this certificate's lifetime has passed. The server normally asks first
+    /// (its `[certs] renew_at_percent`, at most 90); this covers servers that do not know the
+    /// certificate's expiry (devices enrolled before it was recorded).
+    fn own_renewal_due(&self) -> bool {
+        let Some(facts) = net::parse_certs(&self.identity.cert_pem)
+            .ok()
+            .and_then(|c| c.first().and_then(|d| CertFacts::from_der(d).ok()))
+        else {
+            return false;
+        };
+        let life = (facts.not_after - facts.not_before).whole_seconds().max(1);
+        let elapsed = (OffsetDateTime::now_utc() - facts.not_before).whole_seconds();
+        elapsed.saturating_mul(10) >= life.saturating_mul(9)
+    }
+
+    /// Fetches the signed trust bundle and adds its new anchors to the profile; `true` when
+    /// anchors were added (the caller retries). At most once a minute.
+    async fn recover_trust(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .trust_tried_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            return false;
+        }
+        self.trust_tried_at = Some(now);
+        let timeout = self.connector.timeouts.request;
+        let fetched = crate::trust::fetch(
+            &self.identity,
+            &self.profile.trust_anchors_pem,
+            self.profile.version,
+            timeout,
+        )
+        .await;
+        let (url, bundle) = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    id = ids::TRUST_RECOVERY_FAILED,
+                    "the agent site's certificate is untrusted and no trust bundle helped: {e}"
+                );
+                return false;
+            }
+        };
+        let added: Vec<String> = bundle
+            .trust_anchors_pem
+            .iter()
+            .filter(|a| {
+                !self
+                    .profile
+                    .trust_anchors_pem
+                    .iter()
+                    .any(|h| h.trim() == a.trim())
+            })
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            tracing::warn!(
+                id = ids::TRUST_RECOVERY_FAILED,
+                "the signed trust bundle from {url} (profile version {}) adds no anchor this agent lacks; the certificate is untrusted for another reason",
+                bundle.profile_version
+            );
+            return false;
+        }
+        let mut profile = self.profile.clone();
+        profile.trust_anchors_pem.extend(added.iter().cloned());
+        let connector = match build_connector(&profile, &self.identity, &self.key_pem, &self.crls) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    id = ids::TRUST_RECOVERY_FAILED,
+                    "the anchors of the trust bundle from {url} are unusable: {e}"
+                );
+                return false;
+            }
+        };
+        // Kept on disk too, so a restart before the next configuration still connects. The
+        // configuration version is left as it was: the server sends the whole new one.
+        if let Some(cfg) = self.config.as_mut() {
+            cfg.profile.trust_anchors_pem = profile.trust_anchors_pem.clone();
+            if let Err(e) = self.dir.store_config(cfg) {
+                tracing::warn!(
+                    id = ids::STORE_FAILED,
+                    "cannot store the recovered trust anchors: {e}"
+                );
+            }
+        }
+        self.connector = connector;
+        self.gateway_connectors =
+            build_gateway_connectors(&profile, &self.identity, &self.key_pem, &self.crls);
+        self.conn = None;
+        self.profile = profile;
+        let subjects: Vec<String> = added
+            .iter()
+            .filter_map(|p| {
+                net::parse_certs(p)
+                    .ok()?
+                    .first()
+                    .and_then(|d| CertFacts::from_der(d).ok())
+            })
+            .map(|f| f.subject)
+            .collect();
+        let message = format!(
+            "the agent site's certificate was untrusted (a certificate rollover while this agent was away); the trust bundle from {url}, signed by the platform root, added {} ({}); reconnecting",
+            subjects.join(", "),
+            if added.len() == 1 {
+                "1 anchor".to_owned()
+            } else {
+                format!("{} anchors", added.len())
+            }
+        );
+        tracing::info!(id = ids::TRUST_RECOVERED, "{message}");
+        self.set_pending(ids::TRUST_RECOVERED, message);
+        true
+    }
+
+    /// Renews the client certificate over the open connection (still authenticated with the
+    /// current one) and switches to the new identity; `false` when it did not happen (the
+    /// current identity keeps working and the server asks again next time).
+    async fn renew_certificate(&mut self) -> bool {
+        let timeout = self.connector.timeouts.request;
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let renewed = match crate::renew::renew(&self.dir, &self.identity, conn, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    id = ids::CERT_RENEW_FAILED,
+                    "renewing the client certificate failed: {e}; the current one keeps working and renewal is tried again at the next check-in"
+                );
+                return false;
+            }
+        };
+        // On disk already: from here on only the new pair is used, by every connection.
+        match build_connector(
+            &self.profile,
+            &renewed.identity,
+            &renewed.key_pem,
+            &self.crls,
+        ) {
+            Ok(c) => self.connector = c,
+            Err(e) => {
+                // Not expected (the pair was checked before it was committed); the restart
+                // that a broken connector forces would load the same committed files.
+                tracing::error!(
+                    id = ids::IDENTITY_INVALID,
+                    "the renewed identity cannot be used: {e}"
+                );
+                return false;
+            }
+        }
+        self.gateway_connectors = build_gateway_connectors(
+            &self.profile,
+            &renewed.identity,
+            &renewed.key_pem,
+            &self.crls,
+        );
+        self.conn = None;
+        tracing::info!(
+            id = ids::CERT_RENEWED,
+            "client certificate renewed (serial {}, valid until {}); the previous one is retired once the server sees the new one",
+            renewed.serial,
+            renewed.not_after
+        );
+        self.identity = renewed.identity;
+        self.key_pem = renewed.key_pem;
+        self.state.cert_warned_at = None;
+        true
     }
 
     /// The ways to try, in order: the LAN servers, then the gateways not set aside (all of
@@ -1000,7 +1188,7 @@ impl Agent {
             )
         } else {
             format!(
-                "this agent's certificate ({}) expires at {} ({days} day(s)); enroll again with a new package before then",
+                "this agent's certificate ({}) expires at {} ({days} day(s)) and has not been renewed yet; if renewals fail (this log says why), enroll again with a new package before then",
                 facts.subject,
                 rfc3339(facts.not_after)
             )

@@ -81,6 +81,10 @@ pub enum EnrollError {
     /// No server of the profile could be reached; one fault per server tried.
     #[error("no server of the profile could be reached: {}", join_faults(.0))]
     Unreachable(Vec<Fault>),
+    /// No Kerberos token could be made as this host (no keytab entry for `host/<name>`, no
+    /// KDC, clock skew), for every server of the profile.
+    #[error("cannot authenticate as this host with Kerberos: {0}")]
+    Kerberos(String),
     /// The server's answer is unusable (certificate not for our key, unreadable PEM).
     #[error("the enrollment answer from {server} is unusable: {reason}")]
     BadAnswer {
@@ -108,6 +112,7 @@ impl EnrollError {
             EnrollError::Rejected(f) => f.id(),
             EnrollError::Unreachable(f) => f.last().map_or(ids::CONNECTION_FAILED, Fault::id),
             EnrollError::BadAnswer { .. } => ids::PROTOCOL_ERROR,
+            EnrollError::Kerberos(_) => "AGENT-ENROLL-KERBEROS",
         }
     }
 
@@ -120,10 +125,37 @@ impl EnrollError {
     }
 }
 
+/// Event ID of a Kerberos enrollment that could not make its token (docs/diagnostics.md).
+#[cfg(feature = "kerberos")]
+use crate::events::ids::ENROLL_KERBEROS;
+
+/// How the agent proves it may enroll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// The package's bootstrap token.
+    Token,
+    /// The host's Kerberos identity (`host/<fqdn>` from the client keytab).
+    #[cfg(feature = "kerberos")]
+    Kerberos,
+}
+
 /// Enroll the data directory with the server named in the package. Every failure is also
 /// written to the agent log under its event ID.
 pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
-    let outcome = enroll_inner(opts).await;
+    enroll_with(opts, Proof::Token).await
+}
+
+/// Enroll with the host's Kerberos identity instead of the package's token (the package still
+/// gives the servers and the trust anchors). The principal is `host/<this host's name>@REALM`,
+/// its key read from the client keytab (`KRB5_CLIENT_KTNAME=/etc/krb5.keytab`); the server
+/// must allow it (`[auth] agent_kerberos_enrollment`).
+#[cfg(feature = "kerberos")]
+pub async fn enroll_kerberos(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
+    enroll_with(opts, Proof::Kerberos).await
+}
+
+async fn enroll_with(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, EnrollError> {
+    let outcome = enroll_inner(opts, proof).await;
     if let Err(e) = &outcome {
         match e {
             // Logged where they happened, once per server tried.
@@ -134,7 +166,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     outcome
 }
 
-async fn enroll_inner(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
+async fn enroll_inner(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, EnrollError> {
     let pkg = package::read_package(&opts.package).map_err(|source| EnrollError::Package {
         path: opts.package.display().to_string(),
         source,
@@ -179,10 +211,42 @@ async fn enroll_inner(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
             source: PackageError::Malformed(e.to_string()),
         })?;
     let mut faults = Vec::new();
+    #[cfg(feature = "kerberos")]
+    let mut kerberos_faults: Vec<String> = Vec::new();
+    let _ = proof;
     let mut answer = None;
     for server in &pkg.profile.servers {
+        #[cfg(feature = "kerberos")]
+        let kerberos = match proof {
+            Proof::Token => None,
+            // A token per server: the SPN is HTTP/<that server's name>. GSSAPI blocks while
+            // it gets the host's ticket; enrollment runs nothing else meanwhile.
+            Proof::Kerberos => match steward_kerberos::initiate_as_host(&server.host) {
+                Ok(init) => Some(steward_proto::KerberosEnrollRequest {
+                    negotiate_token: init.token,
+                    csr_pem: request.csr_pem.clone(),
+                    agent_version: request.agent_version.clone(),
+                }),
+                Err(e) => {
+                    tracing::error!(
+                        id = ENROLL_KERBEROS,
+                        "no Kerberos token for HTTP/{} as this host: {e}",
+                        server.host
+                    );
+                    kerberos_faults.push(format!("HTTP/{}: {e}", server.host));
+                    continue;
+                }
+            },
+        };
         let result = async {
             let mut conn = connector.connect(server).await?;
+            #[cfg(feature = "kerberos")]
+            if let Some(k) = &kerberos {
+                let resp: EnrollResponse = conn
+                    .post_json(paths::ENROLL_KERBEROS, k, connector.timeouts.request)
+                    .await?;
+                return Ok::<_, Fault>((conn.base_url().to_owned(), resp));
+            }
             let resp: EnrollResponse = conn
                 .post_json(paths::ENROLL, &request, connector.timeouts.request)
                 .await?;
@@ -209,6 +273,10 @@ async fn enroll_inner(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     }
     let Some((server, resp)) = answer else {
         let _ = fs::remove_file(dir.pending_key_path());
+        #[cfg(feature = "kerberos")]
+        if faults.is_empty() && !kerberos_faults.is_empty() {
+            return Err(EnrollError::Kerberos(kerberos_faults.join("; ")));
+        }
         return Err(EnrollError::Unreachable(faults));
     };
 

@@ -50,6 +50,9 @@ pub mod ids {
     pub const CERT_EXPIRING: &str = "AGENT-CERT-EXPIRING";
     /// The bootstrap package is unreadable, corrupt, truncated or not a package.
     pub const PACKAGE_INVALID: &str = "AGENT-PACKAGE-INVALID";
+    /// Enrollment with the host's Kerberos identity failed (no host keytab, no ticket for the
+    /// server's `HTTP/` principal, or the server refused it).
+    pub const ENROLL_KERBEROS: &str = "AGENT-ENROLL-KERBEROS";
     /// The stored identity (key, certificate) is missing, unreadable or does not match.
     pub const IDENTITY_INVALID: &str = "AGENT-IDENTITY-INVALID";
     /// A server name does not resolve.
@@ -82,6 +85,17 @@ pub mod ids {
     pub const GATEWAY_THUMBPRINT: &str = "AGENT-GATEWAY-THUMBPRINT";
     /// Every way to the server failed this round; the message names the delay before the next.
     pub const BACKOFF: &str = "AGENT-BACKOFF";
+    /// The client certificate was renewed (new key made here) and is in use from now on.
+    pub const CERT_RENEWED: &str = "AGENT-CERT-RENEWED";
+    /// A renewal the server asked for failed; the current certificate keeps working and the
+    /// renewal is tried again at the next check-in.
+    pub const CERT_RENEW_FAILED: &str = "AGENT-CERT-RENEW-FAILED";
+    /// The agent site's certificate was untrusted; the signed trust bundle supplied the new
+    /// root and the agent reconnected (it slept through a certificate rollover).
+    pub const TRUST_RECOVERED: &str = "AGENT-TRUST-RECOVERED";
+    /// The signed trust bundle could not be fetched or verified after an untrusted
+    /// certificate; the agent keeps retrying.
+    pub const TRUST_RECOVERY_FAILED: &str = "AGENT-TRUST-RECOVERY-FAILED";
 
     /// Every ID the agent writes.
     pub const ALL: &[&str] = &[
@@ -98,6 +112,7 @@ pub mod ids {
         RESULT_ACKED,
         CERT_EXPIRING,
         PACKAGE_INVALID,
+        ENROLL_KERBEROS,
         IDENTITY_INVALID,
         DNS_FAILED,
         CONNECTION_REFUSED,
@@ -114,6 +129,10 @@ pub mod ids {
         STORE_FAILED,
         GATEWAY_THUMBPRINT,
         BACKOFF,
+        CERT_RENEWED,
+        CERT_RENEW_FAILED,
+        TRUST_RECOVERED,
+        TRUST_RECOVERY_FAILED,
     ];
 }
 

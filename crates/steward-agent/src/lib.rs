@@ -24,9 +24,13 @@ pub mod events;
 pub mod inventory;
 pub mod net;
 pub mod package;
+pub mod renew;
 pub mod status;
 pub mod store;
 pub mod task;
+pub mod trust;
 
 pub use agent::{DEFAULT_GATEWAY_SET_ASIDE, RunError, RunOptions, run};
+#[cfg(feature = "kerberos")]
+pub use enroll::enroll_kerberos;
 pub use enroll::{EnrollError, EnrollOptions, Enrolled, enroll};

@@ -36,6 +36,11 @@ enum Command {
         /// The name the console shows for this device [default: the host name].
         #[arg(long)]
         name: Option<String>,
+        /// Enroll with this host's Kerberos identity (host/<fqdn> from the keytab in
+        /// KRB5_CLIENT_KTNAME, e.g. /etc/krb5.keytab) instead of the package's token; the
+        /// server must allow it. Needs an agent built with the `kerberos` feature.
+        #[arg(long)]
+        kerberos: bool,
     },
     /// Check in, apply configuration, run tasks; until SIGINT/SIGTERM.
     Run {
@@ -112,6 +117,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+#[cfg(feature = "kerberos")]
+fn enroll_kerberos(
+    opts: &EnrollOptions,
+) -> anyhow::Result<Result<steward_agent::Enrolled, steward_agent::EnrollError>> {
+    Ok(runtime()?.block_on(steward_agent::enroll_kerberos(opts)))
+}
+
+#[cfg(not(feature = "kerberos"))]
+fn enroll_kerberos(
+    _opts: &EnrollOptions,
+) -> anyhow::Result<Result<steward_agent::Enrolled, steward_agent::EnrollError>> {
+    anyhow::bail!(
+        "this steward-agent was built without Kerberos: rebuild it with `--features kerberos` \
+         (it then links MIT krb5), or enroll with the package's token"
+    )
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Enroll {
@@ -119,6 +141,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             force,
             name,
+            kerberos,
         } => {
             let dir = steward_agent::store::DataDir::new(&data_dir);
             dir.create()
@@ -135,7 +158,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 force,
                 name,
             };
-            match runtime()?.block_on(steward_agent::enroll(&opts)) {
+            let outcome = if kerberos {
+                enroll_kerberos(&opts)?
+            } else {
+                runtime()?.block_on(steward_agent::enroll(&opts))
+            };
+            match outcome {
                 Ok(done) => {
                     println!(
                         "enrolled as device {} via {}; certificate {} valid until {}",

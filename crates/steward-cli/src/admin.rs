@@ -3,6 +3,12 @@
 //! Where to connect and as whom comes from flags, then the environment, then the server's data
 //! directory (when run on the server host: its console address, platform root and local admin
 //! token), so `steward devices list --data-dir /var/lib/steward` needs nothing else.
+//!
+//! Authentication (`--auth`): `negotiate` (Kerberos from the user's credential cache, one
+//! SPNEGO token per request, the server's answer checked for mutual authentication),
+//! `password` (log in with a local account, then a bearer token) or `token` (the data
+//! directory's admin token). Without `--auth`: a password if one is given, else Negotiate
+//! when the credential cache holds a ticket, else the admin token.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -39,13 +45,36 @@ pub(crate) struct Conn {
     /// The server's data directory, when run on the server host.
     #[arg(long, env = "STEWARD_DATA_DIR", value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// How to authenticate [default: password if one is given, else negotiate when a Kerberos
+    /// ticket exists, else the data directory's admin token].
+    #[arg(long, env = "STEWARD_AUTH", value_enum, global = true)]
+    auth: Option<AuthMethod>,
+}
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AuthMethod {
+    /// Kerberos (SPNEGO) with the ticket in the credential cache (kinit first).
+    Negotiate,
+    /// A local account's password (--password-file or STEWARD_PASSWORD).
+    Password,
+    /// The admin token in the server's data directory.
+    Token,
+}
+
+/// The credential every request carries.
+enum Credential {
+    /// `Authorization: Bearer`.
+    Bearer(String),
+    /// `Authorization: Negotiate`, a fresh token per request for `HTTP/<host>`.
+    Negotiate { host: String },
 }
 
 /// An authenticated admin API client.
 pub(crate) struct Admin {
     http: reqwest::Client,
     base: String,
-    token: String,
+    cred: Credential,
 }
 
 impl Conn {
@@ -57,6 +86,7 @@ impl Conn {
             password_file: None,
             ca: None,
             data_dir: Some(dir.to_path_buf()),
+            auth: Some(AuthMethod::Token),
         }
     }
 
@@ -98,8 +128,28 @@ impl Conn {
             ),
             None => std::env::var("STEWARD_PASSWORD").ok(),
         };
-        let token = match (password, data_dir) {
-            (Some(password), _) => {
+        let method = match self.auth {
+            Some(m) => m,
+            None if password.is_some() => AuthMethod::Password,
+            None if steward_kerberos::have_ticket() => AuthMethod::Negotiate,
+            None => AuthMethod::Token,
+        };
+        let cred = match method {
+            AuthMethod::Negotiate => {
+                let url =
+                    reqwest::Url::parse(&base).with_context(|| format!("{base} is not a URL"))?;
+                let host = url
+                    .host_str()
+                    .with_context(|| format!("{base} names no host"))?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                Credential::Negotiate { host }
+            }
+            AuthMethod::Password => {
+                let Some(password) = password else {
+                    bail!("--auth password needs --password-file FILE or STEWARD_PASSWORD");
+                };
                 let login = LoginRequest {
                     username: self.user.clone(),
                     password,
@@ -109,18 +159,25 @@ impl Conn {
                     &base,
                 )
                 .await?;
-                resp.token
+                Credential::Bearer(resp.token)
             }
-            (None, Some(d)) => {
+            AuthMethod::Token => {
+                let Some(d) = data_dir else {
+                    bail!(
+                        "no credentials: kinit (Kerberos), --password-file FILE or \
+                         STEWARD_PASSWORD, or --data-dir on the server host"
+                    );
+                };
                 let f = steward_server::DataDir::new(d).admin_token();
-                std::fs::read_to_string(&f)
-                    .with_context(|| format!("cannot read the local admin token {} (run as the server's user, or give --password-file)", f.display()))?
-                    .trim()
-                    .to_owned()
+                Credential::Bearer(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read the local admin token {} (run as the server's user, or give --password-file)", f.display()))?
+                        .trim()
+                        .to_owned(),
+                )
             }
-            (None, None) => bail!("no credentials: use --password-file FILE or STEWARD_PASSWORD"),
         };
-        Ok(Admin { http, base, token })
+        Ok(Admin { http, base, cred })
     }
 }
 
@@ -186,30 +243,82 @@ fn describe(e: reqwest::Error, base: &str) -> anyhow::Error {
 }
 
 impl Admin {
+    /// Sends `req` with the credential; with Negotiate, checks the server's mutual
+    /// authentication token on success.
+    async fn exec(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Vec<u8>)> {
+        let (req, initiation) = match &self.cred {
+            Credential::Bearer(t) => (req.bearer_auth(t), None),
+            Credential::Negotiate { host } => {
+                // GSSAPI blocks while it fetches a service ticket; this CLI runs one request
+                // at a time on a current-thread runtime, so nothing else waits on it.
+                let init = steward_kerberos::initiate(host)
+                    .map_err(|e| anyhow::anyhow!("Negotiate (Kerberos) for HTTP/{host}: {e}"))?;
+                let value = format!("Negotiate {}", init.token);
+                (
+                    req.header(reqwest::header::AUTHORIZATION, value),
+                    Some(init),
+                )
+            }
+        };
+        let resp = req.send().await.map_err(|e| describe(e, &self.base))?;
+        let status = resp.status();
+        if let Some(init) = initiation
+            && status.is_success()
+        {
+            let server_token = resp
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix("Negotiate "))
+                .map(str::to_owned);
+            init.finish(server_token.as_deref()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} answered, but {e}: refusing its answer (it may not be the server it \
+                     claims to be)",
+                    self.base
+                )
+            })?;
+        }
+        let body = resp.bytes().await.map_err(|e| describe(e, &self.base))?;
+        Ok((status, body.to_vec()))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let (status, body) = self.exec(req).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body, &self.base));
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from {}", self.base))
+    }
+
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        send(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(&self.token),
-            &self.base,
-        )
-        .await
+        self.json(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// A POST without a body whose success is 204 No Content.
     pub(crate) async fn post_no_content(&self, path: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| describe(e, &self.base))?;
-        let status = resp.status();
+        let (status, body) = self
+            .exec(self.http.post(format!("{}{path}", self.base)))
+            .await?;
         if status.is_success() {
             return Ok(());
         }
-        let body = resp.bytes().await.map_err(|e| describe(e, &self.base))?;
+        Err(api_error(status, &body, &self.base))
+    }
+
+    pub(crate) async fn delete_no_content(&self, path: &str) -> anyhow::Result<()> {
+        let (status, body) = self
+            .exec(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
         Err(api_error(status, &body, &self.base))
     }
 
@@ -218,14 +327,8 @@ impl Admin {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        send(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(&self.token)
-                .json(body),
-            &self.base,
-        )
-        .await
+        self.json(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 }
 
@@ -270,6 +373,13 @@ pub(crate) fn devices_list(conn: &Conn, format: Format) -> anyhow::Result<ExitCo
                 ],
                 &rows,
             );
+            // Certificates that expire within 30 days are not being renewed: said below the
+            // table, so they are not lost in a column.
+            for d in &devices {
+                if let Some(w) = &d.cert_warning {
+                    println!("warning: {}: {w}", d.name);
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -280,6 +390,14 @@ pub(crate) fn revoke(conn: &Conn, path: &str, what: &str, id: &str) -> anyhow::R
     let path = path.replace("{id}", &percent_encode(id));
     runtime()?.block_on(async { conn.connect().await?.post_no_content(&path).await })?;
     println!("{what} {id} revoked; the CRL is re-signed and it is refused from now on");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `steward devices delete`: the device's certificate is revoked and the row removed.
+pub(crate) fn delete_device(conn: &Conn, id: &str) -> anyhow::Result<ExitCode> {
+    let path = paths::DEVICE.replace("{id}", &percent_encode(id));
+    runtime()?.block_on(async { conn.connect().await?.delete_no_content(&path).await })?;
+    println!("device {id} deleted; its certificate is revoked and the CRL is re-signed");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -45,6 +45,9 @@ enum Command {
     /// The internet gateway: join tokens, joining, running.
     #[command(subcommand)]
     Gateway(crate::gateway_cmd::GatewayCmd),
+    /// The swarm benchmark: bulk identities, simulated agents, the handshake ceiling.
+    #[command(subcommand)]
+    Bench(crate::bench_cmd::BenchCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +63,14 @@ enum Devices {
     /// Revoke a device's certificate: the server and gateways refuse it from now on (the CRL
     /// is re-signed at once). It must be enrolled again with a new package to come back.
     Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// The device's name or ID.
+        device: String,
+    },
+    /// Delete a device. Its certificate is revoked first (and stays in the CRLs), so a
+    /// deleted device can never check in again; it must enroll anew.
+    Delete {
         #[command(flatten)]
         conn: Conn,
         /// The device's name or ID.
@@ -138,6 +149,10 @@ enum Doctor {
     /// with an agent's data directory the ping through to the server); exit 0 ok, 1 warnings,
     /// 2 errors.
     Gateway(crate::doctor_gateway::GatewayArgs),
+    /// Check the server's Kerberos (Negotiate) setup: keytab, an HTTP/<name> SPN per name,
+    /// key versions against the KDC, KDC reachability, clock skew, name resolution, and a
+    /// service ticket from your credential cache (kinit first); exit 1 on an error.
+    Kerberos(crate::doctor_kerberos::KerberosArgs),
     /// Read an agent log and name each fault found in it, with its remedy.
     Logs {
         /// The agent log (DATA_DIR/logs/agent.log*).
@@ -221,6 +236,7 @@ impl Cli {
                 crate::doctor_cert::run(&args, env_password)
             }
             Command::Doctor(Doctor::Gateway(args)) => crate::doctor_gateway::run(&args),
+            Command::Doctor(Doctor::Kerberos(args)) => crate::doctor_kerberos::run(&args),
             Command::Doctor(Doctor::Logs { file, format }) => {
                 crate::doctor_logs::run(&file, format)
             }
@@ -231,8 +247,12 @@ impl Cli {
             Command::Demo { what: None, out } => crate::demo::run(out.as_deref()),
             Command::Server(cmd) => crate::server_cmd::run(cmd),
             Command::Gateway(cmd) => crate::gateway_cmd::run(cmd),
+            Command::Bench(cmd) => crate::bench_cmd::run(cmd),
             Command::Devices(Devices::List { conn, format }) => {
                 crate::admin::devices_list(&conn, format)
+            }
+            Command::Devices(Devices::Delete { conn, device }) => {
+                crate::admin::delete_device(&conn, &device)
             }
             Command::Devices(Devices::Revoke { conn, device }) => crate::admin::revoke(
                 &conn,

@@ -119,6 +119,10 @@ pub(crate) struct RunArgs {
     /// previous ports or promote a staged certificate).
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     report_interval: u64,
+    /// Seconds between fetches of the CRL: a revoked agent is refused at this edge within
+    /// one refresh (the server itself refuses it at once).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    crl_refresh_secs: u64,
 }
 
 /// No certificate file is this large; refuse before reading it all into memory.
@@ -168,7 +172,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<ExitCode> {
                     RunOptions {
                         listen: a.listen,
                         report_interval: Duration::from_secs(a.report_interval),
-                        ..RunOptions::default()
+                        crl_refresh: Duration::from_secs(a.crl_refresh_secs),
                     },
                 )
                 .await

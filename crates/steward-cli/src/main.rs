@@ -5,13 +5,16 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bench_cmd;
 mod cli;
 mod demo;
 mod demo_cert;
 mod doctor_cert;
 mod doctor_gateway;
+mod doctor_kerberos;
 mod doctor_logs;
 mod gateway_cmd;
+mod server_cert_cmd;
 mod server_cmd;
 mod telemetry;
 

@@ -15,6 +15,9 @@ pub(crate) enum ServerCmd {
     Init(InitArgs),
     /// Serve the agent site, the console/admin API and the CRLs until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// The listener certificates: status, renewal.
+    #[command(subcommand)]
+    Cert(crate::server_cert_cmd::CertCmd),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +69,7 @@ pub(crate) fn run(cmd: ServerCmd) -> anyhow::Result<ExitCode> {
         ServerCmd::Init(a) => init(a),
         ServerCmd::Run(a) if a.check_config => check(&a),
         ServerCmd::Run(a) => serve(a),
+        ServerCmd::Cert(c) => crate::server_cert_cmd::run(c),
     }
 }
 
@@ -138,6 +142,7 @@ fn check(a: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
+    select_keytab(&a.data_dir)?;
     crate::telemetry::init();
     let overrides = ServerOverrides {
         agent_addr: a.listen.agent_addr,
@@ -146,4 +151,44 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(steward_server::run(&a.data_dir, overrides))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Marks the process started by [`select_keytab`], so a keytab that still does not take
+/// cannot loop.
+const KEYTAB_REEXEC: &str = "STEWARD_KEYTAB_REEXEC";
+
+/// With Kerberos configured, makes `[auth] keytab` the process's acceptor keytab. GSSAPI (MIT)
+/// reads it from `KRB5_KTNAME` only, and changing the environment of a running process is not
+/// safe Rust (other threads may read it), so the server starts itself again, once, with the
+/// variable set — before any thread exists. The process ID stays the same (exec).
+fn select_keytab(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let dir = steward_server::DataDir::new(data_dir);
+    // A broken configuration is reported by the server itself, with its ID.
+    let Ok(cfg) = steward_server::Config::load(&dir) else {
+        return Ok(());
+    };
+    let kerberos = cfg.auth.uses_kerberos();
+    let Some(keytab) = cfg.auth.keytab.filter(|_| kerberos) else {
+        return Ok(());
+    };
+    let keytab = if keytab.is_absolute() {
+        keytab
+    } else {
+        dir.root().join(keytab)
+    };
+    let want = format!("FILE:{}", keytab.display());
+    if std::env::var("KRB5_KTNAME").ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    if std::env::var_os(KEYTAB_REEXEC).is_some() {
+        anyhow::bail!("KRB5_KTNAME is not {want} even after restarting with it set");
+    }
+    let exe = std::env::current_exe().context("cannot find the steward binary to restart")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("KRB5_KTNAME", &want)
+        .env(KEYTAB_REEXEC, "1")
+        .exec();
+    Err(err).context("cannot restart the server with KRB5_KTNAME set")
 }

@@ -607,8 +607,13 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
             "no certificate in the chain names a CRL distribution point".to_owned(),
         );
     }
+    // CRL times are whole seconds: so is the "now" they are compared with in messages.
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     let mut faults = Vec::new();
     let mut fetched = 0;
+    // Age and next-update of each CRL read, for the passing message: "fresh" is a claim about
+    // time, so the evidence is the times.
+    let mut timing = Vec::new();
     // CRLs whose issuer is not in the chain cannot have their signature checked; say so rather
     // than call them verified.
     let mut unverified = 0;
@@ -624,6 +629,7 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
             }
             (Ok(crl), "CERT-CRL-STALE") => {
                 fetched += 1;
+                timing.push(crl_timing(&c.url, crl, now));
                 if let Some(next) = crl.next_update
                     && next < now
                 {
@@ -636,10 +642,13 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
                 }
                 if crl.this_update > now {
                     faults.push(format!(
-                        "{}: this-update {} is {} in the future — the clocks of this host and the CA differ by at least that much",
+                        "{}: not yet valid: this-update {} is {} in the future — clock skew: \
+                         this host's clock ({}) is at least {} behind the CA's",
                         c.url,
                         rfc3339(crl.this_update),
-                        days(crl.this_update - now)
+                        span(crl.this_update - now),
+                        rfc3339(now),
+                        span(crl.this_update - now)
                     ));
                 }
                 match issuer.map(|i| crl.verify_signed_by(i)) {
@@ -691,10 +700,12 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
             Outcome::Pass(format!("{} distribution point(s) fetched", crls.len()))
         }
         "CERT-CRL-STALE" if fetched > 0 && unverified == 0 => Outcome::Pass(format!(
-            "{fetched} CRL(s) current and signed by their issuer"
+            "{fetched} CRL(s) current and signed by their issuer ({})",
+            timing.join("; ")
         )),
         "CERT-CRL-STALE" if fetched > 0 => Outcome::Pass(format!(
-            "{fetched} CRL(s) current; {unverified} not checked against an issuer missing from the chain"
+            "{fetched} CRL(s) current; {unverified} not checked against an issuer missing from the chain ({})",
+            timing.join("; ")
         )),
         "CERT-REVOKED" if fetched > 0 && unverified == 0 => {
             Outcome::Pass(format!("not listed in {fetched} CRL(s)"))
@@ -704,6 +715,35 @@ fn revocation(id: &str, ev: &CertEvidence, chain: &Chain, now: OffsetDateTime) -
         )),
         _ => Outcome::Skip("no CRL could be fetched".to_owned()),
     }
+}
+
+/// A duration as a person reads it: seconds, minutes, hours or days, whichever fits.
+fn span(d: Duration) -> String {
+    let s = d.whole_seconds().abs();
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// `URL: this-update T (age A), next-update N (in D)` for one CRL.
+fn crl_timing(url: &str, crl: &CrlFacts, now: OffsetDateTime) -> String {
+    let next = match crl.next_update {
+        Some(n) if n >= now => format!("next-update {} (in {})", rfc3339(n), span(n - now)),
+        Some(n) => format!("next-update {} ({} ago)", rfc3339(n), span(now - n)),
+        None => "no next-update".to_owned(),
+    };
+    let age = if crl.this_update <= now {
+        format!("age {}", span(now - crl.this_update))
+    } else {
+        format!("{} in the future", span(crl.this_update - now))
+    };
+    format!(
+        "{url}: this-update {} ({age}), {next}",
+        rfc3339(crl.this_update)
+    )
 }
 
 fn sans_text(c: &CertFacts) -> String {

@@ -73,6 +73,20 @@ pub const UNKNOWN_EVENT: &str = "AGENT-UNKNOWN-EVENT";
 pub const AGENT_EVENTS: &[AgentEvent] = &[
     info("AGENT-STARTED"),
     info("AGENT-BACKOFF"),
+    info("AGENT-CERT-RENEWED"),
+    info("AGENT-TRUST-RECOVERED"),
+    fault(
+        "AGENT-TRUST-RECOVERY-FAILED",
+        EventKind::Error,
+        true,
+        "The agent site's certificate is not trusted and the signed trust bundle did not help: make the CRL listener (the distribution point in the agent's certificate) reachable from the agent, or enroll the agent again with a new package.",
+    ),
+    fault(
+        "AGENT-CERT-RENEW-FAILED",
+        EventKind::Warning,
+        false,
+        "Read the cause in the message (data directory not writable, the server's ID such as AGENT-RENEW-CSR-INVALID); the current certificate keeps working and renewal is retried at every check-in.",
+    ),
     info("AGENT-STOPPED"),
     info("AGENT-ENROLLED"),
     info(CONNECTED),
@@ -104,6 +118,12 @@ pub const AGENT_EVENTS: &[AgentEvent] = &[
         EventKind::Error,
         false,
         "The bootstrap package is damaged, truncated or another file. Copy it again in binary mode, or write a new one with `steward package agent --out FILE`.",
+    ),
+    fault(
+        "AGENT-ENROLL-KERBEROS",
+        EventKind::Error,
+        false,
+        "Enrollment with the host's Kerberos identity failed. Check the host keytab (`klist -k`, `host/<fqdn>` present), that the server allows Kerberos enrollment (`[auth] agent_kerberos_enrollment`), and `steward doctor kerberos` on the server; or enroll with a bootstrap package.",
     ),
     fault(
         "AGENT-IDENTITY-INVALID",

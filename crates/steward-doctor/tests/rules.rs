@@ -579,3 +579,55 @@ fn every_id_is_documented() {
         );
     }
 }
+
+/// Issue 5: the doctor gives each CRL's age and next-update, and a CRL that is not yet valid
+/// names the clock skew.
+#[test]
+fn crl_age_next_update_and_skew_are_named() {
+    let w = world();
+    let mut ev = w.good.clone();
+    let crl = w
+        .issuing
+        .sign_crl(
+            &[],
+            w.now - Duration::minutes(30),
+            w.now + Duration::hours(47),
+            5,
+        )
+        .unwrap();
+    ev.revocation = Revocation::Checked(vec![CrlEvidence {
+        link: 0,
+        url: CDP.into(),
+        fetched: Ok(parse_crl(&crl).unwrap()),
+    }]);
+    let f = evaluate(&ev, Profile::Steward, w.now);
+    let stale = find(&f, "CERT-CRL-STALE");
+    assert_eq!(stale.severity, Severity::Ok);
+    assert!(stale.message.contains("(age 30 min)"), "{}", stale.message);
+    assert!(stale.message.contains("(in 47 h)"), "{}", stale.message);
+
+    let crl = w
+        .issuing
+        .sign_crl(
+            &[],
+            w.now + Duration::minutes(10),
+            w.now + Duration::days(2),
+            6,
+        )
+        .unwrap();
+    ev.revocation = Revocation::Checked(vec![CrlEvidence {
+        link: 0,
+        url: CDP.into(),
+        fetched: Ok(parse_crl(&crl).unwrap()),
+    }]);
+    let f = evaluate(&ev, Profile::Steward, w.now);
+    let stale = find(&f, "CERT-CRL-STALE");
+    assert_eq!(stale.severity, Severity::Error);
+    assert!(
+        stale.message.contains("not yet valid")
+            && stale.message.contains("clock skew")
+            && stale.message.contains("at least 10 min behind"),
+        "{}",
+        stale.message
+    );
+}

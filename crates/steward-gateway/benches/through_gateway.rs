@@ -25,24 +25,18 @@ mod support;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::RootCertStore;
-use rustls::client::Resumption;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use steward_gateway::{Gateway, JoinOptions, RunOptions};
-use steward_pki::{KeySpec, make_csr};
 use steward_proto::admin::NewGatewayToken;
-use steward_proto::{CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, paths};
+use steward_proto::paths;
 use steward_server::AdminUser;
-use support::{BenchServer, full_run, inventory, nothing_new, unchanged};
+use support::{
+    BenchServer, Conn, Identity, enroll, full_run, inventory, nothing_new, post, unchanged,
+};
 
 /// Set in the child: run the gateway from this data directory.
 const GATEWAY_ENV: &str = "STEWARD_BENCH_GATEWAY_DIR";
-/// A request slower than this counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most check-ins one agent makes in one scenario, whatever the time left.
 const MAX_PER_AGENT: usize = 2_000_000;
 
@@ -172,18 +166,6 @@ impl GatewayProc {
     }
 }
 
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Conn {
-    KeepAlive,
-    /// A new TCP connection and full mutual-TLS handshake for every check-in.
-    New,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
     Direct,
@@ -199,84 +181,15 @@ struct Target {
 impl Target {
     fn url(&self, path: Path, route: &str) -> String {
         match path {
-            Path::Direct => format!("https://localhost:{}{route}", self.direct.port()),
+            Path::Direct => support::agent_url(self.direct, route),
             // The gateway's certificate covers its external name, 127.0.0.2.
             Path::Gateway => format!("https://127.0.0.2:{}{route}", self.gateway.port()),
         }
     }
 
     fn client(&self, identity: Option<&Identity>, conn: Conn) -> reqwest::Client {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.root_pem.as_bytes()).unwrap())
-            .unwrap();
-        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let mut cfg = match identity {
-            Some(id) => b
-                .with_client_auth_cert(
-                    id.chain.clone(),
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())),
-                )
-                .unwrap(),
-            None => b.with_no_client_auth(),
-        };
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .no_proxy()
-            .resolve("localhost", self.direct);
-        if conn == Conn::New {
-            cfg.resumption = Resumption::disabled();
-            builder = builder.pool_max_idle_per_host(0);
-        }
-        builder.tls_backend_preconfigured(cfg).build().unwrap()
+        support::client(&self.root_pem, identity, conn, self.direct)
     }
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    req: &CheckinRequest,
-    conn: Conn,
-) -> Result<CheckinResponse, String> {
-    let mut r = http.post(url).json(req);
-    if conn == Conn::New {
-        r = r.header(reqwest::header::CONNECTION, "close");
-    }
-    let resp = r.send().await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("HTTP {status}"));
-    }
-    resp.json().await.map_err(|e| e.to_string())
-}
-
-async fn enroll(t: &Target, token: &str, i: usize) -> Identity {
-    let host = format!("bench-agent-{i:04}");
-    let (csr_pem, key) = make_csr(KeySpec::EcdsaP256, &host).unwrap();
-    let resp = t
-        .client(None, Conn::KeepAlive)
-        .post(t.url(Path::Direct, paths::ENROLL))
-        .json(&EnrollRequest {
-            token: token.into(),
-            csr_pem,
-            hostname: host,
-            agent_version: "0.1.0-bench".into(),
-        })
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "enrollment: {}", resp.status());
-    let e: EnrollResponse = resp.json().await.unwrap();
-    let mut chain = vec![CertificateDer::from_pem_slice(e.cert_pem.as_bytes()).unwrap()];
-    for c in &e.chain_pem {
-        chain.push(CertificateDer::from_pem_slice(c.as_bytes()).unwrap());
-    }
-    Identity { chain, key }
 }
 
 /// First contact: take the configuration, send the inventory, then one check-in on each
@@ -532,7 +445,7 @@ fn main() {
         let mut ids = Vec::with_capacity(agents);
         let mut version = 0;
         for i in 0..agents {
-            let id = enroll(&t, &token, i).await;
+            let id = enroll(&t.root_pem, t.direct, &token, i).await;
             version = prepare(&t, &id).await;
             ids.push(id);
         }

@@ -20,8 +20,8 @@ use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::CertificateRevocationListDer;
 use steward_proto::{
-    AGENT_CERT_HEADER, ApiError, GatewayReport, GatewayReportResponse, MAX_AGENT_BODY_BYTES,
-    ProbeTarget, ReachProbe, paths,
+    AGENT_CERT_HEADER, ApiError, GATEWAY_TIME_HEADER, GatewayReport, GatewayReportResponse,
+    MAX_AGENT_BODY_BYTES, ProbeTarget, ReachProbe, paths,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -985,5 +985,11 @@ async fn forward(
     if let Some(ct) = ct {
         out.headers_mut().insert(CONTENT_TYPE, ct);
     }
+    // Our clock, for clock-skew diagnosis between agent, gateway and server.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    out.headers_mut()
+        .insert(GATEWAY_TIME_HEADER, HeaderValue::from(secs));
     Ok(out)
 }

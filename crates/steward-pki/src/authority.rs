@@ -190,6 +190,17 @@ impl Authority {
         self.key.serialized_der()
     }
 
+    /// A detached signature of `msg` with the CA's key (the algorithm of its certificate's
+    /// signatures: ECDSA in ASN.1 form, RSA PKCS#1 v1.5, Ed25519). Verified by
+    /// [`verify_detached`] with the CA's certificate.
+    pub fn sign_detached(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
+        use rcgen::SigningKey as _;
+        self.key.sign(msg).map_err(|e| Error::Signing {
+            what: "a detached signature".to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, Error> {
         Issuer::from_ca_cert_der(&self.cert, &self.key)
             .map_err(|e| Error::CaMaterial(e.to_string()))
@@ -310,4 +321,45 @@ pub fn make_csr(spec: KeySpec, common_name: &str) -> Result<(String, Vec<u8>), E
     let csr = p.serialize_request(&key).map_err(|e| signing("CSR", e))?;
     let pem = csr.pem().map_err(|e| signing("CSR", e))?;
     Ok((pem, key.serialize_der()))
+}
+
+/// Whether `signature` over `msg` verifies with the public key of the certificate `signer`
+/// (DER). The algorithm follows the key: ECDSA P-256/SHA-256, P-384/SHA-384, Ed25519, RSA
+/// PKCS#1 v1.5 with SHA-256, -384 or -512.
+pub fn verify_detached(signer: &[u8], msg: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature as sig;
+    use x509_parser::prelude::FromDer as _;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(signer) else {
+        return false;
+    };
+    let spki = cert.public_key();
+    let key = spki.subject_public_key.data.as_ref();
+    let algs: &[&'static dyn sig::VerificationAlgorithm] =
+        match spki.algorithm.algorithm.to_id_string().as_str() {
+            // id-ecPublicKey: the curve decides the hash.
+            "1.2.840.10045.2.1" => match spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .as_deref()
+            {
+                Some("1.2.840.10045.3.1.7") => &[&sig::ECDSA_P256_SHA256_ASN1],
+                Some("1.3.132.0.34") => &[&sig::ECDSA_P384_SHA384_ASN1],
+                _ => &[],
+            },
+            "1.3.101.112" => &[&sig::ED25519],
+            "1.2.840.113549.1.1.1" => &[
+                &sig::RSA_PKCS1_2048_8192_SHA256,
+                &sig::RSA_PKCS1_2048_8192_SHA384,
+                &sig::RSA_PKCS1_2048_8192_SHA512,
+            ],
+            _ => &[],
+        };
+    algs.iter().any(|a| {
+        sig::UnparsedPublicKey::new(*a, key)
+            .verify(msg, signature)
+            .is_ok()
+    })
 }

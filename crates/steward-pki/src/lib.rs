@@ -17,7 +17,9 @@ mod keyspec;
 mod material;
 mod thumbprint;
 
-pub use authority::{Authority, IssuedCert, LeafRequest, Revoked, Usage, make_csr};
+pub use authority::{
+    Authority, IssuedCert, LeafRequest, Revoked, Usage, make_csr, verify_detached,
+};
 pub use chain::{Chain, ChainEnd, Link, LinkSource, SignatureCheck, build_chain};
 pub use crl::{CrlFacts, CrlSignature, parse_crl};
 pub use error::{Error, MaterialError};

@@ -345,3 +345,43 @@ fn csr_enrollment_keeps_the_key_with_the_requester() {
         Err(Error::Csr(_))
     ));
 }
+
+/// Issue 5: the platform root signs the trust bundle agents fetch after a rollover; only that
+/// root's signature over exactly those bytes verifies.
+#[test]
+fn detached_signatures_verify_only_with_the_signer_and_the_same_bytes() {
+    let now = OffsetDateTime::now_utc();
+    for spec in [
+        KeySpec::EcdsaP256,
+        KeySpec::EcdsaP384,
+        KeySpec::Ed25519,
+        KeySpec::Rsa {
+            bits: RsaBits::B2048,
+            hash: RsaHash::Sha384,
+        },
+    ] {
+        let root = Authority::new_root(
+            "Bundle Root",
+            spec,
+            now - Duration::days(1),
+            now + Duration::days(9),
+        )
+        .unwrap();
+        let other = Authority::new_root(
+            "Other Root",
+            spec,
+            now - Duration::days(1),
+            now + Duration::days(9),
+        )
+        .unwrap();
+        let msg = b"{\"trust_anchors_pem\":[]}";
+        let sig = root.sign_detached(msg).unwrap();
+        assert!(verify_detached(root.cert(), msg, &sig), "{spec:?}");
+        assert!(
+            !verify_detached(root.cert(), b"{\"trust_anchors_pem\":[1]}", &sig),
+            "{spec:?}"
+        );
+        assert!(!verify_detached(other.cert(), msg, &sig), "{spec:?}");
+        assert!(!verify_detached(b"not a certificate", msg, &sig));
+    }
+}

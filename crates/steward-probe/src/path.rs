@@ -31,7 +31,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 use steward_doctor::{Finding, RULES, Severity};
 use steward_pki::{CertFacts, OffsetDateTime, Thumbprint, rfc3339};
-use steward_proto::{ApiError, CommunicationProfile, Pong, paths};
+use steward_proto::{ApiError, CommunicationProfile, GATEWAY_TIME_HEADER, Pong, paths};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -762,16 +762,21 @@ async fn ping(
     let exchange = async {
         let response = sender.send_request(request).await?;
         let status = response.status();
+        let gateway_time = response
+            .headers()
+            .get(GATEWAY_TIME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
         let body = Limited::new(response.into_body(), MAX_PING_BYTES)
             .collect()
             .await
             .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
-        Ok::<_, hyper::Error>((status, body))
+        Ok::<_, hyper::Error>((status, body, gateway_time))
     };
     let answer = within(Stage::Response, &shown, timeout, exchange).await;
     driver.abort();
-    let (status, body) = match answer {
+    let (status, body, gateway_time) = match answer {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             // With TLS 1.3 a refused client certificate arrives after the handshake, here.
@@ -790,7 +795,7 @@ async fn ping(
         }
         Err(e) => return transport(out, e),
     };
-    judge_ping(target, status, &body, out)
+    judge_ping(target, status, &body, gateway_time, out)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -830,6 +835,7 @@ fn judge_ping(
     target: &PathTarget,
     status: StatusCode,
     body: &[u8],
+    gateway_time: Option<i64>,
     out: &mut Vec<Finding>,
 ) -> Result<(), ()> {
     if status == StatusCode::OK {
@@ -846,7 +852,12 @@ fn judge_ping(
                         pong.device_id, pong.server_time
                     ),
                 ));
-                if let Some(f) = clock_skew(&pong.server_time, OffsetDateTime::now_utc()) {
+                let now = OffsetDateTime::now_utc();
+                if let Some(f) = clock_skew(&pong.server_time, now) {
+                    out.push(f);
+                }
+                if let Some(f) = gateway_time.and_then(|g| gateway_skew(g, &pong.server_time, now))
+                {
                     out.push(f);
                 }
                 Ok(())
@@ -935,9 +946,73 @@ pub fn clock_skew(server_time: &str, now: OffsetDateTime) -> Option<Finding> {
     ))
 }
 
+/// `PATH-CLOCK-SKEW` naming the gateway when its clock (`gateway_secs`, from the header it
+/// adds to forwarded answers) is more than [`CLOCK_SKEW_LIMIT`] away from this host's or the
+/// server's: a gateway with a wrong clock refuses valid agent certificates or accepts a CRL as
+/// fresh when it is not.
+pub fn gateway_skew(gateway_secs: i64, server_time: &str, now: OffsetDateTime) -> Option<Finding> {
+    let limit = i64::try_from(CLOCK_SKEW_LIMIT.as_secs()).unwrap_or(i64::MAX);
+    let here = now.unix_timestamp() - gateway_secs;
+    let server = OffsetDateTime::parse(server_time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|s| s.unix_timestamp() - gateway_secs);
+    let side = |d: i64| if d > 0 { "ahead of" } else { "behind" };
+    let mut parts = Vec::new();
+    if here.abs() > limit {
+        parts.push(format!(
+            "this host's clock is {} s {} the gateway's",
+            here.abs(),
+            side(here)
+        ));
+    }
+    if let Some(s) = server.filter(|s| s.abs() > limit) {
+        parts.push(format!(
+            "the server's clock is {} s {} the gateway's",
+            s.abs(),
+            side(s)
+        ));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let gw = OffsetDateTime::from_unix_timestamp(gateway_secs)
+        .map_or_else(|_| gateway_secs.to_string(), rfc3339);
+    Some(bad(
+        ids::CLOCK_SKEW,
+        Severity::Warning,
+        format!(
+            "{} (gateway {gw}, server {server_time}, here {})",
+            parts.join("; "),
+            rfc3339(now)
+        ),
+        "Synchronise the clocks of the gateway, the server and the agents (NTP): the gateway judges agent certificates and CRL validity by its own clock.",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_clock_skew_names_the_gateway() {
+        let now = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time");
+        let server = rfc3339(now);
+        assert!(gateway_skew(now.unix_timestamp() - 30, &server, now).is_none());
+        let f = gateway_skew(now.unix_timestamp() - 3600, &server, now).expect("skew");
+        assert_eq!((f.id, f.severity), (ids::CLOCK_SKEW, Severity::Warning));
+        assert!(
+            f.message
+                .contains("this host's clock is 3600 s ahead of the gateway's"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message
+                .contains("the server's clock is 3600 s ahead of the gateway's"),
+            "{}",
+            f.message
+        );
+    }
 
     #[test]
     fn thumbprints_compare_without_case_or_separators() {

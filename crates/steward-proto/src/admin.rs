@@ -34,6 +34,110 @@ pub mod paths {
     pub const DEVICE_REVOKE: &str = "/api/v1/devices/{id}/revoke";
     /// GET → the OpenAPI 3.1 document of this API.
     pub const OPENAPI: &str = "/api/v1/openapi.json";
+    /// GET → `Vec<`[`super::ListenerCertStatus`]`>`: the server's listener certificates.
+    pub const SERVER_CERTS: &str = "/api/v1/server/certs";
+    /// POST `/api/v1/server/certs/{listener}/renew` (`agent` or `console`) →
+    /// [`super::ListenerCertStatus`]: a new certificate from the platform CA, served from the
+    /// next connection on.
+    pub const SERVER_CERT_RENEW: &str = "/api/v1/server/certs/{listener}/renew";
+    /// POST [`super::CertImport`] → [`super::ListenerCertStatus`]: stage a third-party
+    /// certificate (judged by the doctor's rules; refused with the findings on any error).
+    pub const SERVER_CERT_IMPORT: &str = "/api/v1/server/certs/{listener}/import";
+    /// POST [`super::CertFinalize`] → [`super::CertFinalized`]: the staged certificate goes
+    /// live (refused while agents have not acknowledged its root, unless forced).
+    pub const SERVER_CERT_FINALIZE: &str = "/api/v1/server/certs/{listener}/finalize";
+    /// POST → [`super::ListenerCertStatus`]: the staged certificate and its root are dropped.
+    pub const SERVER_CERT_ROLLBACK: &str = "/api/v1/server/certs/{listener}/rollback";
+}
+
+/// A third-party certificate to stage for a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertImport {
+    /// The file (PKCS#12, PEM or DER), base64 (standard alphabet).
+    pub file_base64: String,
+    /// The PKCS#12 password, if any.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The file's name, for the report.
+    #[serde(default)]
+    pub label: String,
+}
+
+/// Finalize a staged certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFinalize {
+    /// Go live although agents have not acknowledged the new root.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to a finalize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFinalized {
+    /// The listener as it is now.
+    pub status: ListenerCertStatus,
+    /// Agents (`name (id)`) that had not acknowledged the root when a forced finalize went
+    /// live: they cannot verify the new certificate until they recover.
+    #[serde(default)]
+    pub stranded: Vec<String>,
+    /// How stranded agents recover, when there are any.
+    #[serde(default)]
+    pub recovery: Option<String>,
+}
+
+/// A staged third-party certificate and how far its root has reached the agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedCert {
+    /// SHA-256 (upper-case hex) of the staged leaf.
+    pub sha256: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its root's subject (in the profile since `profile_version`).
+    pub root_subject: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339.
+    pub staged_at: String,
+    /// The profile version that first carries its root.
+    pub profile_version: u64,
+    /// Active (unrevoked) devices that acknowledged that version or a later one.
+    pub acknowledged: u64,
+    /// Active devices in all.
+    pub total: u64,
+    /// Devices (`name (id)`) that have not, the first 50.
+    pub pending: Vec<String>,
+}
+
+/// One of the server's listener certificates, as served now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerCertStatus {
+    /// `agent` or `console`.
+    pub listener: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// SHA-256 thumbprint (upper-case hex).
+    pub sha256: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Whether automatic renewal is due (it runs hourly).
+    #[serde(default)]
+    pub renewal_due: bool,
+    /// `CERT-EXPIRING-SOON: ...` within 30 days of expiry.
+    #[serde(default)]
+    pub warning: Option<String>,
+    /// The certificate served is a third-party one (its root is in the profile).
+    #[serde(default)]
+    pub third_party: bool,
+    /// A third-party certificate staged to replace it, and the distribution's progress.
+    #[serde(default)]
+    pub staged: Option<StagedCert>,
+    /// Findings of the doctor's rules (after an import: the warnings worth reading).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 /// Log in with a local account.
@@ -87,6 +191,16 @@ pub struct DeviceSummary {
     pub failed_attempts: Vec<crate::FailedAttempt>,
     /// Tags (targets for policies and tasks).
     pub tags: Vec<String>,
+    /// When its client certificate expires (RFC 3339), when the server recorded it.
+    #[serde(default)]
+    pub cert_expires_at: Option<String>,
+    /// `CERT-EXPIRING-SOON` with the date when the certificate expires within 30 days (the
+    /// agent renews well before; this means renewal is not happening).
+    #[serde(default)]
+    pub cert_warning: Option<String>,
+    /// A renewed certificate is issued and waits for the agent's first use of it.
+    #[serde(default)]
+    pub cert_renewal_pending: bool,
 }
 
 /// One device in full.

@@ -27,6 +27,10 @@ pub mod paths {
     /// POST [`crate::EnrollRequest`] → [`crate::EnrollResponse`]. The only agent route without a
     /// client certificate: the bootstrap token authenticates it.
     pub const ENROLL: &str = "/agent/v1/enroll";
+    /// POST [`crate::KerberosEnrollRequest`] → [`crate::EnrollResponse`]: enrollment with the
+    /// host's Kerberos identity (`host/<fqdn>` from the system keytab) instead of a bootstrap
+    /// token, when the server allows it (`[auth] agent_kerberos_enrollment`).
+    pub const ENROLL_KERBEROS: &str = "/agent/v1/enroll/kerberos";
     /// POST [`crate::CheckinRequest`] → [`crate::CheckinResponse`].
     pub const CHECKIN: &str = "/agent/v1/checkin";
     /// GET `?config_version=N` → 200 [`crate::WakeUp`] when there is work, 204 after the
@@ -44,12 +48,22 @@ pub mod paths {
     /// `GET`: the issuing CA's current CRL (DER), for enrolled gateways only (client
     /// certificate), so a DMZ needs no route to the server's plain-HTTP CRL port.
     pub const GATEWAY_CRL: &str = "/gateway/v1/crl";
+    /// POST [`crate::RenewRequest`] → [`crate::RenewResponse`]: an enrolled agent trades a
+    /// CSR for a new key (made on the computer) for a new client certificate, over its current
+    /// identity. The old certificate stays valid until the agent's first request with the new
+    /// one.
+    pub const RENEW: &str = "/agent/v1/renew";
 }
 
 /// The header through which an enrolled gateway states the agent identity it verified at its
 /// edge: the agent's client certificate, base64 (standard alphabet) of the DER. The server
 /// honours it only on connections authenticated with an enrolled gateway's certificate.
 pub const AGENT_CERT_HEADER: &str = "x-steward-agent-cert";
+
+/// The header a gateway adds to every answer it forwards: its own clock, in seconds since
+/// the Unix epoch, so a doctor can name clock skew between agent, gateway and server (the
+/// server's clock is in the ping's body).
+pub const GATEWAY_TIME_HEADER: &str = "x-steward-gateway-time";
 
 /// Transport of the agent site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -296,6 +310,19 @@ pub struct EnrollRequest {
     pub agent_version: String,
 }
 
+/// Enrollment of a domain-joined host with its Kerberos identity instead of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KerberosEnrollRequest {
+    /// A SPNEGO token (base64) for `HTTP/<server name>`, initiated as `host/<fqdn>@REALM`.
+    /// It travels in the body, not in `Authorization`, so the agent's one HTTP client serves
+    /// both enrollments.
+    pub negotiate_token: String,
+    /// PKCS#10 CSR in PEM.
+    pub csr_pem: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
 /// The agent's identity and first configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollResponse {
@@ -533,6 +560,62 @@ pub struct CheckinResponse {
     pub acked_results: Vec<u64>,
     /// The server wants the full inventory next time (it has none, or an unknown hash).
     pub send_inventory: bool,
+    /// The client certificate is due for renewal: the agent should renew it now
+    /// ([`paths::RENEW`]). Absent from older servers (false).
+    #[serde(default)]
+    pub renew_certificate: bool,
+}
+
+/// Where the server publishes the [`SignedTrustBundle`]: on the plain-HTTP CRL listener,
+/// next to the CRLs named in every agent certificate, so an agent whose TLS no longer
+/// verifies (it slept through a certificate rollover) can still reach it.
+pub const TRUST_BUNDLE_PATH: &str = "/trust/bundle.json";
+
+/// The trust anchors of the current communication profile, as the platform root vouches for
+/// them. Signed, not served over TLS: the agent fetching it may be unable to verify the TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustBundle {
+    /// [`TrustBundle::FORMAT`].
+    pub format: String,
+    /// The profile version these anchors are from.
+    pub profile_version: u64,
+    /// When it was signed (RFC 3339).
+    pub issued_at: String,
+    /// PEM certificates agents should trust for the server: the platform root, and the roots
+    /// of third-party listener certificates, live or staged.
+    pub trust_anchors_pem: Vec<String>,
+}
+
+impl TrustBundle {
+    /// The format tag.
+    pub const FORMAT: &'static str = "steward-trust/1";
+}
+
+/// A [`TrustBundle`] and the platform root's signature over its exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTrustBundle {
+    /// The bundle's JSON, base64 (standard alphabet): verified byte for byte, then parsed.
+    pub bundle_base64: String,
+    /// The signature by the platform root key, base64.
+    pub signature_base64: String,
+}
+
+/// A renewal: a new key's CSR, sent over the agent's current (still valid) identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PKCS#10 CSR in PEM for the new key.
+    pub csr_pem: String,
+}
+
+/// The renewed identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The new client certificate (PEM), same CN (device ID).
+    pub cert_pem: String,
+    /// Issuing chain above it (PEM).
+    pub chain_pem: Vec<String>,
+    /// Its notAfter (RFC 3339).
+    pub not_after: String,
 }
 
 /// Answer to a long-poll when there is something to do.

@@ -22,21 +22,15 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::RootCertStore;
-use rustls::client::Resumption;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use steward_pki::{KeySpec, make_csr};
-use steward_proto::{CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, paths};
-use support::{BenchServer, full_run, inventory, nothing_new, unchanged};
+use steward_proto::paths;
+use support::{
+    BenchServer, Conn, Identity, enroll, full_run, inventory, nothing_new, post, unchanged,
+};
 
 /// Most check-ins one agent makes in one scenario, whatever the time left.
 const MAX_PER_AGENT: usize = 2_000_000;
-/// A request that takes longer than this counts as an error (and ends that agent's run).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Settings {
     secs: u64,
@@ -84,103 +78,17 @@ impl Settings {
     }
 }
 
-/// An enrolled agent's identity.
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Conn {
-    KeepAlive,
-    /// A new TCP connection and full mutual-TLS handshake for every check-in.
-    New,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn roots(root_pem: &str) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
-        .unwrap();
-    roots
-}
-
 fn client(server: &BenchServer, identity: Option<&Identity>, conn: Conn) -> reqwest::Client {
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots(&server.root_pem));
-    let mut cfg = match identity {
-        Some(id) => b
-            .with_client_auth_cert(
-                id.chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    let mut builder = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .no_proxy()
-        .resolve("localhost", server.running().agent_addr);
-    if conn == Conn::New {
-        // Every check-in pays the full handshake, client certificate verification included.
-        cfg.resumption = Resumption::disabled();
-        builder = builder.pool_max_idle_per_host(0);
-    }
-    builder.tls_backend_preconfigured(cfg).build().unwrap()
-}
-
-fn agent_url(server: &BenchServer, path: &str) -> String {
-    format!(
-        "https://localhost:{}{path}",
-        server.running().agent_addr.port()
+    support::client(
+        &server.root_pem,
+        identity,
+        conn,
+        server.running().agent_addr,
     )
 }
 
-async fn enroll(server: &BenchServer, token: &str, i: usize) -> Identity {
-    let host = format!("bench-agent-{i:04}");
-    let (csr_pem, key) = make_csr(KeySpec::EcdsaP256, &host).unwrap();
-    let resp = client(server, None, Conn::KeepAlive)
-        .post(agent_url(server, paths::ENROLL))
-        .json(&EnrollRequest {
-            token: token.into(),
-            csr_pem,
-            hostname: host,
-            agent_version: "0.1.0-bench".into(),
-        })
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "enrollment: {}", resp.status());
-    let e: EnrollResponse = resp.json().await.unwrap();
-    let mut chain = vec![CertificateDer::from_pem_slice(e.cert_pem.as_bytes()).unwrap()];
-    for c in &e.chain_pem {
-        chain.push(CertificateDer::from_pem_slice(c.as_bytes()).unwrap());
-    }
-    Identity { chain, key }
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    req: &CheckinRequest,
-    conn: Conn,
-) -> Result<CheckinResponse, String> {
-    let mut r = http.post(url).json(req);
-    if conn == Conn::New {
-        r = r.header(reqwest::header::CONNECTION, "close");
-    }
-    let resp = r.send().await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("HTTP {status}"));
-    }
-    resp.json().await.map_err(|e| e.to_string())
+fn agent_url(server: &BenchServer, path: &str) -> String {
+    support::agent_url(server.running().agent_addr, path)
 }
 
 /// First contact of an enrolled agent: take the configuration, send the inventory. From then
@@ -464,7 +372,7 @@ fn main() {
     agent_rt.block_on(async {
         let mut ids = Vec::with_capacity(agents);
         for i in 0..agents {
-            let id = enroll(&server, &token, i).await;
+            let id = enroll(&server.root_pem, server.running().agent_addr, &token, i).await;
             prepare(&server, &id).await;
             ids.push(id);
         }

@@ -1,6 +1,8 @@
 //! The admin API (steward_proto::admin) on the console listener. Handlers only translate
-//! between HTTP and [`Service`]; authentication is the [`AdminUser`] extractor (bearer token,
-//! or the console's session cookie).
+//! between HTTP and [`Service`]; authentication is the [`AdminUser`] extractor: the
+//! [`Identity`] the `[auth]` middleware ([`crate::auth::layer`]) established from the
+//! `Authorization` header (Negotiate, Basic, Bearer) or the connection, else the console's
+//! session cookie.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use steward_proto::admin::{
 };
 
 use crate::ApiFailure;
+use crate::auth::{Identity, check_role, token_identity};
 use crate::http::{Peer, read_json};
 use crate::service::{AdminUser, SESSION_COOKIE, Service, missing_credentials};
 
@@ -28,7 +31,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route(paths::LOGIN, post(login))
         .route(paths::DEVICES, get(devices))
-        .route(paths::DEVICE, get(device))
+        .route(paths::DEVICE, get(device).delete(delete_device))
         .route(paths::TASKS, get(tasks).post(create_task))
         .route(paths::TASK, get(task))
         .route(paths::POLICIES, get(policies).post(put_policy))
@@ -38,6 +41,11 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route(paths::GATEWAY_REVOKE, post(revoke_gateway))
         .route(paths::DEVICE_REVOKE, post(revoke_device))
         .route(paths::OPENAPI, get(openapi))
+        .route(paths::SERVER_CERTS, get(server_certs))
+        .route(paths::SERVER_CERT_RENEW, post(renew_server_cert))
+        .route(paths::SERVER_CERT_IMPORT, post(import_server_cert))
+        .route(paths::SERVER_CERT_FINALIZE, post(finalize_server_cert))
+        .route(paths::SERVER_CERT_ROLLBACK, post(rollback_server_cert))
 }
 
 /// The token of a request: `Authorization: Bearer TOKEN`, else the session cookie.
@@ -71,8 +79,18 @@ impl FromRequestParts<Arc<Service>> for AdminUser {
         parts: &mut Parts,
         state: &Arc<Service>,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(id) = parts.extensions.get::<Identity>() {
+            return Ok(AdminUser {
+                username: id.principal.clone(),
+            });
+        }
+        // No Authorization header (the middleware handled those): the console's cookie.
         let token = request_token(&parts.headers).ok_or_else(missing_credentials)?;
-        state.authenticate(&token).await
+        let id = token_identity(state, &token).await?;
+        check_role(&id, &parts.method)?;
+        Ok(AdminUser {
+            username: id.principal,
+        })
     }
 }
 
@@ -220,6 +238,79 @@ async fn revoke_device(
 ) -> Result<axum::http::StatusCode, ApiFailure> {
     svc.revoke_device(&user, &id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Deleting a device revokes its certificate (the CRLs are re-signed before the answer).
+async fn delete_device(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiFailure> {
+    svc.delete_device(&user, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+async fn server_certs(
+    State(svc): State<Arc<Service>>,
+    _user: AdminUser,
+) -> Result<Json<Vec<steward_proto::admin::ListenerCertStatus>>, ApiFailure> {
+    Ok(Json(svc.listener_cert_status().await?))
+}
+
+async fn import_server_cert(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    user: AdminUser,
+    Path(listener): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<steward_proto::admin::ListenerCertStatus>, ApiFailure> {
+    let req: steward_proto::admin::CertImport = read_json(
+        &headers,
+        body,
+        MAX_ADMIN_BODY_BYTES,
+        "certificate import",
+        &who(&peer),
+    )
+    .await?;
+    Ok(Json(svc.stage_listener_cert(&user, &listener, req).await?))
+}
+
+async fn finalize_server_cert(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    user: AdminUser,
+    Path(listener): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<steward_proto::admin::CertFinalized>, ApiFailure> {
+    let req: steward_proto::admin::CertFinalize = read_json(
+        &headers,
+        body,
+        MAX_ADMIN_BODY_BYTES,
+        "certificate finalize",
+        &who(&peer),
+    )
+    .await?;
+    Ok(Json(
+        svc.finalize_listener_cert(&user, &listener, req).await?,
+    ))
+}
+
+async fn rollback_server_cert(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Path(listener): Path<String>,
+) -> Result<Json<steward_proto::admin::ListenerCertStatus>, ApiFailure> {
+    Ok(Json(svc.rollback_listener_cert(&user, &listener).await?))
+}
+
+async fn renew_server_cert(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+    Path(listener): Path<String>,
+) -> Result<Json<steward_proto::admin::ListenerCertStatus>, ApiFailure> {
+    Ok(Json(svc.renew_listener(&user, &listener).await?))
 }
 
 async fn openapi() -> Json<serde_json::Value> {

@@ -12,7 +12,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use steward_proto::{
     CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, GatewayJoinRequest,
-    GatewayJoinResponse, GatewayReport, GatewayReportResponse, MAX_AGENT_BODY_BYTES, Pong, paths,
+    GatewayJoinResponse, GatewayReport, GatewayReportResponse, MAX_AGENT_BODY_BYTES, Pong,
+    RenewRequest, RenewResponse, paths,
 };
 
 use crate::ApiFailure;
@@ -23,12 +24,14 @@ use crate::service::{Service, actual_path};
 pub(crate) fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route(paths::ENROLL, post(enroll))
+        .route(paths::ENROLL_KERBEROS, post(enroll_kerberos))
         .route(paths::CHECKIN, post(checkin))
         .route(paths::WAIT, get(wait))
         .route(paths::PING, get(ping))
         .route(paths::GATEWAY_JOIN, post(gateway_join))
         .route(paths::GATEWAY_REPORT, post(gateway_report))
         .route(paths::GATEWAY_CRL, get(gateway_crl))
+        .route(paths::RENEW, post(renew))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(service)
@@ -44,6 +47,25 @@ async fn enroll(
     let req: EnrollRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "enroll", &who).await?;
     Ok(Json(svc.enroll(req, &who).await?))
+}
+
+/// Enrollment with the host's Kerberos identity (see [`crate::auth::enroll_kerberos`]).
+async fn enroll_kerberos(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EnrollResponse>, ApiFailure> {
+    let who = peer.addr.to_string();
+    let req: steward_proto::KerberosEnrollRequest = read_json(
+        &headers,
+        body,
+        MAX_AGENT_BODY_BYTES,
+        "Kerberos enroll",
+        &who,
+    )
+    .await?;
+    Ok(Json(crate::auth::enroll_kerberos(&svc, req, &who).await?))
 }
 
 async fn checkin(
@@ -83,6 +105,21 @@ async fn ping(
 ) -> Result<Json<Pong>, ApiFailure> {
     let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     Ok(Json(svc.ping(&device, via_gateway)))
+}
+
+/// Authenticated like a check-in (directly or through a gateway): the current identity (or
+/// an already staged renewal) asks for the next one.
+async fn renew(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RenewResponse>, ApiFailure> {
+    let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let who = format!("{} (device {})", peer.addr, device.id);
+    let req: RenewRequest =
+        read_json(&headers, body, MAX_AGENT_BODY_BYTES, "renewal", &who).await?;
+    Ok(Json(svc.renew(&device, req).await?))
 }
 
 async fn gateway_join(

@@ -3,6 +3,7 @@
 //! Every key is documented next to its default in the file `init` writes ([`render`]); unknown
 //! keys are refused, so a typo is named instead of silently ignored.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -121,6 +122,140 @@ pub struct Config {
     /// CRL publication.
     #[serde(default)]
     pub crl: Crl,
+    /// How admins (console, admin API) and, optionally, agents authenticate.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Certificate lifetimes and renewal (`[certs]`).
+    #[serde(default)]
+    pub certs: crate::lifecycle::Certs,
+}
+
+/// An authentication provider of `[auth] providers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// HTTP Negotiate (SPNEGO with Kerberos) against the keytab.
+    Negotiate,
+    /// Local accounts: `POST /api/v1/login`, the console's form, and HTTP Basic.
+    Password,
+}
+
+impl Provider {
+    /// The name used in config, logs and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Negotiate => "negotiate",
+            Provider::Password => "password",
+        }
+    }
+}
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything the admin API and console offer.
+    Admin,
+    /// Read only: GET requests; every change is refused with `AUTH-ROLE-FORBIDDEN`.
+    Viewer,
+}
+
+impl Role {
+    /// The name used in config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Providers in the order a 401 offers them.
+    pub providers: Vec<Provider>,
+    /// Keytab holding `HTTP/<name>` for every name in `fqdns` (needed by `negotiate`).
+    pub keytab: Option<PathBuf>,
+    /// Authenticate once per TLS connection and keep the principal for the connection's later
+    /// requests (IIS's `authPersistNonNTLM = true`), or authenticate every request.
+    pub persist_per_connection: bool,
+    /// Kerberos principal → role (`"alice@EXAMPLE.NET" = "admin"`). A principal not listed
+    /// is authenticated but not authorised (403 `AUTH-PRINCIPAL-UNKNOWN`).
+    pub roles: BTreeMap<String, Role>,
+    /// Let agents on domain-joined hosts enroll with the host's Kerberos identity
+    /// (`host/<fqdn>@REALM` from the system keytab) instead of a bootstrap token.
+    pub agent_kerberos_enrollment: bool,
+    /// Tags given to agents enrolled with Kerberos.
+    pub agent_kerberos_tags: Vec<String>,
+    /// An LDAP directory (`ldap://dc1.example.net`) where `steward doctor kerberos` would look
+    /// for duplicate SPNs.
+    pub ldap_url: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            providers: vec![Provider::Password],
+            keytab: None,
+            persist_per_connection: true,
+            roles: BTreeMap::new(),
+            agent_kerberos_enrollment: false,
+            agent_kerberos_tags: Vec::new(),
+            ldap_url: None,
+        }
+    }
+}
+
+impl Auth {
+    /// Whether `p` is configured.
+    pub fn allows(&self, p: Provider) -> bool {
+        self.providers.contains(&p)
+    }
+
+    /// Whether anything accepts Kerberos (the negotiate provider or agent enrollment).
+    pub fn uses_kerberos(&self) -> bool {
+        self.allows(Provider::Negotiate) || self.agent_kerberos_enrollment
+    }
+
+    /// The role of a Kerberos principal, if it has one.
+    pub fn role_of(&self, principal: &str) -> Option<Role> {
+        self.roles.get(principal).copied()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.providers.is_empty() {
+            return Err("auth.providers is empty: nobody could log in".to_owned());
+        }
+        let mut seen = Vec::new();
+        for p in &self.providers {
+            if seen.contains(p) {
+                return Err(format!("auth.providers lists {:?} twice", p.as_str()));
+            }
+            seen.push(*p);
+        }
+        if self.uses_kerberos()
+            && self
+                .keytab
+                .as_ref()
+                .is_none_or(|k| k.as_os_str().is_empty())
+        {
+            return Err(
+                "auth.keytab is not set: the negotiate provider and Kerberos enrollment need the keytab with \
+                 HTTP/<name> for every name in fqdns"
+                    .to_owned(),
+            );
+        }
+        for principal in self.roles.keys() {
+            if !principal.contains('@') {
+                return Err(format!(
+                    "auth.roles: {principal:?} is not a Kerberos principal (name@REALM)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[listen]`.
@@ -343,6 +478,8 @@ impl Config {
         if self.database.path.is_empty() {
             return Err("database.path is empty".to_owned());
         }
+        self.auth.validate()?;
+        self.certs.validate()?;
         Ok(())
     }
 
@@ -442,7 +579,32 @@ resign_interval_secs = {c_resign}
 # Seconds from a CRL's thisUpdate to its nextUpdate (at least twice the re-signing interval).
 # Default: {validity}
 validity_secs = {c_validity}
-"#,
+
+[auth]
+# How admins authenticate to the console and admin API, in the order a 401 offers them:
+# "negotiate" (Kerberos via SPNEGO, with the keytab below) and "password" (local accounts:
+# POST /api/v1/login, the console's form, HTTP Basic). NTLM is not supported (docs/kerberos.md).
+# Default: ["password"]
+providers = {providers}
+# Keytab with HTTP/<name>@REALM for every name in fqdns (needed by "negotiate"). The server
+# runs with KRB5_KTNAME set to it. Check it with `steward doctor kerberos`. Default: none.
+{keytab}
+# true: authenticate once per TLS connection and keep the principal for that connection's later
+# requests (IIS's authPersistNonNTLM = True); false: authenticate every request. Default: true
+persist_per_connection = {persist}
+# Let agents on domain-joined hosts enroll with host/<fqdn>@REALM from their system keytab
+# (`steward-agent enroll --kerberos`) instead of a bootstrap token. Default: false
+agent_kerberos_enrollment = {agent_krb}
+# Tags given to agents enrolled that way. Default: []
+agent_kerberos_tags = {agent_tags}
+# An LDAP directory where `steward doctor kerberos` would look for duplicate SPNs (the check is
+# reported as not done without one). Default: none.
+{ldap}
+
+# Kerberos principal -> role ("admin": everything; "viewer": read only). A principal not
+# listed is authenticated but not authorised (403 AUTH-PRINCIPAL-UNKNOWN). Default: none.
+[auth.roles]
+{roles}"#,
         fqdns = toml_list(&cfg.fqdns),
         ips = toml_list(&ips),
         agent_d = DEFAULT_AGENT_ADDR,
@@ -470,6 +632,33 @@ validity_secs = {c_validity}
         validity = c.validity_secs,
         c_resign = cfg.crl.resign_interval_secs,
         c_validity = cfg.crl.validity_secs,
+        providers = toml_list(
+            &cfg.auth
+                .providers
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect::<Vec<_>>()
+        ),
+        keytab = match &cfg.auth.keytab {
+            Some(k) => format!("keytab = {}", toml_str(&k.display().to_string())),
+            None => "# keytab = \"/etc/steward/http.keytab\"".to_owned(),
+        },
+        persist = cfg.auth.persist_per_connection,
+        agent_krb = cfg.auth.agent_kerberos_enrollment,
+        agent_tags = toml_list(&cfg.auth.agent_kerberos_tags),
+        ldap = match &cfg.auth.ldap_url {
+            Some(u) => format!("ldap_url = {}", toml_str(u)),
+            None => "# ldap_url = \"ldap://dc1.example.net\"".to_owned(),
+        },
+        roles = if cfg.auth.roles.is_empty() {
+            "# \"alice@EXAMPLE.NET\" = \"admin\"\n".to_owned()
+        } else {
+            cfg.auth
+                .roles
+                .iter()
+                .map(|(p, r)| format!("{} = \"{}\"\n", toml_str(p), r.as_str()))
+                .collect::<String>()
+        },
     )
 }
 
@@ -486,6 +675,8 @@ mod tests {
             database: Database::default(),
             agents: Agents::default(),
             crl: Crl::default(),
+            auth: Auth::default(),
+            certs: Default::default(),
         }
     }
 
@@ -500,6 +691,46 @@ mod tests {
             cfg.issuing_crl_url(),
             "http://smp.example.net:4728/crl/issuing.crl"
         );
+    }
+
+    #[test]
+    fn the_auth_section_round_trips_and_is_validated() {
+        let mut cfg = sample();
+        assert_eq!(cfg.auth.providers, vec![Provider::Password]);
+        assert!(cfg.auth.persist_per_connection);
+        cfg.auth.providers = vec![Provider::Negotiate, Provider::Password];
+        cfg.auth.keytab = Some(PathBuf::from("/etc/steward/http.keytab"));
+        cfg.auth.persist_per_connection = false;
+        cfg.auth
+            .roles
+            .insert("alice@EXAMPLE.NET".into(), Role::Admin);
+        cfg.auth
+            .roles
+            .insert("bob@EXAMPLE.NET".into(), Role::Viewer);
+        let text = render(&cfg);
+        let back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, cfg);
+        assert_eq!(back.auth.role_of("alice@EXAMPLE.NET"), Some(Role::Admin));
+        assert_eq!(back.auth.role_of("mallory@EXAMPLE.NET"), None);
+        assert!(cfg.validate().is_ok());
+
+        let mut bad = cfg.clone();
+        bad.auth.keytab = None;
+        assert!(bad.validate().unwrap_err().contains("auth.keytab"));
+        let mut bad = cfg.clone();
+        bad.auth.providers = vec![];
+        assert!(bad.validate().unwrap_err().contains("empty"));
+        let mut bad = cfg.clone();
+        bad.auth.providers = vec![Provider::Password, Provider::Password];
+        assert!(bad.validate().unwrap_err().contains("twice"));
+        let mut bad = cfg;
+        bad.auth.roles.insert("alice".into(), Role::Admin);
+        assert!(bad.validate().unwrap_err().contains("name@REALM"));
+        let err = toml::from_str::<Config>(&text.replace("\"negotiate\"", "\"ntlm\""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ntlm"), "{err}");
     }
 
     #[test]

@@ -142,26 +142,35 @@ pub fn check_config(data_dir: &Path) -> Result<ConfigReport, ServerError> {
 
     if let (Some(root), Some(issuing)) = (&root, &issuing) {
         findings.push(chain("issuing CA", issuing, &[], root));
-        if let Some(agent) = &agent {
-            findings.push(chain(
+        // A third-party certificate (`steward server cert import`) chains to its own root,
+        // which the profile carries; a platform-issued one to the platform root.
+        for (what, leaf, l) in [
+            (
                 "agent-site certificate",
-                agent,
-                std::slice::from_ref(issuing),
-                root,
-            ));
-        }
-        if let Some(console) = &console {
-            findings.push(chain(
+                &agent,
+                crate::renew::Listener::Agent,
+            ),
+            (
                 "console certificate",
-                console,
-                std::slice::from_ref(issuing),
-                root,
-            ));
+                &console,
+                crate::renew::Listener::Console,
+            ),
+        ] {
+            let Some(leaf) = leaf else { continue };
+            match crate::replace::third_party_chain(&dir, l) {
+                Some((intermediates, own_root)) => {
+                    findings.push(chain(what, leaf, &intermediates, &own_root));
+                }
+                None => findings.push(chain(what, leaf, std::slice::from_ref(issuing), root)),
+            }
         }
     }
     if let Some(agent) = &agent {
         findings.push(names(agent, &config));
-        findings.push(crl_url(agent, &config));
+        // A third-party certificate names its own CA's distribution point, not ours.
+        if !crate::replace::live_root_path(&dir, crate::renew::Listener::Agent).exists() {
+            findings.push(crl_url(agent, &config));
+        }
     }
     Ok(ConfigReport {
         data_dir: data_dir.to_owned(),
@@ -229,7 +238,7 @@ fn chain(what: &str, leaf: &CertFacts, supplied: &[CertFacts], root: &CertFacts)
         (ChainEnd::Anchor, None) => ok(
             "SERVER-CHAIN-BROKEN",
             format!(
-                "{what} chains to the platform root ({})",
+                "{what} chains to its root ({})",
                 c.links
                     .iter()
                     .map(|l| l.cert.subject.as_str())
@@ -244,7 +253,7 @@ fn chain(what: &str, leaf: &CertFacts, supplied: &[CertFacts], root: &CertFacts)
         (end, None) => err(
             "SERVER-CHAIN-BROKEN",
             format!(
-                "{what} ({}) does not chain to the platform root in pki/root.crt: {end:?}",
+                "{what} ({}) does not chain to its root (pki/root.crt, or for a third-party certificate pki/<listener>.root.pem): {end:?}",
                 leaf.subject
             ),
         ),

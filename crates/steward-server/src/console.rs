@@ -46,6 +46,8 @@ use serde::Deserialize;
 use steward_proto::admin::{LoginRequest, NewTask};
 
 use crate::ApiFailure;
+use crate::auth::{Identity, check_role, token_identity};
+use crate::config::Provider;
 use crate::service::{AdminUser, SESSION_COOKIE, SESSION_SECS, Service, now};
 
 /// Appends formatted text to a `String` (which cannot fail).
@@ -74,12 +76,14 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
     Router::new()
         .route("/", get(root))
         .route("/login", get(login_page).post(login))
+        .route("/login/negotiate", get(login_negotiate))
         .route("/logout", post(logout))
         .route("/devices", get(devices))
         .route("/devices/{id}", get(device))
         .route("/tasks", get(tasks).post(start_task))
         .route("/tasks/{id}", get(task))
         .route("/gateways", get(gateways))
+        .route("/certificates", get(certificates))
 }
 
 // ---- responses ------------------------------------------------------------------------------
@@ -279,8 +283,18 @@ impl FromRequestParts<Arc<Service>> for ConsoleSession {
         let Some(token) = session_from_cookie(&parts.headers) else {
             return Err(to_login(parts));
         };
-        match svc.authenticate(&token).await {
-            Ok(user) => Ok(Self { user, token }),
+        match token_identity(svc, &token).await {
+            Ok(id) => {
+                if let Err(f) = check_role(&id, &parts.method) {
+                    return Err(failure(None, &f));
+                }
+                Ok(Self {
+                    user: AdminUser {
+                        username: id.principal,
+                    },
+                    token,
+                })
+            }
             // Expired or logged out elsewhere: drop the stale cookie on the way.
             Err(f) if f.status == StatusCode::UNAUTHORIZED => {
                 Err(with_cookie(to_login(parts), clear_cookie_header()))
@@ -315,8 +329,78 @@ struct NextQuery {
     next: String,
 }
 
-async fn login_page(Query(q): Query<NextQuery>) -> Response {
-    page(StatusCode::OK, pages::login("", safe_next(&q.next), None))
+async fn login_page(State(svc): State<Arc<Service>>, Query(q): Query<NextQuery>) -> Response {
+    let next = safe_next(&q.next);
+    page(
+        StatusCode::OK,
+        kerberos_link(&svc, pages::login("", next, None), next),
+    )
+}
+
+/// With the negotiate provider, the login page also offers Kerberos sign-in (the browser's
+/// domain logon ticket, no password typed).
+fn kerberos_link(svc: &Service, html: String, next: &str) -> String {
+    if !svc.config().auth.allows(Provider::Negotiate) {
+        return html;
+    }
+    let link = format!(
+        "<p><a href=\"/login/negotiate?next={}\" id=\"login-kerberos\">Sign in with Kerberos \
+         (your domain logon)</a></p>",
+        html::Enc(next)
+    );
+    match html.find("</form></div>") {
+        Some(i) => {
+            let at = i + "</form>".len();
+            format!("{}{link}{}", &html[..at], &html[at..])
+        }
+        None => html,
+    }
+}
+
+/// `GET /login/negotiate`: Kerberos sign-in for browsers. The `[auth]` middleware has already
+/// accepted the `Authorization: Negotiate` token (and added the mutual-authentication token to
+/// the answer); this opens a console session for the principal. Without a token it answers 401
+/// `WWW-Authenticate: Negotiate`, which makes a browser with a ticket retry with one.
+async fn login_negotiate(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<NextQuery>,
+    identity: Option<axum::Extension<Identity>>,
+) -> Response {
+    let next = safe_next(&q.next);
+    if !svc.config().auth.allows(Provider::Negotiate) {
+        let f = ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            "AUTH-PROVIDER-DISABLED",
+            "Kerberos sign-in is not enabled on this server ([auth] providers)",
+        );
+        return page(f.status, pages::login("", next, Some(&f)));
+    }
+    match identity {
+        Some(axum::Extension(id)) if id.provider == "negotiate" => {
+            match svc.open_session(&id.principal).await {
+                Ok(r) => {
+                    tracing::info!(principal = %id.principal, provider = "negotiate", "admin logged in to the console");
+                    with_cookie(see_other(next), session_cookie_header(&r.token))
+                }
+                Err(f) => page(f.status, pages::login("", next, Some(&f))),
+            }
+        }
+        _ => {
+            let f = ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "AUTH-REQUIRED",
+                "your browser sent no Kerberos ticket for this server: log on to the domain (or \
+                 kinit), allow this site for Negotiate in the browser, or sign in with a password",
+            );
+            let body = kerberos_link(&svc, pages::login("", next, Some(&f)), next);
+            let mut r = page(f.status, body);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Negotiate"),
+            );
+            r
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,7 +433,10 @@ async fn login(
     };
     match svc.login(req).await {
         Ok(r) => with_cookie(see_other(next), session_cookie_header(&r.token)),
-        Err(f) => page(f.status, pages::login(&form.username, next, Some(&f))),
+        Err(f) => page(
+            f.status,
+            kerberos_link(&svc, pages::login(&form.username, next, Some(&f)), next),
+        ),
     }
 }
 
@@ -384,6 +471,14 @@ async fn devices(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Re
     let nav = session.nav(Section::Devices);
     match svc.devices().await {
         Ok(list) => page(StatusCode::OK, pages::devices(&nav, &list, now())),
+        Err(f) => failure(Some(&nav), &f),
+    }
+}
+
+async fn certificates(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Response {
+    let nav = session.nav(Section::Certificates);
+    match svc.listener_cert_status().await {
+        Ok(list) => page(StatusCode::OK, pages::certificates(&nav, &list)),
         Err(f) => failure(Some(&nav), &f),
     }
 }

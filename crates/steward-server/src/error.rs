@@ -15,6 +15,12 @@ use crate::config_check::Finding;
 /// ([`ServerError::id`]) documented in docs/diagnostics.md.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// `[auth]` lists `negotiate` but GSSAPI cannot use the keytab (missing, unreadable, empty).
+    #[error(
+        "AUTH-KEYTAB-UNUSABLE: the negotiate provider cannot start: {0}. Check the keytab with \
+         `steward doctor kerberos`"
+    )]
+    Kerberos(String),
     /// `init` found a server already initialised in the directory and will not overwrite its
     /// CA (agents trust it; a new one would strand every enrolled agent).
     #[error(
@@ -106,6 +112,7 @@ impl ServerError {
             ServerError::Bind { .. } => "SERVER-BIND",
             ServerError::Tls(_) => "SERVER-TLS",
             ServerError::Internal(_) => "SERVER-INTERNAL",
+            ServerError::Kerberos(_) => "AUTH-KEYTAB-UNUSABLE",
         }
     }
 

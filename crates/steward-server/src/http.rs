@@ -38,6 +38,20 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The verified client certificate, if one was presented.
     pub cert: Option<Arc<PeerCert>>,
+    /// Authentication state of this connection (shared by all its requests), for
+    /// `[auth] persist_per_connection`.
+    pub conn: Arc<crate::auth::ConnAuth>,
+}
+
+impl Peer {
+    /// A peer on a new connection.
+    pub fn new(addr: SocketAddr, cert: Option<Arc<PeerCert>>) -> Self {
+        Self {
+            addr,
+            cert,
+            conn: Arc::default(),
+        }
+    }
 }
 
 /// How a listener speaks.
@@ -45,9 +59,8 @@ pub struct Peer {
 pub(crate) enum Transport {
     /// Plain HTTP (the CRL distribution point).
     Plain,
-    /// TLS with a fixed configuration (console).
-    Tls(Arc<ServerConfig>),
-    /// TLS with a configuration replaced when the CRLs are re-signed (agent site).
+    /// TLS with a configuration that can be replaced while serving: new CRLs (agent site), a
+    /// renewed or replaced certificate (agent site, console).
     SwappableTls(Arc<SwappableConfig>),
 }
 
@@ -123,7 +136,6 @@ pub(crate) async fn serve(
                 Ok((tcp, addr)) => {
                     let tls = match &transport {
                         Transport::Plain => None,
-                        Transport::Tls(c) => Some(c.clone()),
                         Transport::SwappableTls(s) => Some(s.get()),
                     };
                     conns.spawn(connection(tcp, addr, tls, router.clone(), name));
@@ -149,7 +161,7 @@ async fn connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let Some(cfg) = tls else {
-        return http(TokioIo::new(tcp), Peer { addr, cert: None }, router, name).await;
+        return http(TokioIo::new(tcp), Peer::new(addr, None), router, name).await;
     };
     let stream =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await {
@@ -171,7 +183,7 @@ async fn connection(
         .and_then(|c| c.first())
         .and_then(|c| PeerCert::from_der(c))
         .map(Arc::new);
-    http(TokioIo::new(stream), Peer { addr, cert }, router, name).await;
+    http(TokioIo::new(stream), Peer::new(addr, cert), router, name).await;
 }
 
 async fn http<I>(io: TokioIo<I>, peer: Peer, router: Router, name: &'static str)

@@ -97,6 +97,8 @@ pub async fn init(opts: InitOptions) -> Result<InitReport, ServerError> {
         database: Database::default(),
         agents: Agents::default(),
         crl: Crl::default(),
+        auth: crate::config::Auth::default(),
+        certs: Default::default(),
     };
     cfg.validate().map_err(ServerError::InvalidOptions)?;
     if let Some(p) = &opts.admin_password

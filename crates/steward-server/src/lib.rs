@@ -16,6 +16,7 @@
 
 mod admin;
 mod agent;
+mod auth;
 #[cfg(test)]
 mod checkin_writes;
 mod config;
@@ -25,23 +26,29 @@ mod crl;
 mod error;
 mod http;
 mod init;
+mod lifecycle;
 mod openapi;
 mod password;
 mod pki;
+mod renew;
+mod replace;
 mod secret;
 mod server;
 mod service;
 mod tls;
+mod trust;
 
 pub use admin::request_token;
+pub use auth::{AuthState, ConnAuth, Identity};
 pub use config::{
-    Agents, Config, Crl, DEFAULT_AGENT_ADDR, DEFAULT_CONSOLE_ADDR, DEFAULT_CRL_ADDR, DataDir,
-    Database, FIRST_ADMIN, Listen,
+    Agents, Auth, Config, Crl, DEFAULT_AGENT_ADDR, DEFAULT_CONSOLE_ADDR, DEFAULT_CRL_ADDR, DataDir,
+    Database, FIRST_ADMIN, Listen, Provider, Role,
 };
 pub use config_check::{ConfigReport, Finding, Severity, check_config};
 pub use error::{ApiFailure, ServerError};
 pub use http::Peer;
 pub use init::{InitOptions, InitReport, init};
+pub use lifecycle::{Certs, EXPIRY_WARNING_SECS};
 pub use openapi::document as openapi_document;
 pub use password::MIN_PASSWORD_LEN;
 pub use server::{Addresses, RunningServer, SEEN_FLUSH_INTERVAL, Server, ServerOverrides, run};

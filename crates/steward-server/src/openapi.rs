@@ -51,13 +51,25 @@ fn string_map() -> Value {
 }
 
 fn auth_errors(mut responses: Value) -> Value {
-    responses["401"] = err("AUTH-REQUIRED: no token, or an unknown or expired one");
+    responses["401"] = err(
+        "AUTH-REQUIRED (no or unknown credentials; WWW-Authenticate offers the [auth] providers \
+         in order), AUTH-NEGOTIATE-FAILED, AUTH-NTLM-NOT-SUPPORTED, AUTH-FAILED",
+    );
+    responses["403"] = err(
+        "AUTH-PRINCIPAL-UNKNOWN (a Kerberos principal without a role), AUTH-ROLE-FORBIDDEN, \
+         AUTH-PASSWORD-DISABLED",
+    );
     responses
 }
 
 /// The document.
 pub fn document() -> Value {
-    let secured = json!([{ "bearer": [] }, { "session": [] }]);
+    let secured = json!([
+        { "negotiate": [] },
+        { "basic": [] },
+        { "bearer": [] },
+        { "session": [] }
+    ]);
     let mut paths = serde_json::Map::new();
     paths.insert(
         admin::LOGIN.to_owned(),
@@ -92,6 +104,17 @@ pub fn document() -> Value {
                 "200": ok("The device", r("DeviceDetail")),
                 "404": err("DEVICE-NOT-FOUND"),
                 "409": err("DEVICE-NAME-AMBIGUOUS: several devices have that name; use an ID"),
+            })),
+        },
+        "delete": {
+            "summary": "Delete a device: its certificate is revoked and stays in the CRLs (re-signed before the answer)",
+            "security": secured,
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": string(),
+                             "description": "Device ID or host name" }],
+            "responses": auth_errors(json!({
+                "204": { "description": "Deleted and revoked" },
+                "404": err("DEVICE-NOT-FOUND"),
+                "409": err("DEVICE-NAME-AMBIGUOUS"),
             })),
         }}),
     );
@@ -309,6 +332,40 @@ pub fn document() -> Value {
             }
         }}),
     );
+    paths.insert(
+        admin::SERVER_CERTS.to_owned(),
+        json!({ "get": {
+            "summary": "The server's listener certificates as served now (listener, subject, issuer, sha256, not_before, not_after, renewal_due, warning)",
+            "security": secured,
+            "responses": auth_errors(json!({ "200": { "description": "One entry per listener (agent, console)" } })),
+        }}),
+    );
+    paths.insert(
+        admin::SERVER_CERT_RENEW.to_owned(),
+        json!({ "post": {
+            "summary": "Renew a listener's certificate from the platform CA now; served from the next connection on, without a restart",
+            "security": secured,
+            "parameters": [{ "name": "listener", "in": "path", "required": true, "schema": string(),
+                             "description": "agent or console" }],
+            "responses": auth_errors(json!({
+                "200": { "description": "The listener's new certificate" },
+                "404": err("SERVER-LISTENER-UNKNOWN"),
+            })),
+        }}),
+    );
+    paths.insert(
+        agent::RENEW.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "Renew the agent's client certificate: a CSR for a key made on the computer ({\"csr_pem\"} → {\"cert_pem\", \"chain_pem\", \"not_after\"}); the old certificate stays valid until the first request with the new one",
+            "security": [{ "clientCertificate": [] }],
+            "responses": {
+                "200": { "description": "The renewed certificate" },
+                "400": err("AGENT-RENEW-CSR-INVALID or REQUEST-MALFORMED"),
+                "401": err("AGENT-CERT-REQUIRED"),
+                "403": err("AGENT-UNKNOWN-DEVICE, GATEWAY-NOT-TRUSTED or GATEWAY-AGENT-CERT-INVALID"),
+            }
+        }}),
+    );
 
     let agent_error = object(
         &["id", "message", "at"],
@@ -455,6 +512,19 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {
+                "negotiate": {
+                    "type": "http",
+                    "scheme": "negotiate",
+                    "description": "SPNEGO/Kerberos (RFC 4559) with a ticket for HTTP/<server name>, \
+                                    when [auth] providers lists \"negotiate\"; the 200 carries the \
+                                    server's mutual-authentication token in WWW-Authenticate. NTLM is \
+                                    refused (AUTH-NTLM-NOT-SUPPORTED)."
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "A local account, when [auth] providers lists \"password\""
+                },
                 "bearer": { "type": "http", "scheme": "bearer" },
                 "session": { "type": "apiKey", "in": "cookie", "name": crate::service::SESSION_COOKIE },
                 "clientCertificate": { "type": "mutualTLS" }
@@ -484,6 +554,8 @@ mod tests {
             admin::GATEWAY_REVOKE,
             admin::DEVICE_REVOKE,
             admin::OPENAPI,
+            admin::SERVER_CERTS,
+            admin::SERVER_CERT_RENEW,
             agent::ENROLL,
             agent::CHECKIN,
             agent::WAIT,
@@ -491,6 +563,7 @@ mod tests {
             agent::GATEWAY_JOIN,
             agent::GATEWAY_REPORT,
             agent::GATEWAY_CRL,
+            agent::RENEW,
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} is not described");
         }

@@ -211,13 +211,33 @@ pub(crate) struct ListenerCert {
 }
 
 impl ListenerCert {
-    /// Loads a leaf and key and appends the issuing CA.
+    /// Loads a certificate file and its key. A file holding only the leaf is platform-issued:
+    /// the issuing CA is appended. A file holding a chain (a third-party certificate, leaf
+    /// then intermediates, see `steward server cert import`) is served as it is.
     pub(crate) fn load(cert: &Path, key: &Path, pki: &Pki) -> Result<Self, ServerError> {
-        let leaf = read_cert(cert)?;
+        let mut chain = read_certs(cert)?;
         let key = read_key(key)?;
+        if chain.len() == 1 {
+            chain.push(pki.issuing.cert().clone());
+        }
         Ok(Self {
-            chain: vec![leaf, pki.issuing.cert().clone()],
+            chain,
             key: Arc::new(PrivateKeyDer::Pkcs8(key)),
         })
     }
+}
+
+/// Reads every certificate of a PEM file, in order; at least one.
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(path, e))?;
+    if certs.is_empty() {
+        return Err(ServerError::pki(
+            path.display().to_string(),
+            "no CERTIFICATE in the file",
+        ));
+    }
+    Ok(certs)
 }

@@ -19,9 +19,10 @@ use crate::config::{Config, DataDir};
 use crate::config_check::{Severity, check_config};
 use crate::crl::CrlStore;
 use crate::http::{Transport, serve};
-use crate::pki::{Crls, ListenerCert, Pki};
+use crate::pki::{Crls, Pki};
+use crate::renew::Listeners;
 use crate::service::{AGENT_SETTINGS, Service, gateway_entries, stamp_version};
-use crate::tls::{SwappableConfig, agent_config, console_config, forwarded_verifier};
+use crate::tls::forwarded_verifier;
 
 /// How often last-seen times are written (one transaction for all devices seen meanwhile).
 /// A crash loses at most this much last-seen history, which the next check-in restores.
@@ -131,6 +132,7 @@ async fn sign_crls(pki: &Pki, store: &dyn Store, cfg: &Config) -> Result<Crls, S
 async fn profile(
     store: &dyn Store,
     cfg: &Config,
+    dir: &DataDir,
     agent_port: u16,
     root_pem: &str,
 ) -> Result<CommunicationProfile, ServerError> {
@@ -151,7 +153,9 @@ async fn profile(
         version: 0,
         servers,
         protocol: Protocol::Https,
-        trust_anchors_pem: vec![root_pem.to_owned()],
+        // The platform root, and the roots of third-party listener certificates, live or
+        // staged (`steward server cert import`).
+        trust_anchors_pem: crate::replace::trust_anchors(dir, root_pem),
         gateways: gateway_entries(store).await.map_err(api)?,
     };
     stamp_version(store, &mut p).await.map_err(api)?;
@@ -176,6 +180,9 @@ impl Server {
         overrides: ServerOverrides,
     ) -> Result<RunningServer, ServerError> {
         let dir = DataDir::new(data_dir);
+        // Before anything reads the listener certificates: a renewal a crash interrupted is
+        // finished (or dropped), so key and certificate on disk match.
+        crate::renew::recover(&dir)?;
         let report = check_config(data_dir)?;
         if report.has_errors() {
             return Err(ServerError::CheckFailed(
@@ -202,8 +209,6 @@ impl Server {
         }
 
         let pki = Arc::new(Pki::load(&dir)?);
-        let agent_cert = ListenerCert::load(&dir.agent_cert(), &dir.agent_key(), &pki)?;
-        let console_cert = ListenerCert::load(&dir.console_cert(), &dir.console_key(), &pki)?;
         let sqlite = Arc::new(SqliteStore::open(&dir.database(&cfg)).await?);
         let store: Arc<dyn Store> = sqlite.clone();
         store
@@ -216,12 +221,8 @@ impl Server {
             .await?;
 
         let crls = sign_crls(&pki, store.as_ref(), &cfg).await?;
-        let agent_tls = Arc::new(SwappableConfig::new(agent_config(
-            &agent_cert,
-            &pki,
-            &crls,
-        )?));
-        let console_tls = console_config(&console_cert)?;
+        let listeners = Arc::new(Listeners::load(&dir, &cfg, pki.clone(), &crls)?);
+        let agent_tls = listeners.agent_tls.clone();
         let crl_store = Arc::new(CrlStore::new(&crls));
 
         let agent_l = bind(cfg.listen.agent, "agent site").await?;
@@ -249,7 +250,7 @@ impl Server {
             );
         }
 
-        let profile = profile(store.as_ref(), &cfg, agent_addr.port(), &pki.root_pem).await?;
+        let profile = profile(store.as_ref(), &cfg, &dir, agent_addr.port(), &pki.root_pem).await?;
         let local_token = match std::fs::read_to_string(dir.admin_token()) {
             Ok(t) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
             Err(e) => {
@@ -269,6 +270,7 @@ impl Server {
         );
         service.set_forwarded_verifier(forwarded_verifier(&pki, &crls)?);
         service.set_issuing_crl(crls.issuing.as_ref());
+        service.set_listeners(listeners.clone());
         let (crl_kick, crl_kicks) = tokio::sync::mpsc::channel(16);
         service.set_crl_kick(crl_kick);
 
@@ -295,14 +297,22 @@ impl Server {
             shutdown_rx.clone(),
             "agent site",
         ));
+        let auth = Arc::new(
+            crate::auth::AuthState::new(service.clone())
+                .map_err(|e| ServerError::Kerberos(e.to_string()))?,
+        );
         let console_router = crate::admin::routes()
             .merge(crate::console::routes())
             .fallback(crate::agent::not_found)
             .method_not_allowed_fallback(crate::agent::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::auth::layer,
+            ))
             .with_state(service.clone());
         tasks.spawn(serve(
             console_l,
-            Transport::Tls(console_tls),
+            Transport::SwappableTls(listeners.console_tls.clone()),
             console_router,
             shutdown_rx.clone(),
             "console",
@@ -310,7 +320,9 @@ impl Server {
         tasks.spawn(serve(
             crl_l,
             Transport::Plain,
-            crate::crl::router(crl_store.clone()),
+            // The signed trust bundle lives next to the CRLs: plain HTTP, reachable by an
+            // agent whose TLS no longer verifies.
+            crate::crl::router(crl_store.clone()).merge(crate::trust::router(service.clone())),
             shutdown_rx.clone(),
             "CRL",
         ));
@@ -319,13 +331,13 @@ impl Server {
             pki.clone(),
             store.clone(),
             cfg.clone(),
-            agent_cert,
-            agent_tls,
+            listeners.clone(),
             crl_store,
             service.clone(),
             crl_kicks,
             shutdown_rx.clone(),
         ));
+        tasks.spawn(crate::renew::renew_loop(listeners, shutdown_rx.clone()));
         tasks.spawn(session_loop(store.clone(), shutdown_rx));
 
         tracing::info!(
@@ -434,8 +446,7 @@ async fn crl_loop(
     pki: Arc<Pki>,
     store: Arc<dyn Store>,
     cfg: Config,
-    agent_cert: ListenerCert,
-    agent_tls: Arc<SwappableConfig>,
+    listeners: Arc<Listeners>,
     crls: Arc<CrlStore>,
     service: Arc<Service>,
     mut kicks: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
@@ -458,8 +469,8 @@ async fn crl_loop(
         };
         crls.set(&fresh);
         service.set_issuing_crl(fresh.issuing.as_ref());
-        match agent_config(&agent_cert, &pki, &fresh) {
-            Ok(c) => agent_tls.set(c),
+        match listeners.set_crls(&fresh) {
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!(id = e.id(), error = %e, "rebuilding the agent-site TLS configuration failed");
             }

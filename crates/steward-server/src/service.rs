@@ -23,6 +23,7 @@ use steward_store::{
 };
 use tokio::sync::Notify;
 
+mod certs;
 mod gateway;
 
 pub(crate) use gateway::{actual_path, gateway_entries, stamp_version};
@@ -30,7 +31,7 @@ pub(crate) use gateway::{actual_path, gateway_entries, stamp_version};
 use crate::ApiFailure;
 use crate::config::{Config, validate_settings};
 use crate::password;
-use crate::pki::{AGENT_DAYS, BACKDATE, Pki};
+use crate::pki::{BACKDATE, Pki};
 use crate::secret::{self, pem};
 
 /// Name of the built-in agent-settings policy.
@@ -250,6 +251,8 @@ pub struct Service {
     profile_lock: tokio::sync::Mutex<()>,
     /// Asks the CRL loop to re-sign now; it answers once the new CRLs are in service.
     crl_kick: RwLock<Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>>,
+    /// The listener certificates (set once the listeners are built).
+    listeners: std::sync::OnceLock<Arc<crate::renew::Listeners>>,
 }
 
 impl Service {
@@ -273,6 +276,7 @@ impl Service {
             issuing_crl: RwLock::new(None),
             profile_lock: tokio::sync::Mutex::new(()),
             crl_kick: RwLock::new(None),
+            listeners: std::sync::OnceLock::new(),
         })
     }
 
@@ -359,7 +363,7 @@ impl Service {
     }
 
     fn summary(&self, d: &Device, now: i64) -> DeviceSummary {
-        DeviceSummary {
+        let mut s = DeviceSummary {
             id: d.id.clone(),
             name: d.name.clone(),
             os: d.os.clone(),
@@ -369,7 +373,12 @@ impl Service {
             last_error: d.last_error.clone(),
             failed_attempts: d.failed_attempts.clone(),
             tags: d.tags.clone(),
-        }
+            cert_expires_at: None,
+            cert_warning: None,
+            cert_renewal_pending: false,
+        };
+        certs::cert_fields(&mut s, d, now);
+        s
     }
 
     // ---- admin: authentication --------------------------------------------------------------
@@ -378,6 +387,29 @@ impl Service {
     /// [`MAX_FAILED_LOGINS`] failures for [`LOCK_SECS`], a random bearer token valid
     /// [`SESSION_SECS`] (only its hash is stored).
     pub async fn login(&self, req: LoginRequest) -> Result<LoginResponse, ApiFailure> {
+        if !self.config.auth.allows(crate::config::Provider::Password) {
+            tracing::warn!(id = "AUTH-PASSWORD-DISABLED", user = %req.username, "password login refused");
+            return Err(password_disabled());
+        }
+        self.check_password(&req.username, &req.password).await?;
+        let token = secret::new_token().map_err(|e| ApiFailure::internal("making a token", e))?;
+        let expires = now() + SESSION_SECS;
+        self.store
+            .create_session(&secret::token_hash(&token), &req.username, expires)
+            .await?;
+        tracing::info!(user = %req.username, provider = "password", "admin logged in");
+        Ok(LoginResponse {
+            token,
+            expires_at: rfc3339(expires),
+        })
+    }
+
+    /// Verifies a local account's password (argon2), with the lockout of [`Self::login`].
+    pub async fn check_password(&self, username: &str, password: &str) -> Result<(), ApiFailure> {
+        let req = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
         let now = now();
         let failed = || {
             ApiFailure::new(
@@ -436,12 +468,17 @@ impl Service {
             };
         }
         self.store.record_login_success(&req.username).await?;
+        Ok(())
+    }
+
+    /// Opens a session (bearer token / console cookie) for a principal authenticated another
+    /// way (the console's Kerberos sign-in).
+    pub async fn open_session(&self, principal: &str) -> Result<LoginResponse, ApiFailure> {
         let token = secret::new_token().map_err(|e| ApiFailure::internal("making a token", e))?;
-        let expires = now + SESSION_SECS;
+        let expires = now() + SESSION_SECS;
         self.store
-            .create_session(&secret::token_hash(&token), &req.username, expires)
+            .create_session(&secret::token_hash(&token), principal, expires)
             .await?;
-        tracing::info!(user = %req.username, "admin logged in");
         Ok(LoginResponse {
             token,
             expires_at: rfc3339(expires),
@@ -848,7 +885,7 @@ impl Service {
                     ip_addrs: Vec::new(),
                     usage: Usage::Client,
                     not_before: now_t - BACKDATE,
-                    not_after: now_t + time::Duration::days(AGENT_DAYS),
+                    not_after: now_t + self.agent_validity(),
                     crl_urls: vec![self.config.issuing_crl_url()],
                     key,
                 },
@@ -874,6 +911,7 @@ impl Service {
                     tags: Vec::new(),
                     created_at: now,
                     profile_version: profile.version,
+                    cert_not_after: Some((now_t + self.agent_validity()).unix_timestamp()),
                 },
             )
             .await?;
@@ -917,6 +955,12 @@ impl Service {
             return Err(unknown(format!("device {cn} is revoked")));
         }
         if !device.cert_sha256.eq_ignore_ascii_case(&peer.sha256) {
+            // Its renewed certificate, used for the first time: that use is the confirmation.
+            if let Some(renewed) = self.promote_if_renewed(device.clone(), peer).await?
+                && renewed.cert_sha256.eq_ignore_ascii_case(&peer.sha256)
+            {
+                return Ok(renewed);
+            }
             return Err(unknown(format!(
                 "device {cn} presented certificate {} but holds {}; a replaced or copied \
                  identity",
@@ -1016,6 +1060,7 @@ impl Service {
             tasks,
             acked_results: acked,
             send_inventory,
+            renew_certificate: self.renewal_due(device, now),
         })
     }
 
@@ -1108,11 +1153,22 @@ fn auth_required(message: &str) -> ApiFailure {
     ApiFailure::new(StatusCode::UNAUTHORIZED, "AUTH-REQUIRED", message)
 }
 
+/// 403 AUTH-PASSWORD-DISABLED: `[auth] providers` does not list `password`.
+pub(crate) fn password_disabled() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::FORBIDDEN,
+        "AUTH-PASSWORD-DISABLED",
+        "password authentication is not enabled on this server ([auth] providers does not list \
+         \"password\"); sign in with Kerberos (kinit, then Negotiate)",
+    )
+}
+
 /// 401 AUTH-REQUIRED for a request without credentials.
 pub fn missing_credentials() -> ApiFailure {
     auth_required(
-        "this route needs `Authorization: Bearer TOKEN` (POST /api/v1/login) or the console's \
-         session cookie",
+        "this route needs credentials: the providers offered in WWW-Authenticate (Negotiate with \
+         a Kerberos ticket, Basic with a local account), `Authorization: Bearer TOKEN` (POST \
+         /api/v1/login), or the console's session cookie",
     )
 }
 

@@ -106,6 +106,23 @@ pub struct Device {
     pub inventory_at: Option<i64>,
     /// Revoked devices are refused on every route.
     pub revoked: bool,
+    /// When its current client certificate expires (`None` for devices enrolled before the
+    /// server recorded it).
+    pub cert_not_after: Option<i64>,
+    /// SHA-256 of a renewed certificate issued but not yet used: accepted alongside the
+    /// current one until the agent's first request with it promotes it.
+    pub next_cert_sha256: Option<String>,
+}
+
+/// A client certificate issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCert {
+    /// Serial (upper-case hex).
+    pub serial: String,
+    /// SHA-256 (upper-case hex).
+    pub sha256: String,
+    /// Expiry.
+    pub not_after: i64,
 }
 
 /// A device to insert at enrollment.
@@ -125,6 +142,8 @@ pub struct NewDevice {
     pub created_at: i64,
     /// The communication-profile version handed out with its certificate.
     pub profile_version: u64,
+    /// When the issued client certificate expires.
+    pub cert_not_after: Option<i64>,
 }
 
 /// A device with the state its enrollment and check-ins would have left, for bulk loading with
@@ -372,6 +391,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool>;
     /// Revokes a device; `false` when there was no such unrevoked device.
     async fn revoke_device(&self, id: &str, now: i64) -> Result<bool>;
+    /// Deletes a device and its task rows, keeping its certificates' serials (current and a
+    /// renewed one not yet confirmed) as revoked, in the same transaction; `false` when there
+    /// was no such device.
+    async fn delete_device(&self, id: &str, now: i64) -> Result<bool>;
+    /// Records a renewed certificate for an unrevoked device, accepted alongside its current
+    /// one until [`Store::promote_device_cert`]; replaces an earlier unconfirmed one (whose
+    /// serial is revoked). `false` when there is no such unrevoked device.
+    async fn stage_device_cert(&self, id: &str, cert: &DeviceCert, now: i64) -> Result<bool>;
+    /// Makes the staged certificate with this SHA-256 the device's current one and revokes
+    /// the one it replaces, in one transaction; `false` when no such certificate is staged.
+    async fn promote_device_cert(&self, id: &str, sha256: &str, now: i64) -> Result<bool>;
 
     // ---- devices ----------------------------------------------------------------------------
 
@@ -410,7 +440,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// many devices were written. On failure the values are kept for the next flush.
     async fn flush_seen(&self) -> Result<usize>;
     /// Serials (upper-case hex) and revocation times of revoked device and gateway identity
-    /// certificates.
+    /// certificates, including those of deleted devices and superseded renewals.
     async fn revoked_serials(&self) -> Result<Vec<(String, i64)>>;
 
     // ---- tasks ------------------------------------------------------------------------------

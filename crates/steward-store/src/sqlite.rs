@@ -31,9 +31,9 @@ use steward_proto::{
 };
 
 use crate::{
-    Admin, Device, DeviceFailures, GatewayRecord, ImportedDevice, NewDevice, NewEnrollmentToken,
-    NewGateway, NewTaskRecord, PolicyRecord, ProfileLag, Result, Seen, SeenBuffer, Store,
-    StoreError, TaskRecord, TokenCheck, parse_state, state_str,
+    Admin, Device, DeviceCert, DeviceFailures, GatewayRecord, ImportedDevice, NewDevice,
+    NewEnrollmentToken, NewGateway, NewTaskRecord, PolicyRecord, ProfileLag, Result, Seen,
+    SeenBuffer, Store, StoreError, TaskRecord, TokenCheck, parse_state, state_str,
 };
 
 /// How long a statement waits for a lock held by another connection or process.
@@ -85,6 +85,13 @@ fn migrations() -> Vec<Migration> {
             include_str!("../migrations/0004_profile_acks_and_failures.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            5,
+            Cow::Borrowed("certificate lifecycle"),
+            MigrationType::Simple,
+            include_str!("../migrations/0005_cert_lifecycle.sql").into_sql_str(),
+            false,
+        ),
     ]
 }
 
@@ -117,7 +124,8 @@ macro_rules! device_cols {
     () => {
         "id, name, cert_serial, cert_sha256, tags, created_at, last_seen, connection_path, \
          last_error, config_version_acked, profile_version_acked, failed_attempts, \
-         failed_attempts_at, os, inventory_hash, inventory_at, revoked"
+         failed_attempts_at, os, inventory_hash, inventory_at, revoked, cert_not_after, \
+         next_cert_sha256"
     };
 }
 
@@ -240,7 +248,7 @@ impl SqliteStore {
             let done = sqlx::query(
                 "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at, \
                  config_version_acked, profile_version_acked, os, inventory, inventory_hash, \
-                 inventory_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 inventory_at, cert_not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&d.device.id)
             .bind(&d.device.name)
@@ -264,6 +272,7 @@ impl SqliteStore {
             )
             .bind(hash)
             .bind(d.inventory_at)
+            .bind(d.device.cert_not_after)
             .execute(&mut *tx)
             .await;
             match done {
@@ -339,6 +348,8 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
         inventory_hash: row.try_get("inventory_hash")?,
         inventory_at: row.try_get("inventory_at")?,
         revoked: row.try_get::<i64, _>("revoked")? != 0,
+        cert_not_after: row.try_get("cert_not_after")?,
+        next_cert_sha256: row.try_get("next_cert_sha256")?,
         id,
     })
 }
@@ -601,7 +612,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO devices (id, name, cert_serial, cert_sha256, tags, created_at, \
-             profile_version_acked) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             profile_version_acked, cert_not_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&device.id)
         .bind(&device.name)
@@ -613,6 +624,7 @@ impl Store for SqliteStore {
             "devices.profile_version_acked",
             device.profile_version,
         )?)
+        .bind(device.cert_not_after)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -771,6 +783,93 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_device(&self, id: &str, now: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        // Both serials stay revoked after the row is gone: the CRLs must keep listing them.
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT cert_serial, COALESCE(revoked_at, ?1), id, 'deleted' FROM devices \
+             WHERE id = ?2 \
+             UNION ALL \
+             SELECT next_cert_serial, ?1, id, 'deleted' FROM devices \
+             WHERE id = ?2 AND next_cert_serial IS NOT NULL \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM task_devices WHERE device_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn stage_device_cert(&self, id: &str, cert: &DeviceCert, now: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        // An earlier renewal the agent never confirmed (its answer lost, its key gone) is
+        // retired: only the newest staged certificate may ever be promoted.
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT next_cert_serial, ?, id, 'superseded' FROM devices \
+             WHERE id = ? AND revoked = 0 AND next_cert_serial IS NOT NULL \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE devices SET next_cert_serial = ?, next_cert_sha256 = ?, \
+             next_cert_not_after = ? WHERE id = ? AND revoked = 0",
+        )
+        .bind(&cert.serial)
+        .bind(&cert.sha256)
+        .bind(cert.not_after)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn promote_device_cert(&self, id: &str, sha256: &str, now: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT cert_serial, ?, id, 'superseded' FROM devices \
+             WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE devices SET cert_serial = next_cert_serial, cert_sha256 = next_cert_sha256, \
+             cert_not_after = next_cert_not_after, next_cert_serial = NULL, \
+             next_cert_sha256 = NULL, next_cert_not_after = NULL \
+             WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE",
+        )
+        .bind(id)
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn device(&self, id: &str) -> Result<Option<Device>> {
@@ -934,8 +1033,13 @@ impl Store for SqliteStore {
             "SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM devices \
              WHERE revoked != 0 \
              UNION ALL \
+             SELECT next_cert_serial, COALESCE(revoked_at, created_at) AS at FROM devices \
+             WHERE revoked != 0 AND next_cert_serial IS NOT NULL \
+             UNION ALL \
              SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM gateways \
-             WHERE revoked != 0",
+             WHERE revoked != 0 \
+             UNION ALL \
+             SELECT serial, revoked_at AS at FROM revoked_certs",
         )
         .fetch_all(&self.reader)
         .await?;

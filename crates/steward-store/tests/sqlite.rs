@@ -41,6 +41,7 @@ fn device(id: &str, name: &str) -> NewDevice {
         tags: vec!["lab".into()],
         created_at: NOW,
         profile_version: 0,
+        cert_not_after: Some(NOW + 365 * 86_400),
     }
 }
 

@@ -12,10 +12,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::client::Resumption;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use steward_pki::{KeySpec, make_csr};
 use steward_proto::admin::NewPackage;
 use steward_proto::{
-    CheckinRequest, ConnectionPath, Disk, Inventory, NetInterface, PROTOCOL_VERSION,
+    CheckinRequest, CheckinResponse, ConnectionPath, Disk, EnrollRequest, EnrollResponse,
+    Inventory, NetInterface, PROTOCOL_VERSION, paths,
 };
 use steward_server::{
     AdminUser, Config, DataDir, InitOptions, PeerCert, RunningServer, Server, ServerOverrides,
@@ -157,6 +163,8 @@ fn untagged_device() -> Device {
         inventory_hash: None,
         inventory_at: None,
         revoked: false,
+        cert_not_after: None,
+        next_cert_sha256: None,
     }
 }
 
@@ -274,6 +282,7 @@ pub(crate) fn fleet(
                 tags: vec![],
                 created_at: now - 86_400,
                 profile_version: 0,
+                cert_not_after: None,
             },
             config_version_acked: config_version,
             // As `unchanged()` reports, so the fleet's check-ins stay write-free.
@@ -315,4 +324,122 @@ pub(crate) fn nothing_new(r: &steward_proto::CheckinResponse) -> bool {
 /// otherwise (`cargo test --benches`) each benchmark runs a short smoke version.
 pub(crate) fn full_run() -> bool {
     std::env::args().any(|a| a == "--bench")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Really enrolled agents, over HTTPS
+
+/// A request that takes longer than this counts as an error.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An enrolled agent's identity.
+pub(crate) struct Identity {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The private key, PKCS#8 DER.
+    pub(crate) key: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Conn {
+    KeepAlive,
+    /// A new TCP connection and full mutual-TLS handshake for every check-in.
+    New,
+}
+
+/// An HTTPS client trusting `root_pem` and presenting `identity` (if any), connecting as `conn`
+/// says; the host name "localhost" resolves to the address `localhost` (the server's agent
+/// site).
+pub(crate) fn client(
+    root_pem: &str,
+    identity: Option<&Identity>,
+    conn: Conn,
+    localhost: SocketAddr,
+) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).expect("the root PEM"))
+        .expect("the root");
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some(id) => b
+            .with_client_auth_cert(
+                id.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())),
+            )
+            .expect("the agent's identity"),
+        None => b.with_no_client_auth(),
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .no_proxy()
+        .resolve("localhost", localhost);
+    if conn == Conn::New {
+        // Every check-in pays the full handshake, client certificate verification included.
+        cfg.resumption = Resumption::disabled();
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    builder
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .expect("an HTTPS client")
+}
+
+/// `path` on the agent site at `agent_addr`, by the name `localhost` (see [`client`]).
+pub(crate) fn agent_url(agent_addr: SocketAddr, path: &str) -> String {
+    format!("https://localhost:{}{path}", agent_addr.port())
+}
+
+/// Enrolls agent `i` at the agent site on `agent_addr` with the package `token`: its own key
+/// pair from `steward_pki::make_csr`, its own certificate from the server's CA.
+pub(crate) async fn enroll(
+    root_pem: &str,
+    agent_addr: SocketAddr,
+    token: &str,
+    i: usize,
+) -> Identity {
+    let host = format!("bench-agent-{i:04}");
+    let (csr_pem, key) = make_csr(KeySpec::EcdsaP256, &host).expect("a CSR");
+    let resp = client(root_pem, None, Conn::KeepAlive, agent_addr)
+        .post(agent_url(agent_addr, paths::ENROLL))
+        .json(&EnrollRequest {
+            token: token.into(),
+            csr_pem,
+            hostname: host,
+            agent_version: "0.1.0-bench".into(),
+        })
+        .send()
+        .await
+        .expect("the enrollment request");
+    assert!(resp.status().is_success(), "enrollment: {}", resp.status());
+    let e: EnrollResponse = resp.json().await.expect("the enrollment response");
+    let mut chain =
+        vec![CertificateDer::from_pem_slice(e.cert_pem.as_bytes()).expect("the certificate")];
+    for c in &e.chain_pem {
+        chain.push(CertificateDer::from_pem_slice(c.as_bytes()).expect("the chain"));
+    }
+    Identity { chain, key }
+}
+
+/// One check-in; on [`Conn::New`] the connection is closed after it.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    req: &CheckinRequest,
+    conn: Conn,
+) -> Result<CheckinResponse, String> {
+    let mut r = http.post(url).json(req);
+    if conn == Conn::New {
+        r = r.header(reqwest::header::CONNECTION, "close");
+    }
+    let resp = r.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    resp.json().await.map_err(|e| e.to_string())
 }

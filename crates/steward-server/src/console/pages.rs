@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use steward_proto::admin::{
     DeviceDetail, DeviceStatus, DeviceSummary, DeviceTaskState, GatewayStatus, GatewaySummary,
-    TaskDetail, TaskState, TaskSummary,
+    ListenerCertStatus, TaskDetail, TaskState, TaskSummary,
 };
 use steward_proto::{AgentError, FailedAttempt, FailureKind};
 
@@ -18,6 +18,7 @@ pub(crate) enum Section {
     Devices,
     Tasks,
     Gateways,
+    Certificates,
     None,
 }
 
@@ -121,7 +122,8 @@ fn layout(title: &str, nav: Option<&Nav>, refresh: bool, body: &str) -> String {
         w!(
             s,
             "<nav><a href=\"/devices\"{}>Devices</a><a href=\"/tasks\"{}>Tasks</a>\
-             <a href=\"/gateways\"{}>Gateways</a></nav>\
+             <a href=\"/gateways\"{}>Gateways</a>\
+             <a href=\"/certificates\"{}>Certificates</a></nav>\
              <form class=\"who\" method=\"post\" action=\"/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <span>Signed in as <strong>{}</strong></span>\
@@ -129,6 +131,7 @@ fn layout(title: &str, nav: Option<&Nav>, refresh: bool, body: &str) -> String {
             cur(Section::Devices),
             cur(Section::Tasks),
             cur(Section::Gateways),
+            cur(Section::Certificates),
             Esc(&nav.csrf),
             Esc(&nav.user)
         );
@@ -305,6 +308,23 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
         );
         return layout("Devices", Some(nav), false, &b);
     }
+    // Certificates within 30 days of expiry: the agent renews long before, so one here is a
+    // renewal that is not happening.
+    let expiring: Vec<&DeviceSummary> = list.iter().filter(|d| d.cert_warning.is_some()).collect();
+    if !expiring.is_empty() {
+        b.push_str(
+            "<div class=\"card\" id=\"cert-warnings\"><strong>Certificates expiring</strong><ul>",
+        );
+        for d in expiring {
+            w!(
+                b,
+                "<li>{}: {}</li>",
+                device_link(&d.id, &d.name),
+                Esc(d.cert_warning.as_deref().unwrap_or_default())
+            );
+        }
+        b.push_str("</ul></div>");
+    }
     b.push_str(
         "<table id=\"devices\"><thead><tr><th>Name</th><th>OS</th><th>Status</th>\
          <th>Last check-in</th><th>Connection path</th><th>Last error</th>\
@@ -330,6 +350,78 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
     }
     b.push_str("</tbody></table>");
     layout("Devices", Some(nav), false, &b)
+}
+
+/// The server's listener certificates: what each serves, and a third-party certificate's
+/// progress through stage → distribute → finalize (who has not acknowledged its root yet).
+pub(crate) fn certificates(nav: &Nav, list: &[ListenerCertStatus]) -> String {
+    let mut b = String::new();
+    b.push_str(
+        "<h1>Certificates</h1><p class=\"muted\">The server's listener certificates. Replace one \
+         with a third-party certificate in phases: <code>steward server cert import FILE \
+         --listener agent</code> (stage), wait until every agent has acknowledged its root \
+         (distribute), then <code>steward server cert finalize --listener agent</code>; \
+         <code>rollback</code> before that undoes the stage.</p>",
+    );
+    for s in list {
+        w!(
+            b,
+            "<div class=\"card\" id=\"cert-{}\"><h2>{} listener</h2><dl class=\"facts\">\
+             <dt>Subject</dt><dd>{}</dd><dt>Issuer</dt><dd>{}</dd>\
+             <dt>SHA-256</dt><dd><code>{}</code></dd><dt>Valid</dt><dd>{} – {}</dd>\
+             <dt>Source</dt><dd>{}</dd></dl>",
+            Esc(&s.listener),
+            Esc(&s.listener),
+            Esc(&s.subject),
+            Esc(&s.issuer),
+            Esc(&s.sha256),
+            Esc(&s.not_before),
+            Esc(&s.not_after),
+            if s.third_party {
+                "third-party (its root is in the communication profile)"
+            } else if s.renewal_due {
+                "platform CA (renewal due: within the hour)"
+            } else {
+                "platform CA (renewed automatically)"
+            }
+        );
+        if let Some(w) = &s.warning {
+            w!(b, "<p class=\"warn\">{}</p>", Esc(w));
+        }
+        match &s.staged {
+            None => b.push_str("<p class=\"muted\">Nothing staged.</p>"),
+            Some(st) => {
+                let ready = st.acknowledged == st.total;
+                w!(
+                    b,
+                    "<h3>Staged: distribute</h3><dl class=\"facts\" id=\"staged-{}\">\
+                     <dt>SHA-256</dt><dd><code>{}</code></dd><dt>Subject</dt><dd>{}</dd>\
+                     <dt>Root</dt><dd>{}</dd><dt>Valid until</dt><dd>{}</dd>\
+                     <dt>Staged</dt><dd>{}</dd><dt>Acknowledged</dt>\
+                     <dd class=\"progress\">{} of {} agents (profile version {}){}</dd></dl>",
+                    Esc(&s.listener),
+                    Esc(&st.sha256),
+                    Esc(&st.subject),
+                    Esc(&st.root_subject),
+                    Esc(&st.not_after),
+                    Esc(&st.staged_at),
+                    st.acknowledged,
+                    st.total,
+                    st.profile_version,
+                    if ready { " — ready to finalize" } else { "" }
+                );
+                if !st.pending.is_empty() {
+                    b.push_str("<p>Not yet acknowledged:</p><ul class=\"pending\">");
+                    for p in &st.pending {
+                        w!(b, "<li>{}</li>", Esc(p));
+                    }
+                    b.push_str("</ul>");
+                }
+            }
+        }
+        b.push_str("</div>");
+    }
+    layout("Certificates", Some(nav), false, &b)
 }
 
 /// One device: summary, inventory, applied policies, tasks.
@@ -780,6 +872,9 @@ mod tests {
             }),
             failed_attempts: vec![],
             tags: vec![evil.into()],
+            cert_expires_at: Some(evil.into()),
+            cert_warning: Some(evil.into()),
+            cert_renewal_pending: false,
         };
         let page = devices(&nav(), &[d], 0);
         assert!(!page.contains("<img"), "{page}");
@@ -795,6 +890,36 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("badge online\">Online<"));
+    }
+
+    #[test]
+    fn certificates_show_progress_and_who_is_pending_escaped() {
+        let evil = "<img src=x onerror=alert(1)>";
+        let s = ListenerCertStatus {
+            listener: "agent".into(),
+            subject: evil.into(),
+            third_party: false,
+            staged: Some(steward_proto::admin::StagedCert {
+                sha256: "AB".into(),
+                root_subject: evil.into(),
+                acknowledged: 2,
+                total: 3,
+                profile_version: 7,
+                pending: vec![evil.into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut n = nav();
+        n.section = Section::Certificates;
+        let page = certificates(&n, &[s]);
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("2 of 3 agents (profile version 7)"), "{page}");
+        assert!(page.contains("<ul class=\"pending\"><li>&lt;img"), "{page}");
+        assert!(
+            page.contains("href=\"/certificates\" class=\"current\""),
+            "{page}"
+        );
     }
 
     fn evil_attempt(evil: &str) -> FailedAttempt {
@@ -822,6 +947,9 @@ mod tests {
             last_error: None,
             failed_attempts: vec![evil_attempt(evil)],
             tags: vec![],
+            cert_expires_at: None,
+            cert_warning: None,
+            cert_renewal_pending: false,
         };
         let page = devices(&nav(), std::slice::from_ref(&d), 0);
         assert!(!page.contains("<img"), "{page}");

@@ -1,0 +1,238 @@
+//! The bench against a real in-process server on loopback: identities enrolled through the
+//! enrollment route, a small swarm in both modes (with a task fan-out over held connections),
+//! the handshake ceiling's bare server, and the JSON report.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use steward_bench::net::Target;
+use steward_bench::report::SwarmReport;
+use steward_bench::swarm::{SwarmOptions, TaskLaunch};
+use steward_bench::{BenchError, ProgressBar, handshake, identity, swarm};
+use steward_proto::admin::{NewPackage, NewTask};
+use steward_server::{AdminUser, DataDir, InitOptions, Server, ServerOverrides};
+
+const AGENTS: usize = 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn admin() -> AdminUser {
+    AdminUser {
+        username: "bench-test".into(),
+    }
+}
+
+/// Without `persistent`: a 2 s interval for 5 s. With it: a 4 s interval for 8 s and the task
+/// at 4.5 s, once every agent has checked in; an agent that got the task only at its next
+/// check-in would have waited at least 3.6 s, a long-poll wakes it at once.
+fn options(persistent: bool) -> SwarmOptions {
+    let (interval, duration) = if persistent { (4, 8) } else { (2, 5) };
+    SwarmOptions {
+        agents: AGENTS,
+        interval: Duration::from_secs(interval),
+        jitter_percent: 10,
+        duration: Duration::from_secs(duration),
+        persistent,
+        task_after: Duration::from_millis(4500),
+        sources: 4,
+        timeout: Duration::from_secs(10),
+        resumption: true,
+        server_pid: Some(std::process::id()),
+        resume_config: None,
+    }
+}
+
+fn assert_clean(r: &SwarmReport) {
+    assert!(
+        r.errors.is_empty(),
+        "errors: {:?} {:?}",
+        r.errors,
+        r.error_examples
+    );
+    assert_eq!(r.agents_checked_in, AGENTS as u64);
+    assert_eq!(r.first_contact.count, AGENTS as u64);
+    // Every agent checks in within the first interval, then every interval ± 10% (and twice
+    // more for a task): a handful each, never a loop.
+    assert!(r.checkins >= AGENTS as u64, "{} check-ins", r.checkins);
+    assert!(r.checkins <= 8 * AGENTS as u64, "{} check-ins", r.checkins);
+    assert!(r.latency.count > 0);
+    assert!(r.full_handshakes >= AGENTS as u64);
+    assert_eq!(r.aborted, 0);
+    let server = r.server.unwrap();
+    assert!(server.rss_end_mib > 1.0);
+    assert_eq!(r.limits_hit.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_then_swarm_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut opts = InitOptions::new(&data, vec!["localhost".into()]);
+    opts.ip_addrs = vec!["127.0.0.1".parse().unwrap()];
+    opts.admin_password = Some("correct horse battery".into());
+    opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    steward_server::init(opts).await.unwrap();
+    let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = Server::start(
+        &data,
+        ServerOverrides {
+            agent_addr: loopback,
+            console_addr: loopback,
+            crl_addr: None,
+        },
+    )
+    .await
+    .unwrap();
+    let service = server.service();
+    let package = service
+        .new_package(
+            &admin(),
+            NewPackage {
+                expires_secs: 600,
+                max_uses: AGENTS as u32,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap();
+
+    // prepare: every identity enrolled, the private keys readable by the owner only.
+    let ids_dir = dir.path().join("ids");
+    let report = identity::prepare(
+        &package,
+        &identity::PrepareOptions {
+            agents: AGENTS,
+            concurrency: 4,
+            out: ids_dir.clone(),
+            timeout: Duration::from_secs(10),
+        },
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.enrolled, AGENTS, "{report:?}");
+    assert!(report.errors.is_empty());
+    assert!(report.rate_per_sec > 0.0);
+    let mode = |p: &str| {
+        std::fs::metadata(ids_dir.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("identities.jsonl"), 0o600);
+    assert_eq!(mode(""), 0o700);
+    assert!(matches!(
+        identity::load(&ids_dir, AGENTS + 1),
+        Err(BenchError::TooFewIdentities { have, .. }) if have == AGENTS
+    ));
+    let (meta, ids) = identity::load(&ids_dir, AGENTS).unwrap();
+    assert_eq!(meta.count, AGENTS);
+    let devices: std::collections::HashSet<_> = ids.iter().map(|i| &i.device_id).collect();
+    assert_eq!(
+        devices.len(),
+        AGENTS,
+        "each identity is a device of its own"
+    );
+    let server_addr = meta.servers.first().unwrap();
+    let target = Target::resolve(&server_addr.host, server_addr.port).unwrap();
+
+    // A connection per check-in.
+    let r = swarm::run(
+        ids.clone(),
+        &meta.trust_anchors_pem,
+        target.clone(),
+        false,
+        options(false),
+        None,
+        ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_clean(&r);
+    assert_eq!(r.full_handshakes + r.resumed_handshakes, r.checkins);
+    // 20 agents fit the server's session cache: later connections resume.
+    assert!(r.resumed_handshakes > 0, "{r:?}");
+
+    // Held connections with the long-poll, and a task for all of them at 2.5 s.
+    let svc = service.clone();
+    let task: TaskLaunch = Box::pin(async move {
+        svc.create_task(
+            &admin(),
+            NewTask {
+                command: "true".into(),
+                args: vec![],
+                timeout_secs: 30,
+                target: "all".into(),
+            },
+        )
+        .await
+        .map(|c| c.id)
+        .map_err(|e| format!("{e:?}"))
+    });
+    let r = swarm::run(
+        ids,
+        &meta.trust_anchors_pem,
+        target,
+        false,
+        options(true),
+        Some(task),
+        ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_clean(&r);
+    let fan = r.fan_out.clone().unwrap();
+    assert_eq!(fan.woken, AGENTS as u64, "{fan:?}");
+    assert_eq!(fan.results, AGENTS as u64, "{fan:?}");
+    // Woken by the long-poll, well before the next check-in was due (at least 3.6 s).
+    assert!(fan.wake_latency.max_ms.unwrap() < 2500.0, "{fan:?}");
+    assert!(fan.all_results_s.unwrap() < 3.4, "{fan:?}");
+
+    // The JSON report is one document that reads back.
+    let json = serde_json::to_string(&r).unwrap();
+    let back: SwarmReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.checkins, r.checkins);
+    assert!(r.text().contains("fan-out:"));
+
+    // The handshake ceiling's bare server, briefly.
+    let dd = DataDir::new(&data);
+    let cfg = handshake::bare_config(
+        &dd.agent_cert(),
+        &dd.issuing_cert(),
+        &dd.agent_key(),
+        &dd.root_cert(),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, serving) = handshake::serve_bare(cfg, stop.clone()).await.unwrap();
+    let (_, few) = identity::load(&ids_dir, 2).unwrap();
+    let mut bare = Target::resolve("localhost", addr.port()).unwrap();
+    bare.addr = addr;
+    for resumed in [false, true] {
+        let f = handshake::measure(
+            "bare",
+            &bare,
+            &few,
+            &meta.trust_anchors_pem,
+            resumed,
+            Duration::from_millis(500),
+            &|| None,
+        )
+        .await
+        .unwrap();
+        assert!(f.handshakes > 0 && f.errors.is_empty(), "{f:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    serving.await.unwrap();
+    server.shutdown().await.unwrap();
+}

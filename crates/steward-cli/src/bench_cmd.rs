@@ -1,0 +1,398 @@
+//! `steward bench`: the swarm benchmark's command line (the engine is `steward-bench`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use steward_bench::{handshake, identity, net, swarm};
+use steward_proto::admin::{NewPackage, NewTask, TaskCreated, paths};
+
+use crate::admin::Conn;
+use crate::cli::Format;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCmd {
+    /// Enroll N identities in bulk through the real enrollment route (a key pair and CSR each,
+    /// one package token from the admin API), measure the enrollment rate, and store them
+    /// (keys 0600) for swarms.
+    Prepare(PrepareArgs),
+    /// Run N simulated agents in this process, each with its own identity, speaking the real
+    /// protocol over mutual TLS; report check-ins/s, latency, errors by kind, handshakes,
+    /// the fan-out over held connections, and the server's RSS and CPU.
+    Swarm(SwarmArgs),
+    /// The handshake ceiling: full and resumed mutual-TLS handshakes per second of bare rustls
+    /// (in this process, with the agent site's certificate) against Steward's agent site.
+    Handshake(HandshakeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PrepareArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Identities to enroll.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    agents: u32,
+    /// The identity directory to write (0700; identities.jsonl is 0600).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SwarmArgs {
+    /// The admin connection (`--server` is the console URL, or `--data-dir`): used only to
+    /// create the fan-out task with `--persistent`.
+    #[command(flatten)]
+    conn: Conn,
+    /// The identity directory from `steward bench prepare`.
+    #[arg(long, value_name = "DIR")]
+    identities: PathBuf,
+    /// Simulated agents (the first N identities).
+    #[arg(long)]
+    agents: usize,
+    /// Check-in interval, seconds (the agent's default is 60).
+    #[arg(long, default_value_t = 60)]
+    interval: u64,
+    /// Jitter of the interval, percent (the agent's default is 10).
+    #[arg(long, default_value_t = 10)]
+    jitter: u8,
+    /// How long to run, seconds.
+    #[arg(long)]
+    duration: u64,
+    /// Hold each agent's connection and long-poll between check-ins, as the agent does; with
+    /// a fan-out task (see --task-at).
+    #[arg(long)]
+    persistent: bool,
+    /// With --persistent: create a task for all devices this many seconds after the start
+    /// [default: 1.15 × the interval, when that is at least 10 s before the end].
+    #[arg(long, value_name = "SECONDS")]
+    task_at: Option<f64>,
+    /// With --persistent: no fan-out task.
+    #[arg(long)]
+    no_task: bool,
+    /// Connect through this gateway (https://host:port) instead of the agent site.
+    #[arg(long, value_name = "URL")]
+    via_gateway: Option<String>,
+    /// The agent site to use instead of the one the identities' profile names.
+    #[arg(long, value_name = "URL")]
+    agent_site: Option<String>,
+    /// Loopback source addresses to spread connections over (127.0.1.1, …).
+    #[arg(long, default_value_t = 64)]
+    sources: usize,
+    /// Connect, handshake and request timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Start as agents that checked in before (in an earlier swarm) and kept their state: the
+    /// configuration version noted by that run and the inventory hash only, as a restarted
+    /// agent does; without it every agent makes a first contact (sends its inventory).
+    #[arg(long)]
+    resume: bool,
+    /// No TLS session cache on the agents (every handshake is full).
+    #[arg(long)]
+    no_resumption: bool,
+    /// The server's process ID, to report its RSS and CPU (same host only).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HandshakeArgs {
+    /// The server's data directory (the bare server uses its agent-site certificate and key).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The identity directory from `steward bench prepare`.
+    #[arg(long, value_name = "DIR")]
+    identities: PathBuf,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds per series.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// The Steward server's process ID, to report its CPU per handshake.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn show_progress(format: Format) -> bool {
+    format == Format::Text && std::io::stderr().is_terminal()
+}
+
+pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCmd::Prepare(a) => prepare(a),
+        BenchCmd::Swarm(a) => run_swarm(a),
+        BenchCmd::Handshake(a) => run_handshake(a),
+    }
+}
+
+fn prepare(a: PrepareArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime("bench-enroll")?;
+    let report = rt.block_on(async {
+        let admin = a.conn.connect().await?;
+        let package: steward_proto::BootstrapPackage = admin
+            .post(
+                paths::PACKAGES,
+                &NewPackage {
+                    expires_secs: 24 * 3600,
+                    max_uses: a.agents,
+                    tags: vec![],
+                },
+            )
+            .await?;
+        let bar = steward_bench::progress(u64::from(a.agents), "enrolled", show_progress(a.format));
+        let opts = identity::PrepareOptions {
+            agents: a.agents as usize,
+            concurrency: a.concurrency,
+            out: a.out.clone(),
+            timeout: Duration::from_secs(30),
+        };
+        let r = identity::prepare(&package, &opts, &bar).await;
+        bar.finish_and_clear();
+        anyhow::Ok(r?)
+    })?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            let l = &report.latency_ms;
+            let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+            println!(
+                "enrolled {} of {} identities in {:.1} s: {:.1} enrollments/s ({} in flight); request p50 {} / p99 {} / max {} ms; stored in {}",
+                report.enrolled,
+                report.requested,
+                report.secs,
+                report.rate_per_sec,
+                report.concurrency,
+                f(l.p50_ms),
+                f(l.p99_ms),
+                f(l.max_ms),
+                a.out.display()
+            );
+            for (k, n) in &report.errors {
+                println!("  {n} failed attempt(s): {k}");
+            }
+            if let Some(e) = &report.first_error {
+                println!("  first failure: {e}");
+            }
+        }
+    }
+    Ok(if report.enrolled == report.requested {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
+    let (meta, ids) = identity::load(&a.identities, a.agents)?;
+    let target = match (&a.via_gateway, &a.agent_site, meta.servers.first()) {
+        (Some(g), _, _) => net::Target::from_url(g)?,
+        (None, Some(s), _) => net::Target::from_url(s)?,
+        (None, None, Some(s)) => net::Target::resolve(&s.host, s.port)?,
+        (None, None, None) => {
+            anyhow::bail!("the identities' profile names no server: give --agent-site URL")
+        }
+    };
+    let interval = Duration::from_secs(a.interval.max(1));
+    let duration = Duration::from_secs(a.duration.max(1));
+    let task_at = a
+        .task_at
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| interval.mul_f64(1.15));
+    let fan_out = a.persistent && !a.no_task && task_at + Duration::from_secs(10) <= duration;
+    if a.persistent && !a.no_task && !fan_out {
+        eprintln!(
+            "steward bench: no fan-out task: it would be created at {:.0} s, less than 10 s before the end",
+            task_at.as_secs_f64()
+        );
+    }
+    let opts = swarm::SwarmOptions {
+        agents: a.agents,
+        interval,
+        jitter_percent: a.jitter.min(100),
+        duration,
+        persistent: a.persistent,
+        task_after: task_at,
+        sources: a.sources,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        resumption: !a.no_resumption,
+        server_pid: a.server_pid,
+        resume_config: if a.resume {
+            Some(meta.config_version.context(
+                "--resume: no earlier swarm noted a configuration version in this identity store",
+            )?)
+        } else {
+            None
+        },
+    };
+    let rt = runtime("bench-agent")?;
+    let report = rt.block_on(async {
+        let task: Option<swarm::TaskLaunch> = if fan_out {
+            // Log in now, so the task's clock does not include the login.
+            let admin = a.conn.connect().await?;
+            Some(Box::pin(async move {
+                let created: TaskCreated = admin
+                    .post(
+                        paths::TASKS,
+                        &NewTask {
+                            command: "true".into(),
+                            args: vec![],
+                            timeout_secs: 60,
+                            target: "all".into(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(created.id)
+            }))
+        } else {
+            None
+        };
+        let bar = steward_bench::progress(a.duration, "s", show_progress(a.format));
+        let r = swarm::run(
+            ids,
+            &meta.trust_anchors_pem,
+            target,
+            a.via_gateway.is_some(),
+            opts,
+            task,
+            bar,
+        )
+        .await;
+        anyhow::Ok(r?)
+    })?;
+    if let Some(v) = report.config_version {
+        identity::save_config_version(&a.identities, v)?;
+    }
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => print!("{}", report.text()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_handshake(a: HandshakeArgs) -> anyhow::Result<ExitCode> {
+    let (meta, ids) = identity::load(&a.identities, a.clients.max(1))?;
+    let dd = steward_server::DataDir::new(&a.data_dir);
+    let bare_cfg = handshake::bare_config(
+        &dd.agent_cert(),
+        &dd.issuing_cert(),
+        &dd.agent_key(),
+        &dd.root_cert(),
+    )?;
+    let steward = match meta.servers.first() {
+        Some(s) => net::Target::resolve(&s.host, s.port)?,
+        None => anyhow::bail!("the identities' profile names no server"),
+    };
+    let secs = Duration::from_secs(a.secs.max(1));
+    // The bare server on a runtime of its own with two workers, as the Steward server has on
+    // this machine; the clients on another.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bare-tls")
+        .enable_all()
+        .build()
+        .context("cannot start the bare server's runtime")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, serving) = server_rt.block_on(handshake::serve_bare(bare_cfg, stop.clone()))?;
+    let mut bare = steward.clone();
+    bare.addr = addr;
+    let rt = runtime("bench-client")?;
+    let pid = a.server_pid;
+    let steward_cpu = move || pid.and_then(steward_bench::limits::sample).map(|s| s.cpu);
+    let bare_cpu = || handshake::threads_cpu("bare-tls");
+    let rows = rt.block_on(async {
+        let mut rows = Vec::new();
+        for resumed in [false, true] {
+            rows.push(
+                handshake::measure(
+                    "bare rustls",
+                    &bare,
+                    &ids,
+                    &meta.trust_anchors_pem,
+                    resumed,
+                    secs,
+                    &bare_cpu,
+                )
+                .await?,
+            );
+            rows.push(
+                handshake::measure(
+                    "steward agent site",
+                    &steward,
+                    &ids,
+                    &meta.trust_anchors_pem,
+                    resumed,
+                    secs,
+                    &steward_cpu,
+                )
+                .await?,
+            );
+        }
+        anyhow::Ok(rows)
+    })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server_rt.block_on(serving);
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Text => {
+            println!(
+                "{:<20} {:<8} {:>7} {:>10} {:>10} {:>8} {:>14} {:>7}",
+                "server",
+                "mode",
+                "clients",
+                "handshakes",
+                "per second",
+                "ratio",
+                "server CPU/hs",
+                "errors"
+            );
+            for pair in rows.chunks(2) {
+                let base = pair.first().map_or(0.0, |b| b.per_sec);
+                for r in pair {
+                    println!(
+                        "{:<20} {:<8} {:>7} {:>10} {:>10.0} {:>7.0}% {:>14} {:>7}",
+                        r.server,
+                        r.mode,
+                        r.clients,
+                        r.handshakes,
+                        r.per_sec,
+                        if base > 0.0 {
+                            100.0 * r.per_sec / base
+                        } else {
+                            0.0
+                        },
+                        r.server_cpu_us
+                            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0} us")),
+                        r.errors.values().sum::<u64>() + r.other_kind
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,300 @@
+//! Replacing a listener's certificate with a third-party one (`steward server cert import`),
+//! in phases, so no agent ever meets a certificate it cannot verify:
+//!
+//! 1. **stage** — the file (PKCS#12, PEM or DER) is judged with the `steward doctor cert`
+//!    rules for the listener's names and refused, with the findings, on any error (and when
+//!    it expires within 30 days); otherwise its chain, key and root are written to
+//!    `pki/staged-<listener>/` (`staged.json` last: the commit point) and the root joins the
+//!    communication profile's trust anchors (a new profile version).
+//! 2. **distribute** — every agent acknowledges the new profile version on its next check-in
+//!    (`devices.profile_version_acked`); the status counts them and names who has not.
+//! 3. **finalize** — the staged certificate becomes the listener's (written like a renewal,
+//!    see [`crate::renew`]) and is served from the next connection on, without a restart.
+//!    Refused while agents have not acknowledged, unless forced (the answer names the agents
+//!    left stranded and how they come back).
+//! 4. **rollback** — before finalize, the staged files are removed and the root leaves the
+//!    profile; nothing else ever changed.
+//!
+//! The vocabulary is the gateway's (`steward gateway cert import`: current and next).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use steward_doctor::cert::{CertEvidence, Input, KeyEvidence, ReadOutcome, Revocation};
+use steward_doctor::{CertReport, Profile, Severity};
+use steward_pki::{
+    CertFacts, ChainEnd, MaterialError, MaterialFormat, OffsetDateTime, build_chain,
+    key_matches_cert, read_material,
+};
+
+use crate::ServerError;
+use crate::config::DataDir;
+use crate::renew::Listener;
+use crate::secret::pem;
+
+/// Rules refused at staging although only warnings under the `steward` profile: distribution
+/// to every agent can take longer than the few days such a certificate has left.
+const REFUSED_AT_IMPORT: &[&str] = &["CERT-EXPIRES-SOON"];
+
+/// What `staged.json` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StagedMeta {
+    /// SHA-256 (upper-case hex) of the staged leaf.
+    pub sha256: String,
+    /// Its subject.
+    pub subject: String,
+    /// The subject of its root, now in the profile.
+    pub root_subject: String,
+    /// Its notAfter (RFC 3339).
+    pub not_after: String,
+    /// When it was staged (RFC 3339).
+    pub staged_at: String,
+    /// The first profile version that carries its root: agents that acknowledged this
+    /// version (or a later one) trust it.
+    pub profile_version: u64,
+}
+
+/// A judged import, ready to be written.
+#[derive(Debug)]
+pub(crate) struct Judged {
+    /// Leaf then intermediates (PEM), as the listener will serve them.
+    pub chain_pem: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    /// The root (PEM).
+    pub root_pem: String,
+    /// SHA-256 of the leaf (upper-case hex).
+    pub sha256: String,
+    /// Leaf subject.
+    pub subject: String,
+    /// Root subject.
+    pub root_subject: String,
+    /// Leaf notAfter.
+    pub not_after: OffsetDateTime,
+    /// The findings (none an error).
+    pub report: CertReport,
+}
+
+/// The file stem of a listener's certificate in `pki/`.
+fn stem(l: Listener) -> &'static str {
+    match l {
+        Listener::Agent => "agent-site",
+        Listener::Console => "console",
+    }
+}
+
+/// `pki/<listener>.root.pem`: the third-party root of the certificate the listener serves,
+/// kept in the profile while it is live. Absent for platform-issued certificates.
+pub(crate) fn live_root_path(dir: &DataDir, l: Listener) -> PathBuf {
+    dir.pki().join(format!("{}.root.pem", stem(l)))
+}
+
+/// `pki/staged-<listener>/`.
+pub(crate) fn staged_dir(dir: &DataDir, l: Listener) -> PathBuf {
+    dir.pki().join(format!("staged-{}", stem(l)))
+}
+
+/// The staged certificate of a listener, if one is committed.
+pub(crate) fn staged(dir: &DataDir, l: Listener) -> Option<StagedMeta> {
+    let text = std::fs::read_to_string(staged_dir(dir, l).join("staged.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The trust anchors of the profile: the platform root, then the roots of live third-party
+/// listener certificates, then those of staged ones (each once).
+pub(crate) fn trust_anchors(dir: &DataDir, platform_root_pem: &str) -> Vec<String> {
+    let mut out = vec![platform_root_pem.to_owned()];
+    for l in Listener::ALL {
+        let live = std::fs::read_to_string(live_root_path(dir, l)).ok();
+        // A staged root counts from the moment its file is written, before `staged.json`
+        // records the profile version that carries it (which needs this very list).
+        let staged = std::fs::read_to_string(staged_dir(dir, l).join("root.pem")).ok();
+        for pem in [live, staged].into_iter().flatten() {
+            if !out.iter().any(|p| p.trim() == pem.trim()) {
+                out.push(pem);
+            }
+        }
+    }
+    out
+}
+
+/// Judges certificate material for a listener whose agents use `names`. `Err` carries the
+/// report whose errors refused it.
+pub(crate) fn judge(
+    bytes: &[u8],
+    password: Option<&str>,
+    names: Vec<String>,
+    label: &str,
+    now: OffsetDateTime,
+) -> Result<Judged, Box<CertReport>> {
+    let mut ev = CertEvidence {
+        read: ReadOutcome::Read,
+        input: Input::File { format: None },
+        chain: None,
+        key: KeyEvidence::Missing,
+        names,
+        // A third-party CA's distribution points are the CA's to keep reachable; agents on
+        // rustls do not fetch them. The doctor checks them from any host on demand.
+        revocation: Revocation::Disabled,
+    };
+    let refuse = |ev: &CertEvidence| Box::new(CertReport::new(label, ev, Profile::Steward, now));
+    let material = match read_material(bytes, password) {
+        Ok(m) => m,
+        Err(e) => {
+            ev.read = ReadOutcome::Material(e);
+            return Err(refuse(&ev));
+        }
+    };
+    ev.input = Input::File {
+        format: Some(material.format),
+    };
+    let mut facts = Vec::with_capacity(material.certs.len());
+    for (index, der) in material.certs.iter().enumerate() {
+        match CertFacts::from_der(der) {
+            Ok(f) => facts.push(f),
+            Err(reason) => {
+                ev.read = ReadOutcome::Material(MaterialError::BadCertificate { index, reason });
+                return Err(refuse(&ev));
+            }
+        }
+    }
+    let Some(leaf_index) = material.leaf_index() else {
+        ev.read = ReadOutcome::Material(MaterialError::Unrecognised(match material.format {
+            MaterialFormat::Pkcs12 => "the PKCS#12 file holds no certificate".into(),
+            _ => "no certificate".into(),
+        }));
+        return Err(refuse(&ev));
+    };
+    let leaf = facts.remove(leaf_index);
+    let key = material.keys.first();
+    ev.key = match key {
+        None => KeyEvidence::Missing,
+        Some(key) => match key_matches_cert(key, &leaf.spki_der) {
+            Ok(true) => KeyEvidence::Matches,
+            Ok(false) => KeyEvidence::Mismatch,
+            Err(why) => KeyEvidence::Unloadable(why),
+        },
+    };
+    // Agents get the root through the profile, so the file must hold the whole chain up to a
+    // self-signed root; a chain that stops short is CERT-CHAIN-INCOMPLETE.
+    let walked = build_chain(leaf.clone(), &facts, &[]);
+    let root = match &walked.end {
+        ChainEnd::UntrustedRoot => walked.links.last().map(|l| l.cert.clone()),
+        _ => None,
+    };
+    let Some(root) = root else {
+        ev.chain = Some(walked);
+        return Err(refuse(&ev));
+    };
+    let chain = build_chain(leaf, &facts, std::slice::from_ref(&root));
+    ev.chain = Some(chain.clone());
+    let report = CertReport::new(label, &ev, Profile::Steward, now);
+    let refused = report.findings.iter().any(|f| {
+        f.severity == Severity::Error
+            || (f.severity != Severity::Ok && REFUSED_AT_IMPORT.contains(&f.id))
+    });
+    let key_pem = match key {
+        Some(rustls_pki_types::PrivateKeyDer::Pkcs8(k)) if !refused => {
+            pem("PRIVATE KEY", k.secret_pkcs8_der())
+        }
+        _ => return Err(Box::new(report)),
+    };
+    let mut chain_pem = String::new();
+    for link in &chain.links {
+        // The root stays out of what is served: agents hold it.
+        if link.cert.der != root.der {
+            chain_pem.push_str(&pem("CERTIFICATE", &link.cert.der));
+        }
+    }
+    let leaf = chain.leaf();
+    Ok(Judged {
+        chain_pem,
+        key_pem,
+        root_pem: pem("CERTIFICATE", &root.der),
+        sha256: leaf.thumbprint.sha256_hex(),
+        subject: leaf.subject.clone(),
+        root_subject: root.subject.clone(),
+        not_after: leaf.not_after,
+        report,
+    })
+}
+
+/// Writes `bytes` to `path` atomically (temp, fsync, rename).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ServerError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp).map_err(|e| ServerError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ServerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))
+}
+
+/// Writes the staged certificate's files (replacing an earlier stage); its root counts as a
+/// trust anchor from here on. [`write_staged_meta`] then commits the stage.
+pub(crate) fn write_staged(dir: &DataDir, l: Listener, j: &Judged) -> Result<(), ServerError> {
+    let d = staged_dir(dir, l);
+    remove_staged(dir, l)?;
+    std::fs::create_dir_all(&d).map_err(|e| ServerError::io(&d, e))?;
+    write_atomic(&d.join("key.pem"), j.key_pem.as_bytes(), 0o600)?;
+    write_atomic(&d.join("chain.pem"), j.chain_pem.as_bytes(), 0o644)?;
+    write_atomic(&d.join("root.pem"), j.root_pem.as_bytes(), 0o644)
+}
+
+/// Writes `staged.json`: the commit point of a stage.
+pub(crate) fn write_staged_meta(
+    dir: &DataDir,
+    l: Listener,
+    meta: &StagedMeta,
+) -> Result<(), ServerError> {
+    let text = serde_json::to_vec_pretty(meta).map_err(|e| ServerError::Internal(e.to_string()))?;
+    write_atomic(&staged_dir(dir, l).join("staged.json"), &text, 0o644)
+}
+
+/// Whether anything of a stage is on disk (a complete one, or one a crash interrupted).
+pub(crate) fn staged_files_exist(dir: &DataDir, l: Listener) -> bool {
+    staged_dir(dir, l).exists()
+}
+
+/// Removes a listener's staged files (rollback, or after finalize).
+pub(crate) fn remove_staged(dir: &DataDir, l: Listener) -> Result<(), ServerError> {
+    let d = staged_dir(dir, l);
+    // `staged.json` first: without it nothing is staged, whatever else is left.
+    match std::fs::remove_file(d.join("staged.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServerError::io(d.join("staged.json"), e)),
+    }
+    match std::fs::remove_dir_all(&d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ServerError::io(&d, e)),
+    }
+}
+
+/// For a listener serving a third-party certificate: the intermediates of its certificate
+/// file and its root, to check the chain against (instead of the platform root).
+pub(crate) fn third_party_chain(dir: &DataDir, l: Listener) -> Option<(Vec<CertFacts>, CertFacts)> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let root = CertificateDer::from_pem_file(live_root_path(dir, l)).ok()?;
+    let root = CertFacts::from_der(&root).ok()?;
+    let (cert_path, _) = l.paths(dir);
+    let intermediates = crate::pki::read_certs(&cert_path)
+        .ok()?
+        .iter()
+        .skip(1)
+        .filter_map(|c| CertFacts::from_der(c).ok())
+        .collect();
+    Some((intermediates, root))
+}
