@@ -9,6 +9,7 @@
 //! evidence (files, handshakes, CRL downloads) and pass "now"; this crate only judges it.
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod catalog;
 pub mod cert;
 pub mod logs;

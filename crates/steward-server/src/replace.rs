@@ -20,21 +20,14 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use steward_doctor::cert::{CertEvidence, Input, KeyEvidence, ReadOutcome, Revocation};
-use steward_doctor::{CertReport, Profile, Severity};
-use steward_pki::{
-    CertFacts, ChainEnd, MaterialError, MaterialFormat, OffsetDateTime, build_chain,
-    key_matches_cert, read_material,
-};
+use steward_doctor::CertReport;
+use steward_doctor::binding::{Refusal, judge_for_binding};
+use steward_pki::{CertFacts, OffsetDateTime, PrivateKeyDer};
 
 use crate::ServerError;
 use crate::config::DataDir;
 use crate::renew::Listener;
 use crate::secret::pem;
-
-/// Rules refused at staging although only warnings under the `steward` profile: distribution
-/// to every agent can take longer than the few days such a certificate has left.
-const REFUSED_AT_IMPORT: &[&str] = &["CERT-EXPIRES-SOON"];
 
 /// What `staged.json` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,8 +111,9 @@ pub(crate) fn trust_anchors(dir: &DataDir, platform_root_pem: &str) -> Vec<Strin
     out
 }
 
-/// Judges certificate material for a listener whose agents use `names`. `Err` carries the
-/// report whose errors refused it.
+/// Judges certificate material for a listener whose agents use `names`
+/// ([`steward_doctor::binding`], shared with the gateway's import). `Err` carries the report
+/// whose findings refused it.
 pub(crate) fn judge(
     bytes: &[u8],
     password: Option<&str>,
@@ -127,95 +121,31 @@ pub(crate) fn judge(
     label: &str,
     now: OffsetDateTime,
 ) -> Result<Judged, Box<CertReport>> {
-    let mut ev = CertEvidence {
-        read: ReadOutcome::Read,
-        input: Input::File { format: None },
-        chain: None,
-        key: KeyEvidence::Missing,
-        names,
-        // A third-party CA's distribution points are the CA's to keep reachable; agents on
-        // rustls do not fetch them. The doctor checks them from any host on demand.
-        revocation: Revocation::Disabled,
+    let bound = judge_for_binding(bytes, password, names, label, now).map_err(|r| match r {
+        // Without a root in the file the chain is incomplete, and the report says so
+        // (CERT-CHAIN-INCOMPLETE): that is the refusal an admin reads.
+        Refusal::Findings(report) | Refusal::NoRoot { report, .. } => report,
+    })?;
+    // The listeners load PKCS#8 keys (what every PKCS#12 export holds).
+    let PrivateKeyDer::Pkcs8(k) = &bound.key else {
+        return Err(Box::new(bound.report));
     };
-    let refuse = |ev: &CertEvidence| Box::new(CertReport::new(label, ev, Profile::Steward, now));
-    let material = match read_material(bytes, password) {
-        Ok(m) => m,
-        Err(e) => {
-            ev.read = ReadOutcome::Material(e);
-            return Err(refuse(&ev));
-        }
-    };
-    ev.input = Input::File {
-        format: Some(material.format),
-    };
-    let mut facts = Vec::with_capacity(material.certs.len());
-    for (index, der) in material.certs.iter().enumerate() {
-        match CertFacts::from_der(der) {
-            Ok(f) => facts.push(f),
-            Err(reason) => {
-                ev.read = ReadOutcome::Material(MaterialError::BadCertificate { index, reason });
-                return Err(refuse(&ev));
-            }
-        }
-    }
-    let Some(leaf_index) = material.leaf_index() else {
-        ev.read = ReadOutcome::Material(MaterialError::Unrecognised(match material.format {
-            MaterialFormat::Pkcs12 => "the PKCS#12 file holds no certificate".into(),
-            _ => "no certificate".into(),
-        }));
-        return Err(refuse(&ev));
-    };
-    let leaf = facts.remove(leaf_index);
-    let key = material.keys.first();
-    ev.key = match key {
-        None => KeyEvidence::Missing,
-        Some(key) => match key_matches_cert(key, &leaf.spki_der) {
-            Ok(true) => KeyEvidence::Matches,
-            Ok(false) => KeyEvidence::Mismatch,
-            Err(why) => KeyEvidence::Unloadable(why),
-        },
-    };
-    // Agents get the root through the profile, so the file must hold the whole chain up to a
-    // self-signed root; a chain that stops short is CERT-CHAIN-INCOMPLETE.
-    let walked = build_chain(leaf.clone(), &facts, &[]);
-    let root = match &walked.end {
-        ChainEnd::UntrustedRoot => walked.links.last().map(|l| l.cert.clone()),
-        _ => None,
-    };
-    let Some(root) = root else {
-        ev.chain = Some(walked);
-        return Err(refuse(&ev));
-    };
-    let chain = build_chain(leaf, &facts, std::slice::from_ref(&root));
-    ev.chain = Some(chain.clone());
-    let report = CertReport::new(label, &ev, Profile::Steward, now);
-    let refused = report.findings.iter().any(|f| {
-        f.severity == Severity::Error
-            || (f.severity != Severity::Ok && REFUSED_AT_IMPORT.contains(&f.id))
-    });
-    let key_pem = match key {
-        Some(rustls_pki_types::PrivateKeyDer::Pkcs8(k)) if !refused => {
-            pem("PRIVATE KEY", k.secret_pkcs8_der())
-        }
-        _ => return Err(Box::new(report)),
-    };
-    let mut chain_pem = String::new();
-    for link in &chain.links {
-        // The root stays out of what is served: agents hold it.
-        if link.cert.der != root.der {
-            chain_pem.push_str(&pem("CERTIFICATE", &link.cert.der));
-        }
-    }
-    let leaf = chain.leaf();
+    let key_pem = pem("PRIVATE KEY", k.secret_pkcs8_der());
+    let chain_pem: String = bound
+        .served_der()
+        .into_iter()
+        .map(|der| pem("CERTIFICATE", der))
+        .collect();
+    let leaf = bound.chain.leaf();
     Ok(Judged {
         chain_pem,
         key_pem,
-        root_pem: pem("CERTIFICATE", &root.der),
+        root_pem: pem("CERTIFICATE", &bound.root.der),
         sha256: leaf.thumbprint.sha256_hex(),
         subject: leaf.subject.clone(),
-        root_subject: root.subject.clone(),
+        root_subject: bound.root.subject.clone(),
         not_after: leaf.not_after,
-        report,
+        report: bound.report,
     })
 }
 
