@@ -119,6 +119,9 @@ struct Shared {
     /// Replaced when a fresh CRL arrives or a certificate is promoted; each accepted
     /// connection uses the current one.
     edge: RwLock<Arc<ServerConfig>>,
+    /// Kept across edge rebuilds, so agents resume their sessions; replaced when a CRL
+    /// revokes something new (see [`refresh_crl`]).
+    resumption: RwLock<Resumption>,
     /// The CRL in service, kept to rebuild the edge when the certificate changes.
     crl: RwLock<CertificateRevocationListDer<'static>>,
     certs: RwLock<Certs>,
@@ -190,10 +193,35 @@ impl Shared {
 
 /// The edge TLS configuration: the gateway's server certificate, and a client certificate
 /// required from every agent, chained to the platform root and not revoked by the CRL.
+/// Session resumption state made once per run and kept across rebuilds of the edge
+/// configuration (every CRL refresh, a promoted certificate): a store or ticket key of the
+/// edge's own would make every agent pay a full mutual-TLS handshake after each. A resumed
+/// session skips the edge's CRL check of that handshake, not revocation: the server verifies
+/// the forwarded agent certificate against its current CRLs on every request.
+#[derive(Debug, Clone)]
+struct Resumption {
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+/// Stateful sessions kept for TLS 1.2 agents (TLS 1.3 agents get tickets, which cost no memory).
+const SESSION_CACHE_ENTRIES: usize = 16_384;
+
+impl Resumption {
+    fn new() -> Result<Self, GatewayError> {
+        Ok(Self {
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| GatewayError::Crypto(format!("the session ticket key: {e}")))?,
+        })
+    }
+}
+
 fn edge_config(
     cert: &ServerCert,
     anchors_pem: &[String],
     crl: CertificateRevocationListDer<'static>,
+    resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, GatewayError> {
     let provider = provider();
     // Only the agent's own certificate is checked against the CRL: the gateway fetches the
@@ -213,6 +241,8 @@ fn edge_config(
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())
         .map_err(|e| GatewayError::Crypto(format!("the gateway's server certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.session_storage = resumption.sessions.clone();
+    cfg.ticketer = resumption.ticketer.clone();
     Ok(Arc::new(cfg))
 }
 
@@ -300,7 +330,8 @@ impl Gateway {
 
         // No CRL, no edge: agents are refused rather than let in unchecked.
         let crl = fetch_crl(&upstream, &crl_url(&config)).await?;
-        let edge = edge_config(&current, &anchors_pem, crl.clone())?;
+        let resumption = Resumption::new()?;
+        let edge = edge_config(&current, &anchors_pem, crl.clone(), &resumption)?;
 
         let (listener, addr) = bind(opts.listen.unwrap_or(config.listen)).await?;
         // Every previous address is served too: agents that have not learnt the new port yet
@@ -324,6 +355,7 @@ impl Gateway {
             dir,
             upstream,
             edge: RwLock::new(edge),
+            resumption: RwLock::new(resumption),
             crl: RwLock::new(crl),
             certs: RwLock::new(Certs { current, next }),
             anchors_pem,
@@ -462,17 +494,35 @@ impl RunningGateway {
     }
 }
 
+/// The serials a CRL revokes (an unreadable one revokes nothing new: it was parsed on fetch).
+fn revoked_serials(crl: &CertificateRevocationListDer<'_>) -> std::collections::BTreeSet<Vec<u8>> {
+    steward_pki::parse_crl(crl.as_ref())
+        .map(|f| f.revoked.into_iter().map(|(serial, _)| serial).collect())
+        .unwrap_or_default()
+}
+
+/// Fetches the CRL and rebuilds the edge with it. Sessions keep resuming across refreshes,
+/// except when the new CRL revokes a certificate the old one did not: then the session store
+/// and ticket key are replaced, so the revoked agent's next connection is a full handshake
+/// and is refused at the edge (resuming skips the handshake's certificate check).
 async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     let outcome = async {
         let crl = fetch_crl(&shared.upstream, &crl_url(&shared.config)).await?;
+        let newly_revoked = !revoked_serials(&crl).is_subset(&revoked_serials(&read(&shared.crl)));
+        let resumption = if newly_revoked {
+            Resumption::new()?
+        } else {
+            read(&shared.resumption).clone()
+        };
         let current = read(&shared.certs).current.clone();
-        let cfg = edge_config(&current, &shared.anchors_pem, crl.clone())?;
-        Ok::<_, GatewayError>((crl, cfg))
+        let cfg = edge_config(&current, &shared.anchors_pem, crl.clone(), &resumption)?;
+        Ok::<_, GatewayError>((crl, cfg, resumption))
     }
     .await;
     match outcome {
-        Ok((crl, cfg)) => {
+        Ok((crl, cfg, resumption)) => {
             *write(&shared.crl) = crl;
+            *write(&shared.resumption) = resumption;
             *write(&shared.edge) = cfg;
             shared.set_health("ok".to_owned());
             Ok(())
@@ -707,7 +757,8 @@ fn promote(shared: &Shared, next: &str) -> Result<bool, GatewayError> {
     }
     let crl = read(&shared.crl).clone();
     // Built before anything changes, so a certificate the TLS stack refuses stays staged.
-    let edge = edge_config(&staged, &shared.anchors_pem, crl)?;
+    let resumption = read(&shared.resumption).clone();
+    let edge = edge_config(&staged, &shared.anchors_pem, crl, &resumption)?;
     let old = read(&shared.certs).current.sha256.clone();
     slots.current = Some(next.to_owned());
     slots.next = None;

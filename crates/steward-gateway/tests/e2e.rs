@@ -11,6 +11,7 @@ mod common;
 
 use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
@@ -345,4 +346,87 @@ async fn the_gateway_vouches_only_for_agents_it_verified() {
 fn base64_der(der: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// One mutual-TLS handshake with the gateway's edge and a ping through it: how the handshake
+/// went, and the status line of the answer.
+async fn ping_through(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET {} HTTP/1.1\r\nhost: 127.0.0.2\r\nconnection: close\r\n\r\n",
+            paths::PING
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    (kind, text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_across_crl_refreshes_until_a_revocation() {
+    let rig = Rig::start().await;
+    let pc = rig.agent("pc").await;
+    let (chain, key) = agent_identity(&pc);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(rig.root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap(),
+    );
+    let (kind, status) = ping_through(rig.gateway.addr, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert!(status.contains(" 200 "), "{status}");
+    // A CRL refresh rebuilds the edge's TLS configuration; the agent still resumes.
+    rig.gateway.refresh_crl().await.unwrap();
+    let (kind, status) = ping_through(rig.gateway.addr, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert!(status.contains(" 200 "), "{status}");
+
+    // A CRL that revokes it ends resumption: the next connection is a full handshake, and the
+    // edge refuses the certificate (no HTTP answer at all).
+    let id = steward_agent::store::DataDir::new(&pc)
+        .load_identity()
+        .unwrap()
+        .unwrap()
+        .device_id;
+    let resp = rig
+        .admin
+        .post(format!(
+            "{}{}",
+            rig.server.console_url(),
+            steward_proto::admin::paths::DEVICE_REVOKE.replace("{id}", &id)
+        ))
+        .bearer_auth(&rig.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    rig.gateway.refresh_crl().await.unwrap();
+    let (kind, status) = ping_through(rig.gateway.addr, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert_eq!(status, "", "refused at the edge, not by the server");
+    rig.stop().await;
 }

@@ -22,7 +22,7 @@ use crate::ServerError;
 use crate::config::{Config, DataDir};
 use crate::lifecycle::EXPIRY_WARNING_SECS;
 use crate::pki::{Crls, ListenerCert, Pki, write_cert, write_key};
-use crate::tls::{SwappableConfig, agent_config, console_config};
+use crate::tls::{Resumption, SwappableConfig, agent_config, console_config};
 
 /// How often the renewal loop looks at the listener certificates.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -104,6 +104,8 @@ pub(crate) struct Listeners {
     agent: RwLock<Arc<ListenerCert>>,
     console: RwLock<Arc<ListenerCert>>,
     crls: RwLock<Crls>,
+    /// Kept across the agent site's configuration rebuilds, so agents resume their sessions.
+    resumption: Resumption,
     /// The agent site's TLS configuration (also rebuilt for each new CRL).
     pub(crate) agent_tls: Arc<SwappableConfig>,
     /// The console's.
@@ -122,7 +124,13 @@ impl Listeners {
     ) -> Result<Self, ServerError> {
         let agent = ListenerCert::load(&dir.agent_cert(), &dir.agent_key(), &pki)?;
         let console = ListenerCert::load(&dir.console_cert(), &dir.console_key(), &pki)?;
-        let agent_tls = Arc::new(SwappableConfig::new(agent_config(&agent, &pki, crls)?));
+        let resumption = Resumption::new()?;
+        let agent_tls = Arc::new(SwappableConfig::new(agent_config(
+            &agent,
+            &pki,
+            crls,
+            &resumption,
+        )?));
         let console_tls = Arc::new(SwappableConfig::new(console_config(&console)?));
         Ok(Self {
             pki,
@@ -131,6 +139,7 @@ impl Listeners {
             agent: RwLock::new(Arc::new(agent)),
             console: RwLock::new(Arc::new(console)),
             crls: RwLock::new(crls.clone()),
+            resumption,
             agent_tls,
             console_tls,
             renewing: tokio::sync::Mutex::new(()),
@@ -164,6 +173,7 @@ impl Listeners {
             &self.current(Listener::Agent),
             &self.pki,
             crls,
+            &self.resumption,
         )?);
         Ok(())
     }
@@ -172,7 +182,7 @@ impl Listeners {
         let cfg = match l {
             Listener::Agent => {
                 let crls = self.crls.read().unwrap_or_else(|p| p.into_inner()).clone();
-                agent_config(&cert, &self.pki, &crls)?
+                agent_config(&cert, &self.pki, &crls, &self.resumption)?
             }
             Listener::Console => console_config(&cert)?,
         };
@@ -305,7 +315,7 @@ impl Listeners {
         let _ = match l {
             Listener::Agent => {
                 let crls = self.crls.read().unwrap_or_else(|p| p.into_inner()).clone();
-                agent_config(&loaded, &self.pki, &crls)?
+                agent_config(&loaded, &self.pki, &crls, &self.resumption)?
             }
             Listener::Console => console_config(&loaded)?,
         };

@@ -634,3 +634,84 @@ async fn tls_alert_for(
         other => panic!("not a TLS error: {other:?}"),
     }
 }
+
+/// A mutual-TLS handshake with the agent site and one request (the session's certificate must
+/// still be the device's): how the handshake went, and the status line.
+async fn ping_over(
+    ts: &TestServer,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(ts.running().agent_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET {} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+            steward_proto::paths::PING
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    (kind, text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_across_crl_resigning_and_still_meet_revocation() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 2, &[]).await;
+    let agent = ts.enroll(&pkg.token, "pc-1").await.unwrap();
+    let other = ts.enroll(&pkg.token, "pc-2").await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ts.root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let client_cfg = |a: &common::Agent| {
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(common::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(
+                    a.chain.clone(),
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(a.key.clone().into()),
+                )
+                .unwrap(),
+        )
+    };
+    let (cfg, other_cfg) = (client_cfg(&agent), client_cfg(&other));
+    let (kind, status) = ping_over(&ts, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert!(status.contains(" 200 "), "{status}");
+    let (kind, _) = ping_over(&ts, &other_cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+
+    // Revoking pc-2 re-signs the CRLs, which rebuilds the agent site's TLS configuration: pc-1
+    // still resumes (no second full handshake for every agent at every re-signing)...
+    let revoke = steward_proto::admin::paths::DEVICE_REVOKE.replace("{id}", &other.id);
+    let resp = ts
+        .admin
+        .post(ts.console(&revoke))
+        .bearer_auth(&ts.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (kind, status) = ping_over(&ts, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert!(status.contains(" 200 "), "{status}");
+    // ...and a resumed session does not bypass revocation: the request is refused.
+    let (kind, status) = ping_over(&ts, &other_cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert!(status.contains(" 403 "), "{status}");
+}
