@@ -61,23 +61,48 @@ fn openssl_available() -> bool {
 }
 
 /// Start `openssl s_server -www` on a free port with `extra` arguments.
+/// Starts `openssl s_server` on a free port and returns once it has bound it: it prints
+/// `ACCEPT` then. A free port can be taken between `free_port` and the bind by another test's
+/// server (the tests run in parallel); such an s_server exits without `ACCEPT`, and another
+/// port is tried — otherwise the probe would meet the other test's server.
 fn s_server(files: &Files, extra: &[&str]) -> (Server, u16) {
-    let port = free_port();
-    let child = Command::new(OPENSSL)
-        .arg("s_server")
-        .args(["-accept", &format!("127.0.0.1:{port}")])
-        .arg("-cert")
-        .arg(&files.leaf)
-        .arg("-key")
-        .arg(&files.key)
-        .args(extra)
-        .arg("-www")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn openssl s_server");
-    (Server(child), port)
+    use std::io::BufRead;
+    for _ in 0..10 {
+        let port = free_port();
+        let mut child = Command::new(OPENSSL)
+            .arg("s_server")
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .arg("-cert")
+            .arg(&files.leaf)
+            .arg("-key")
+            .arg(&files.key)
+            .args(extra)
+            .arg("-www")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn openssl s_server");
+        let stdout = child.stdout.take().expect("s_server's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads until ACCEPT, then drains what s_server prints, so it never blocks on a pipe.
+        std::thread::spawn(move || {
+            let mut told = false;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !told && line.trim() == "ACCEPT" {
+                    told = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let server = Server(child);
+        // Bounded; an exit without ACCEPT (the port was taken) ends the wait early.
+        if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+            return (server, port);
+        }
+    }
+    panic!("openssl s_server did not start on any of 10 ports");
 }
 
 /// Probe until s_server is up: it refuses until it has bound, so retry only on Refused
