@@ -12,7 +12,6 @@
 //! Needs the `steward-agent` binary next to `steward`: `cargo test --workspace` builds both.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here is a failed test
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,32 +19,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod procs;
-use procs::{Proc, agent_bin, ok, run, steward, wait_for};
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn admin(server: &Path, args: &[&str]) -> Command {
-    // After the subcommand words (three for `server cert X`): the server's data directory.
-    let words = if args[0] == "server" { 3 } else { 2 };
-    let mut c = Command::new(steward());
-    c.args(&args[..words])
-        .arg("--data-dir")
-        .arg(server)
-        .args(&args[words..]);
-    c
-}
-
-fn json(server: &Path, args: &[&str]) -> Value {
-    let mut c = admin(server, args);
-    c.args(["--format", "json"]);
-    serde_json::from_str(&ok(&mut c)).unwrap()
-}
+use procs::{
+    Proc, admin, agent_bin, free_port, init_loopback_server, json, ok, run, steward, wait_for,
+};
 
 fn log_of(agent: &Path) -> String {
     std::fs::read_dir(agent.join("logs"))
@@ -81,32 +57,7 @@ fn device<'a>(list: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn certificates_renew_and_revoke_while_agents_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = tmp.path().join("server");
-    let agent_port = free_port("127.0.0.1");
-    let pw = tmp.path().join("admin-pw");
-    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
-    ok(Command::new(steward())
-        .args([
-            "server",
-            "init",
-            "--fqdn",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(&server)
-        .args(["--agent-addr", &format!("127.0.0.1:{agent_port}")])
-        .args([
-            "--console-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .args([
-            "--crl-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .arg("--admin-password-file")
-        .arg(&pw));
+    let (server, agent_port) = init_loopback_server(tmp.path());
     // Quick check-ins, and agent certificates that are due for renewal after 12 s.
     let cfg = server.join("steward.toml");
     let text = std::fs::read_to_string(&cfg)
@@ -539,32 +490,7 @@ fn acme_pfx(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 #[test]
 fn a_third_party_certificate_replaces_the_agent_site_certificate_in_phases() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = tmp.path().join("server");
-    let agent_port = free_port("127.0.0.1");
-    let pw = tmp.path().join("admin-pw");
-    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
-    ok(Command::new(steward())
-        .args([
-            "server",
-            "init",
-            "--fqdn",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(&server)
-        .args(["--agent-addr", &format!("127.0.0.1:{agent_port}")])
-        .args([
-            "--console-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .args([
-            "--crl-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .arg("--admin-password-file")
-        .arg(&pw));
+    let (server, agent_port) = init_loopback_server(tmp.path());
     let cfg = server.join("steward.toml");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()

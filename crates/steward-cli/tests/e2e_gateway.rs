@@ -6,69 +6,20 @@
 //! Needs the `steward-agent` binary next to `steward`: `cargo test --workspace` builds both.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here is a failed test
 
-use std::net::TcpListener;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod procs;
-use procs::{Proc, agent_bin, ok, run, steward, wait_for};
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn admin(server: &Path, args: &[&str]) -> Command {
-    // After the two subcommand words: the server's data directory for the admin connection.
-    let mut c = Command::new(steward());
-    c.args(&args[..2])
-        .arg("--data-dir")
-        .arg(server)
-        .args(&args[2..]);
-    c
-}
-
-fn json(server: &Path, args: &[&str]) -> Value {
-    let mut c = admin(server, args);
-    c.args(["--format", "json"]);
-    serde_json::from_str(&ok(&mut c)).unwrap()
-}
+use procs::{
+    Proc, admin, agent_bin, free_port, init_loopback_server, json, ok, run, steward, wait_for,
+};
 
 #[test]
 fn an_agent_off_the_lan_checks_in_through_a_gateway_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = tmp.path().join("server");
-    let agent_port = free_port("127.0.0.1");
-    let pw = tmp.path().join("admin-pw");
-    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
-    ok(Command::new(steward())
-        .args([
-            "server",
-            "init",
-            "--fqdn",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(&server)
-        .args(["--agent-addr", &format!("127.0.0.1:{agent_port}")])
-        .args([
-            "--console-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .args([
-            "--crl-addr",
-            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
-        ])
-        .arg("--admin-password-file")
-        .arg(&pw));
+    let (server, agent_port) = init_loopback_server(tmp.path());
     let mut server_proc = Proc::spawn(
         Command::new(steward())
             .args(["server", "run", "--data-dir"])

@@ -90,3 +90,57 @@ pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Op
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A port free on `ip` right now (bound, then released).
+pub(crate) fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `steward server init` in `dir/server` for `localhost`/127.0.0.1, every listener on a free
+/// loopback port, the admin password in `dir/admin-pw`. Returns the data directory and the
+/// agent-site port.
+pub(crate) fn init_loopback_server(dir: &Path) -> (PathBuf, u16) {
+    let server = dir.join("server");
+    let agent_port = free_port("127.0.0.1");
+    let pw = dir.join("admin-pw");
+    std::fs::write(&pw, "correct horse battery staple\n").unwrap();
+    ok(Command::new(steward())
+        .args(["server", "init", "--fqdn", "localhost", "--ip", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(&server)
+        .args(["--agent-addr", &format!("127.0.0.1:{agent_port}")])
+        .args([
+            "--console-addr",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ])
+        .args([
+            "--crl-addr",
+            &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        ])
+        .arg("--admin-password-file")
+        .arg(&pw));
+    (server, agent_port)
+}
+
+/// An admin command against the server in `server` (its data directory), inserted after the
+/// subcommand words: three for `server cert X`, two otherwise.
+pub(crate) fn admin(server: &Path, args: &[&str]) -> Command {
+    let words = if args[0] == "server" { 3 } else { 2 };
+    let mut c = Command::new(steward());
+    c.args(&args[..words])
+        .arg("--data-dir")
+        .arg(server)
+        .args(&args[words..]);
+    c
+}
+
+/// [`admin`] with `--format json`, required to succeed, its output parsed.
+pub(crate) fn json(server: &Path, args: &[&str]) -> serde_json::Value {
+    let mut c = admin(server, args);
+    c.args(["--format", "json"]);
+    serde_json::from_str(&ok(&mut c)).unwrap()
+}
