@@ -3,7 +3,10 @@
 //! principal; the 401 offers the providers in order; password fallback on and off; NTLM is
 //! refused with its reason; per-connection persistence counted in GSSAPI accepts; and
 //! `steward doctor kerberos` names a keytab without the SPN, a stale key version, a missing
-//! keytab and a KDC whose clock is skewed.
+//! keytab and a KDC whose clock is skewed; a name a canonicalising client turns into another
+//! SPN (KRB-NAME-MISMATCH); duplicate SPNs searched in a real OpenLDAP directory (`slapd` on
+//! loopback, with AD's `servicePrincipalName` in its schema); `--check-config` checking the
+//! keytab; and malformed Negotiate tokens answered 400 on every route that takes one.
 //!
 //! Every process gets KRB5_CONFIG / KRB5_KDC_PROFILE / KRB5CCNAME / KRB5_KTNAME pointing into
 //! the test's directories (never /etc/krb5.conf). Everything listens on 127.0.0.1; every wait
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use procs::{Proc, agent_bin, ok, run, steward, wait_for};
 use steward_kerberos::testkdc::TestKdc;
+use steward_kerberos::testldap::{ADMIN_PASSWORD as LDAP_ADMIN_PASSWORD, TestLdap};
 
 const REALM: &str = "STEWARD.TEST";
 const ALICE_PW: &str = "alice-kerberos-pw";
@@ -67,6 +71,7 @@ struct Server {
     dir: PathBuf,
     log: PathBuf,
     url: String,
+    agent_url: String,
     ca: PathBuf,
 }
 
@@ -133,19 +138,21 @@ fn server(tmp: &Path, kdc: &TestKdc, keytab: &Path, auth: &str) -> Server {
         }
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&addresses).unwrap()).unwrap();
-        let port = v["console"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_owned();
+        let port = |l: &str| {
+            v[l].as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
         return Server {
             _proc: proc,
             ca: dir.join("pki").join("root.crt"),
             dir,
             log,
-            url: format!("https://localhost:{port}"),
+            url: format!("https://localhost:{}", port("console")),
+            agent_url: format!("https://localhost:{}", port("agent")),
         };
     }
     panic!("the server could not bind free ports in three attempts");
@@ -198,7 +205,11 @@ fn curl_each(
             .arg(&h)
             .arg("-o")
             .arg(&b)
-            .arg(format!("{}{p}", s.url));
+            .arg(if p.starts_with("https://") {
+                (*p).to_owned()
+            } else {
+                format!("{}{p}", s.url)
+            });
         outs.push((h, b));
     }
     krb_env(&mut cmd, kdc, ccache);
@@ -457,6 +468,56 @@ fn kinit_then_curl_and_the_cli_reach_the_api_as_the_right_principal() {
     }
     assert!(s.count("AUTH-NTLM-NOT-SUPPORTED") >= 2, "{}", s.log());
 
+    // A Negotiate header that is not a token at all — not base64, empty, base64 of something
+    // that is not a GSS-API token, bytes that are not ASCII — is a 400 with its own ID and a
+    // JSON body, on every console-listener route (the admin API, the Kerberos sign-in, a
+    // console page), and the server keeps serving.
+    let garbage = [
+        "Authorization: Negotiate !!!not-base64!!!".to_owned(),
+        "Authorization: Negotiate".to_owned(),
+        "Authorization: Negotiate    ".to_owned(),
+        "Authorization: Negotiate Z2FyYmFnZSwgbm90IGEgdG9rZW4=".to_owned(),
+        "Authorization: Negotiate YII=@@".to_owned(),
+        format!("Authorization: Negotiate {}", "A".repeat(100_001)),
+        "Authorization: Negotiate \u{e9}t\u{e9}".to_owned(),
+    ];
+    for path in [
+        "/api/v1/devices",
+        "/login/negotiate?next=/devices",
+        "/devices",
+    ] {
+        for header in &garbage {
+            let r = curl(&s, &kdc, &nobody, &["-H", header], &[path]);
+            let shown = &header[..header.len().min(60)];
+            assert_eq!(r[0].status, 400, "{path} {shown}: {}", r[0].body);
+            let v: serde_json::Value = serde_json::from_str(&r[0].body)
+                .unwrap_or_else(|e| panic!("{path} {shown}: {e}: {}", r[0].body));
+            assert_eq!(v["id"], "AUTH-NEGOTIATE-MALFORMED", "{path} {shown}: {v}");
+        }
+    }
+    assert!(s.count("AUTH-NEGOTIATE-MALFORMED") >= 21, "{}", s.log());
+    // Shaped like a token but garbage inside: GSSAPI refuses it (401), nothing panics.
+    let r = curl(
+        &s,
+        &kdc,
+        &nobody,
+        &[
+            "-H",
+            "Authorization: Negotiate YIIBAgYGKwYBBQUCoIH3MIH0oDAwLgYJKoZIgvcSAQICBgkqhkiG9xIBAgI=",
+        ],
+        &["/api/v1/devices"],
+    );
+    assert_eq!(r[0].status, 401, "{}", r[0].body);
+    assert!(r[0].body.contains("AUTH-NEGOTIATE-FAILED"), "{}", r[0].body);
+    let r = curl(
+        &s,
+        &kdc,
+        &alice,
+        &["--negotiate", "-u", ":"],
+        &["/api/v1/devices"],
+    );
+    assert_eq!(r[0].status, 200, "the server still serves: {}", s.log());
+
     // persist_per_connection = false: three requests on one connection, each with a token:
     // three accepts.
     let before = s.count("gssapi accept");
@@ -687,6 +748,30 @@ fn a_domain_joined_agent_enrolls_with_its_host_keytab_when_allowed() {
         s.log()
     );
 
+    // A token that is not one, in the enrollment body: 400 AUTH-NEGOTIATE-MALFORMED too.
+    for token in ["", "%%%", "bm90IGEgdG9rZW4="] {
+        let body = serde_json::json!({
+            "negotiate_token": token,
+            "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n",
+            "agent_version": "0.1.0",
+        })
+        .to_string();
+        let url = format!("{}/agent/v1/enroll/kerberos", s.agent_url);
+        let r = curl(
+            &s,
+            &kdc,
+            &kdc.dir().join("none"),
+            &["-H", "Content-Type: application/json", "--data", &body],
+            &[&url],
+        );
+        assert_eq!(r[0].status, 400, "{token:?}: {}", r[0].body);
+        assert!(
+            r[0].body.contains("AUTH-NEGOTIATE-MALFORMED"),
+            "{token:?}: {}",
+            r[0].body
+        );
+    }
+
     // Without the host's key (an empty keytab) the agent says why, under its ID.
     let empty = kdc.dir().join("empty.keytab");
     let out = agent_enroll_kerberos(&kdc, &s, tmp.path(), &empty, "agent-2");
@@ -845,4 +930,379 @@ fn the_doctor_names_a_missing_spn_a_stale_kvno_a_missing_keytab_and_a_skewed_clo
         text.contains("KRB-KDC-UNREACHABLE") && text.contains(&addr.to_string()),
         "{text}"
     );
+}
+
+/// `steward server init` into `tmp/<name>` with an `[auth]` section of its own (`keytab` first,
+/// then `auth`), without running the server.
+fn init_data_dir(tmp: &Path, name: &str, keytab: &Path, auth: &str) -> PathBuf {
+    let pw = tmp.join("admin-pw");
+    std::fs::write(&pw, format!("{ADMIN_PW}\n")).unwrap();
+    let dir = tmp.join(name);
+    ok(Command::new(steward())
+        .args(["server", "init", "--fqdn", "localhost", "--ip", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--agent-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--console-addr", "127.0.0.1:0"])
+        .args(["--crl-addr", &format!("127.0.0.1:{}", free_port())])
+        .arg("--admin-password-file")
+        .arg(&pw));
+    set_auth(&dir, keytab, auth);
+    dir
+}
+
+/// Replaces the `[auth]` section of `dir/steward.toml`.
+fn set_auth(dir: &Path, keytab: &Path, auth: &str) {
+    let toml = dir.join("steward.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let cut = text.find("\n[auth]").expect("an [auth] section");
+    std::fs::write(
+        &toml,
+        format!(
+            "{}\n[auth]\nkeytab = \"{}\"\n{auth}\n",
+            &text[..cut],
+            keytab.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// `steward doctor kerberos --format json` with `args`, the realm's environment and
+/// optionally another krb5.conf.
+fn doctor_with(
+    kdc: &TestKdc,
+    ccache: &Path,
+    args: &[&str],
+    krb5_conf: Option<&Path>,
+) -> (i32, Vec<(String, String, String)>) {
+    let mut cmd = Command::new(steward());
+    cmd.args(["doctor", "kerberos", "--format", "json"])
+        .args(args);
+    krb_env(&mut cmd, kdc, ccache);
+    if let Some(c) = krb5_conf {
+        cmd.env("KRB5_CONFIG", c);
+    }
+    let out = run(&mut cmd);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let findings = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["severity"].as_str().unwrap().to_owned(),
+                f["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), findings)
+}
+
+fn message<'a>(f: &'a [(String, String, String)], id: &str, severity: &str) -> &'a str {
+    f.iter()
+        .find(|(i, s, _)| i == id && s == severity)
+        .map(|(_, _, m)| m.as_str())
+        .unwrap_or_else(|| panic!("no {severity} {id}: {f:#?}"))
+}
+
+#[test]
+fn the_doctor_searches_an_ldap_directory_for_duplicate_spns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (kdc, keytab) = realm();
+    let alice = ticket(&kdc, "alice", ALICE_PW);
+    let mut ldap = TestLdap::start("dc=steward,dc=test").expect("slapd starts (Debian: slapd)");
+    let url = ldap.url();
+    let dir = init_data_dir(
+        tmp.path(),
+        "server",
+        &keytab,
+        &format!(
+            "providers = [\"negotiate\", \"password\"]\nldap_url = \"{url}\"\n\
+             ldap_base = \"dc=steward,dc=test\"\n"
+        ),
+    );
+    let by_dir = ["--data-dir", dir.to_str().unwrap()];
+
+    // Nobody holds HTTP/localhost yet: not registered (a warning), and no error.
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 0, "{f:#?}");
+    let m = message(&f, "KRB-SPN-UNREGISTERED", "warning");
+    assert!(m.contains("HTTP/localhost") && m.contains(&url), "{m}");
+    assert!(!has(&f, "KRB-DUPLICATE-SPN-UNCHECKED", "warning"), "{f:#?}");
+
+    // The server's account holds it: once, OK, naming the object.
+    let svc = ldap
+        .add_spn_holder(
+            "steward-svc",
+            &["HTTP/localhost", "HTTP/localhost.steward.test"],
+        )
+        .unwrap();
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 0, "{f:#?}");
+    assert!(message(&f, "KRB-SPN-UNIQUE", "ok").contains(&svc), "{f:#?}");
+    assert!(has(&f, "KRB-KVNO-OK", "ok"), "{f:#?}");
+
+    // A stale computer account holds it too, in other case (AD compares case-insensitively):
+    // an error naming both objects.
+    let stale = ldap
+        .add_spn_holder("OLDWEB01", &["http/LOCALHOST"])
+        .unwrap();
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 1, "{f:#?}");
+    let m = message(&f, "KRB-DUPLICATE-SPN", "error");
+    assert!(
+        m.contains(&svc) && m.contains(&stale) && m.contains("HTTP/localhost"),
+        "{m}"
+    );
+    // The text form says it too.
+    let mut cmd = Command::new(steward());
+    cmd.args(["doctor", "kerberos", "--data-dir"]).arg(&dir);
+    krb_env(&mut cmd, &kdc, &alice);
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[error] KRB-DUPLICATE-SPN:") && text.contains("setspn -D"),
+        "{text}"
+    );
+
+    // A bind with the right password finds the same; a wrong one is named.
+    let good = tmp.path().join("ldap-pw");
+    std::fs::write(&good, format!("{LDAP_ADMIN_PASSWORD}\n")).unwrap();
+    let bad = tmp.path().join("ldap-pw-bad");
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let admin_dn = ldap.admin_dn();
+    let bound = |file: &Path| {
+        set_auth(
+            &dir,
+            &keytab,
+            &format!(
+                "providers = [\"negotiate\", \"password\"]\nldap_url = \"{url}\"\n\
+                 ldap_base = \"dc=steward,dc=test\"\nldap_bind_dn = \"{admin_dn}\"\n\
+                 ldap_bind_password_file = \"{}\"\n",
+                file.display()
+            ),
+        );
+    };
+    bound(&good);
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 1, "{f:#?}");
+    assert!(has(&f, "KRB-DUPLICATE-SPN", "error"), "{f:#?}");
+    bound(&bad);
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 0, "{f:#?}");
+    let m = message(&f, "KRB-LDAP-BIND-FAILED", "warning");
+    assert!(
+        m.contains(&admin_dn) && m.contains("49") && m.contains("not checked"),
+        "{m}"
+    );
+
+    // The flags override the data directory: a base that does not exist.
+    let (_, f) = doctor_with(
+        &kdc,
+        &alice,
+        &[
+            "--name",
+            "localhost",
+            "--keytab",
+            keytab.to_str().unwrap(),
+            "--ldap-url",
+            &url,
+            "--ldap-base",
+            "dc=elsewhere,dc=test",
+        ],
+        None,
+    );
+    let m = message(&f, "KRB-LDAP-SEARCH-FAILED", "warning");
+    assert!(
+        m.contains("dc=elsewhere,dc=test") && m.contains("noSuchObject"),
+        "{m}"
+    );
+
+    // The directory is down: named with its URL and the error.
+    ldap.stop();
+    let (code, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    assert_eq!(code, 0, "{f:#?}");
+    let m = message(&f, "KRB-LDAP-UNREACHABLE", "warning");
+    assert!(m.contains(&url) && m.contains("not checked"), "{m}");
+
+    // No directory configured: said plainly.
+    set_auth(&dir, &keytab, "providers = [\"negotiate\", \"password\"]\n");
+    let (_, f) = doctor_with(&kdc, &alice, &by_dir, None);
+    let m = message(&f, "KRB-DUPLICATE-SPN-UNCHECKED", "warning");
+    assert!(
+        m.contains("cannot be checked") && m.contains("no LDAP directory is configured"),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_doctor_names_a_name_that_canonicalises_to_another_spn() {
+    let (kdc, _) = realm();
+    let alice = ticket(&kdc, "alice", ALICE_PW);
+    // The server answers to 127.0.0.1 and its keytab has HTTP/127.0.0.1 only.
+    kdc.add_service("HTTP/127.0.0.1").unwrap();
+    let ip_keytab = kdc.dir().join("ip.keytab");
+    kdc.export("HTTP/127.0.0.1", &ip_keytab).unwrap();
+    let args = [
+        "--name",
+        "127.0.0.1",
+        "--keytab",
+        ip_keytab.to_str().unwrap(),
+    ];
+    // The test realm's krb5.conf turns canonicalisation off: the SPN is the name as given.
+    let (_, f) = doctor_with(&kdc, &alice, &args, None);
+    assert!(has(&f, "KRB-SPN-OK", "ok"), "{f:#?}");
+    assert!(
+        !f.iter().any(|(i, _, _)| i == "KRB-NAME-MISMATCH"),
+        "{f:#?}"
+    );
+
+    // MIT's defaults (dns_canonicalize_hostname and rdns on): a client resolves 127.0.0.1
+    // back to localhost (its PTR, here /etc/hosts) and asks for HTTP/localhost, which the
+    // keytab does not have.
+    let conf = std::fs::read_to_string(kdc.krb5_conf())
+        .unwrap()
+        .replace("rdns = false", "rdns = true")
+        .replace(
+            "dns_canonicalize_hostname = false",
+            "dns_canonicalize_hostname = true",
+        );
+    let canon = kdc.dir().join("krb5-canonicalising.conf");
+    std::fs::write(&canon, conf).unwrap();
+    let (_, f) = doctor_with(&kdc, &alice, &args, Some(&canon));
+    let m = message(&f, "KRB-NAME-MISMATCH", "warning");
+    // The name a client really asks for: the PTR of 127.0.0.1 (localhost on Debian).
+    let asked = m
+        .split_once("ask for HTTP/")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(host, _)| host.to_owned())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(
+        m.starts_with("127.0.0.1 resolves to 127.0.0.1")
+            && m.contains(&format!("reverse: {asked}"))
+            && asked.starts_with("localhost"),
+        "{m}"
+    );
+
+    // With HTTP/<that name> in the keytab as well, the name a client really uses has its key.
+    if asked != "localhost" {
+        kdc.add_service(&format!("HTTP/{asked}")).unwrap();
+    }
+    let both = kdc.dir().join("both.keytab");
+    kdc.export("HTTP/127.0.0.1", &both).unwrap();
+    kdc.export(&format!("HTTP/{asked}"), &both).unwrap();
+    let (_, f) = doctor_with(
+        &kdc,
+        &alice,
+        &["--name", "127.0.0.1", "--keytab", both.to_str().unwrap()],
+        Some(&canon),
+    );
+    assert!(
+        !f.iter().any(|(i, _, _)| i == "KRB-NAME-MISMATCH"),
+        "{f:#?}"
+    );
+}
+
+/// `steward server run --check-config`: exit status and output.
+fn check_config(dir: &Path) -> (i32, String) {
+    let out = run(Command::new(steward())
+        .args(["server", "run", "--check-config", "--data-dir"])
+        .arg(dir));
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_config_checks_the_keytab_and_the_directory_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (kdc, keytab) = realm();
+    let negotiate = "providers = [\"negotiate\", \"password\"]\n";
+    let dir = init_data_dir(tmp.path(), "server", &keytab, negotiate);
+
+    // The keytab has HTTP/localhost for the one name: fine.
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("KRB-KEYTAB-OK") && out.contains("KRB-SPN-OK"),
+        "{out}"
+    );
+
+    // A keytab for another name: the SPN for localhost is missing, an error.
+    kdc.add_service("HTTP/other.steward.test").unwrap();
+    let other = kdc.dir().join("other.keytab");
+    kdc.export("HTTP/other.steward.test", &other).unwrap();
+    set_auth(&dir, &other, negotiate);
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("error")
+            && l.contains("KRB-SPN-MISSING")
+            && l.contains("HTTP/localhost")),
+        "{out}"
+    );
+
+    // No keytab at the path; a file that is not a keytab.
+    set_auth(&dir, &tmp.path().join("absent.keytab"), negotiate);
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("KRB-KEYTAB-MISSING"), "{out}");
+    let junk = tmp.path().join("junk.keytab");
+    std::fs::write(&junk, "not a keytab").unwrap();
+    set_auth(&dir, &junk, negotiate);
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("KRB-KEYTAB-UNREADABLE"), "{out}");
+
+    // Password only: the keytab is not needed, so not checked.
+    set_auth(&dir, &junk, "providers = [\"password\"]\n");
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("KRB-"), "{out}");
+
+    // The directory settings are validated with the rest of the configuration.
+    for (auth, words) in [
+        (
+            "ldap_url = \"http://dc1\"\nldap_base = \"dc=x\"\n",
+            "ldap://",
+        ),
+        (
+            "ldap_url = \"ldap://127.0.0.1:3389\"\n",
+            "ldap_base is not set",
+        ),
+        (
+            "ldap_url = \"ldap://127.0.0.1:3389\"\nldap_base = \"steward.test\"\n",
+            "not a DN",
+        ),
+        (
+            "ldap_url = \"ldap://127.0.0.1:3389\"\nldap_base = \"dc=x\"\n\
+             ldap_bind_dn = \"cn=admin,dc=x\"\n",
+            "ldap_bind_password_file",
+        ),
+        ("ldap_base = \"dc=x\"\n", "need auth.ldap_url"),
+    ] {
+        set_auth(&dir, &keytab, &format!("{negotiate}{auth}"));
+        let (code, out) = check_config(&dir);
+        assert_ne!(code, 0, "{auth}: {out}");
+        assert!(out.contains(words), "{auth}: {words}: {out}");
+    }
+    set_auth(
+        &dir,
+        &keytab,
+        &format!("{negotiate}ldap_url = \"ldap://127.0.0.1:3389\"\nldap_base = \"dc=x\"\n"),
+    );
+    let (code, out) = check_config(&dir);
+    assert_eq!(code, 0, "{out}");
 }

@@ -72,8 +72,64 @@ pub struct KerberosEvidence {
     pub resolution: Vec<NameResolution>,
     /// Per name: the service ticket a client gets (empty when not attempted).
     pub tickets: Vec<TicketProbe>,
-    /// The LDAP directory to look for duplicate SPNs in, if configured.
-    pub ldap: Option<String>,
+    /// What the LDAP directory says about the server's SPNs (the duplicate-SPN check).
+    pub ldap: LdapEvidence,
+}
+
+/// The holders of one SPN in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpnHolders {
+    /// The SPN searched (`HTTP/<name>`).
+    pub spn: String,
+    /// The DNs of the objects whose `servicePrincipalName` holds it (compared as the directory
+    /// does: case-insensitively in Active Directory), sorted.
+    pub holders: Vec<String>,
+}
+
+/// The duplicate-SPN evidence: what the LDAP directory answered, or why it could not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LdapEvidence {
+    /// No directory is configured (`[auth] ldap_url`): the check cannot run.
+    NotConfigured,
+    /// The directory could not be reached (connection refused, name, TLS, timeout).
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        error: String,
+    },
+    /// The directory refused the bind (or its password could not be read).
+    BindFailed {
+        /// The URL.
+        url: String,
+        /// The DN bound as.
+        bind_dn: String,
+        /// Why.
+        error: String,
+    },
+    /// The bind worked but a search was refused (no such base, access denied, anonymous
+    /// searches not allowed).
+    SearchFailed {
+        /// The URL.
+        url: String,
+        /// The search base.
+        base: String,
+        /// The filter.
+        filter: String,
+        /// The DN bound as (empty: anonymous).
+        bind_dn: String,
+        /// Why.
+        error: String,
+    },
+    /// Searched: the holders of each SPN.
+    Searched {
+        /// The URL.
+        url: String,
+        /// The search base.
+        base: String,
+        /// One entry per SPN the server needs.
+        spns: Vec<SpnHolders>,
+    },
 }
 
 fn finding(id: &'static str, severity: Severity, message: String, remedy: &str) -> Finding {
@@ -100,17 +156,22 @@ fn spn_entries<'a>(
         .collect()
 }
 
-/// Judges the evidence: one or more findings per check, in a fixed order.
-pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
+/// The keytab checks (read, then one `HTTP/<name>` per name), shared by the doctor and the
+/// server's `--check-config`: the findings, and the entries when the keytab could be used.
+pub fn keytab_findings<'a>(
+    keytab_path: &str,
+    keytab: &'a KeytabRead,
+    names: &[String],
+    realm: Option<&str>,
+) -> (Vec<Finding>, Option<&'a [KeytabEntry]>) {
     let mut out = Vec::new();
-    let realm = ev.realm.as_deref();
     // 1. Keytab.
-    let entries: Option<&[KeytabEntry]> = match &ev.keytab {
+    let entries: Option<&[KeytabEntry]> = match keytab {
         KeytabRead::Entries(e) if e.is_empty() => {
             out.push(finding(
                 "KRB-KEYTAB-UNREADABLE",
                 Severity::Error,
-                format!("the keytab {} holds no keys", ev.keytab_path),
+                format!("the keytab {} holds no keys", keytab_path),
                 "export the service keys into it: `kadmin -q 'ktadd -k FILE HTTP/<name>'` (MIT) \
                  or `ktpass`/`msktutil` (Active Directory)",
             ));
@@ -121,7 +182,7 @@ pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
                 "KRB-KEYTAB-OK",
                 format!(
                     "keytab {}: {} key(s) for {}",
-                    ev.keytab_path,
+                    keytab_path,
                     e.len(),
                     dedup(e.iter().map(|x| x.principal.clone())).join(", ")
                 ),
@@ -151,7 +212,7 @@ pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
     };
     // 2. One HTTP/<name> per name the server answers to.
     if let Some(entries) = entries {
-        for name in &ev.names {
+        for name in names {
             if spn_entries(entries, name, realm).is_empty() {
                 out.push(finding(
                     "KRB-SPN-MISSING",
@@ -173,6 +234,14 @@ pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
             }
         }
     }
+    (out, entries)
+}
+
+/// Judges the evidence: one or more findings per check, in a fixed order.
+pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
+    let realm = ev.realm.as_deref();
+    // 1. Keytab. 2. One HTTP/<name> per name the server answers to.
+    let (mut out, entries) = keytab_findings(&ev.keytab_path, &ev.keytab, &ev.names, realm);
     // 3. The KDC and the clock.
     match &ev.kdc {
         Ok(clock) => {
@@ -324,28 +393,109 @@ pub fn evaluate(ev: &KerberosEvidence) -> Vec<Finding> {
         }
     }
     // 6. Duplicate SPNs.
-    out.push(match &ev.ldap {
-        None => finding(
+    duplicate_spn_findings(&mut out, &ev.ldap);
+    out
+}
+
+const NOT_CHECKED: &str = "so duplicate SPNs were not checked";
+
+fn duplicate_spn_findings(out: &mut Vec<Finding>, ldap: &LdapEvidence) {
+    match ldap {
+        LdapEvidence::NotConfigured => out.push(finding(
             "KRB-DUPLICATE-SPN-UNCHECKED",
             Severity::Warning,
-            "duplicate SPNs cannot be checked: no LDAP directory is configured ([auth] ldap_url); \
-             a duplicate makes the KDC encrypt tickets with another account's key, which this \
-             server then cannot decrypt"
+            "duplicate SPNs cannot be checked: no LDAP directory is configured ([auth] ldap_url \
+             and ldap_base); a duplicate makes the KDC encrypt tickets with another account's \
+             key, which this server then cannot decrypt"
                 .to_owned(),
-            "on Active Directory run `setspn -X` (and `setspn -Q HTTP/<name>`); on MIT check \
-             that each HTTP/<name> exists once",
-        ),
-        Some(url) => finding(
-            "KRB-DUPLICATE-SPN-UNCHECKED",
+            "set [auth] ldap_url and ldap_base (Active Directory: a domain controller and the \
+             domain's DN) and run the doctor again, or on Active Directory run `setspn -X` (and \
+             `setspn -Q HTTP/<name>`); on MIT check that each HTTP/<name> exists once",
+        )),
+        LdapEvidence::Unreachable { url, error } => out.push(finding(
+            "KRB-LDAP-UNREACHABLE",
+            Severity::Warning,
+            format!("the LDAP directory {url} cannot be reached ({error}), {NOT_CHECKED}"),
+            "check [auth] ldap_url (scheme ldap:// or ldaps://, host, port 389 or 636), that \
+             the directory runs and that the port reaches it through every firewall; for \
+             ldaps:// the directory's certificate must chain to a root this machine trusts",
+        )),
+        LdapEvidence::BindFailed {
+            url,
+            bind_dn,
+            error,
+        } => out.push(finding(
+            "KRB-LDAP-BIND-FAILED",
             Severity::Warning,
             format!(
-                "duplicate SPNs were not checked: querying the LDAP directory {url} is not \
-                 implemented in this version"
+                "the LDAP directory {url} refused the bind as {bind_dn} ({error}), {NOT_CHECKED}"
             ),
-            "on Active Directory run `setspn -X` (and `setspn -Q HTTP/<name>`)",
-        ),
-    });
-    out
+            "check [auth] ldap_bind_dn and the password in ldap_bind_password_file (one line), \
+             and that the account is enabled; Active Directory also takes \
+             user@domain as the bind name",
+        )),
+        LdapEvidence::SearchFailed {
+            url,
+            base,
+            filter,
+            bind_dn,
+            error,
+        } => out.push(finding(
+            "KRB-LDAP-SEARCH-FAILED",
+            Severity::Warning,
+            format!(
+                "the LDAP directory {url} refused the search {filter} under {base} as {} \
+                 ({error}), {NOT_CHECKED}",
+                if bind_dn.is_empty() {
+                    "anonymous"
+                } else {
+                    bind_dn.as_str()
+                }
+            ),
+            "check [auth] ldap_base (the domain's DN, e.g. dc=example,dc=net) and that the \
+             account may read servicePrincipalName (Active Directory refuses anonymous \
+             searches: set ldap_bind_dn and ldap_bind_password_file)",
+        )),
+        LdapEvidence::Searched { url, base, spns } => {
+            for s in spns {
+                match s.holders.as_slice() {
+                    [] => out.push(finding(
+                        "KRB-SPN-UNREGISTERED",
+                        Severity::Warning,
+                        format!(
+                            "no object under {base} in {url} holds servicePrincipalName {}: the \
+                             SPN is not registered in the directory, so a KDC that reads this \
+                             directory (Active Directory) issues no tickets for it",
+                            s.spn
+                        ),
+                        "register it, once, on the account whose key is in the keytab (AD: \
+                         `setspn -S HTTP/<name> ACCOUNT`); if the KDC is not this directory \
+                         (MIT with its own database), ldap_url points at the wrong directory",
+                    )),
+                    [one] => out.push(Finding::ok(
+                        "KRB-SPN-UNIQUE",
+                        format!("{} is registered once in {url}: on {one}", s.spn),
+                    )),
+                    many => out.push(finding(
+                        "KRB-DUPLICATE-SPN",
+                        Severity::Error,
+                        format!(
+                            "{} is registered on {} directory objects in {url}: {}. The KDC \
+                             encrypts tickets for it with the key of one of them, so logins fail \
+                             (KRB_AP_ERR_MODIFIED) whenever that is not the account whose key is \
+                             in the keytab",
+                            s.spn,
+                            many.len(),
+                            many.join("; ")
+                        ),
+                        "keep the SPN on the account whose key the keytab holds and remove it from \
+                         the others (AD: `setspn -D HTTP/<name> OTHER-ACCOUNT`, then `setspn \
+                         -X`); a stale computer account that still holds it can also be deleted",
+                    )),
+                }
+            }
+        }
+    }
 }
 
 fn kvno_findings(out: &mut Vec<Finding>, f: &TicketFacts, entries: &[KeytabEntry], path: &str) {
@@ -542,7 +692,7 @@ mod tests {
                     enctype: 18,
                 })),
             }],
-            ldap: None,
+            ldap: LdapEvidence::NotConfigured,
         }
     }
 
@@ -627,5 +777,82 @@ mod tests {
             error: None,
         }];
         assert!(has(&ev, "KRB-NAME-MISMATCH", Severity::Warning));
+    }
+
+    fn searched(holders: &[&str]) -> LdapEvidence {
+        LdapEvidence::Searched {
+            url: "ldap://dc1.example.net".into(),
+            base: "dc=example,dc=net".into(),
+            spns: vec![SpnHolders {
+                spn: "HTTP/smp.example.net".into(),
+                holders: holders.iter().map(|h| (*h).to_owned()).collect(),
+            }],
+        }
+    }
+
+    fn message(ev: &KerberosEvidence, id: &str) -> String {
+        evaluate(ev)
+            .into_iter()
+            .find(|f| f.id == id)
+            .map(|f| f.message)
+            .unwrap_or_else(|| panic!("no {id}: {:?}", ids(ev)))
+    }
+
+    #[test]
+    fn the_directory_names_duplicate_spns() {
+        let mut ev = base();
+        ev.ldap = searched(&["cn=steward-svc,dc=example,dc=net"]);
+        assert!(has(&ev, "KRB-SPN-UNIQUE", Severity::Ok));
+        assert!(!has(&ev, "KRB-DUPLICATE-SPN-UNCHECKED", Severity::Warning));
+
+        ev.ldap = searched(&[
+            "cn=OLDWEB01,ou=computers,dc=example,dc=net",
+            "cn=steward-svc,dc=example,dc=net",
+        ]);
+        assert!(has(&ev, "KRB-DUPLICATE-SPN", Severity::Error));
+        let m = message(&ev, "KRB-DUPLICATE-SPN");
+        assert!(
+            m.contains("cn=OLDWEB01,ou=computers,dc=example,dc=net")
+                && m.contains("cn=steward-svc,dc=example,dc=net")
+                && m.contains("HTTP/smp.example.net"),
+            "{m}"
+        );
+        assert_eq!(KerberosReport::new(&ev).exit_code(), 1);
+
+        ev.ldap = searched(&[]);
+        assert!(has(&ev, "KRB-SPN-UNREGISTERED", Severity::Warning));
+        assert!(message(&ev, "KRB-SPN-UNREGISTERED").contains("not registered"));
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_used_says_the_check_did_not_run() {
+        let mut ev = base();
+        assert!(message(&ev, "KRB-DUPLICATE-SPN-UNCHECKED").contains("ldap_url"));
+        ev.ldap = LdapEvidence::Unreachable {
+            url: "ldap://127.0.0.1:1".into(),
+            error: "Connection refused".into(),
+        };
+        let m = message(&ev, "KRB-LDAP-UNREACHABLE");
+        assert!(
+            m.contains("ldap://127.0.0.1:1") && m.contains("refused") && m.contains("not checked"),
+            "{m}"
+        );
+        ev.ldap = LdapEvidence::BindFailed {
+            url: "ldap://dc1".into(),
+            bind_dn: "cn=reader,dc=example,dc=net".into(),
+            error: "LDAP result 49 (invalidCredentials)".into(),
+        };
+        assert!(message(&ev, "KRB-LDAP-BIND-FAILED").contains("cn=reader,dc=example,dc=net"));
+        ev.ldap = LdapEvidence::SearchFailed {
+            url: "ldap://dc1".into(),
+            base: "dc=nowhere".into(),
+            filter: "(servicePrincipalName=HTTP/smp.example.net)".into(),
+            bind_dn: String::new(),
+            error: "LDAP result 32 (noSuchObject)".into(),
+        };
+        let m = message(&ev, "KRB-LDAP-SEARCH-FAILED");
+        assert!(m.contains("dc=nowhere") && m.contains("anonymous"), "{m}");
+        // None of these is an error: Kerberos may well work; the check did not run.
+        assert_eq!(KerberosReport::new(&ev).exit_code(), 0);
     }
 }

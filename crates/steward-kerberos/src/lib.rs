@@ -12,6 +12,8 @@ pub mod codes;
 mod der;
 pub mod doctor;
 pub mod keytab;
+#[cfg(feature = "ldap")]
+pub mod ldap;
 pub mod negotiate;
 pub mod probe;
 
@@ -22,3 +24,5 @@ pub use negotiate::{
 };
 #[cfg(feature = "testkdc")]
 pub mod testkdc;
+#[cfg(feature = "testkdc")]
+pub mod testldap;

@@ -49,7 +49,7 @@ pub enum NegotiateError {
     /// without Kerberos): the client has no Kerberos ticket for this server.
     #[error("{NTLM_REASON}")]
     Ntlm,
-    /// The header's token is not base64, empty, or too large.
+    /// The header's token is empty, not base64, too large, or not a GSS-API/SPNEGO token.
     #[error("the Negotiate token is malformed: {0}")]
     Malformed(String),
     /// GSSAPI refused the token; `hint` names the likely cause.
@@ -167,7 +167,15 @@ pub fn decode_token(b64: &str) -> Result<Vec<u8>, NegotiateError> {
     if is_ntlm_only(&token) {
         return Err(NegotiateError::Ntlm);
     }
-    Ok(token)
+    // Every first GSS-API token is an InitialContextToken ([APPLICATION 0], 0x60, RFC 2743
+    // §3.1); a later SPNEGO token is a NegTokenResp ([1], 0xa1, RFC 4178).
+    match token.first() {
+        Some(0x60 | 0xa1) => Ok(token),
+        Some(b) => Err(NegotiateError::Malformed(format!(
+            "not a GSS-API/SPNEGO token (it starts with byte 0x{b:02x}, not 0x60)"
+        ))),
+        None => Err(NegotiateError::Malformed("empty token".into())),
+    }
 }
 
 /// A successful accept: who the client is and the token that proves the server to it.
@@ -416,5 +424,14 @@ mod tests {
             decode_token(""),
             Err(NegotiateError::Malformed(_))
         ));
+        assert!(matches!(
+            decode_token(&STANDARD.encode(b"garbage, not a token")),
+            Err(NegotiateError::Malformed(m)) if m.contains("0x67")
+        ));
+        assert!(matches!(
+            decode_token("===="),
+            Err(NegotiateError::Malformed(_))
+        ));
+        assert!(decode_token(&STANDARD.encode([0x60, 0x03, 0x06, 0x01, 0x00])).is_ok());
     }
 }

@@ -129,8 +129,18 @@ pub(crate) async fn enroll_kerberos(
         ApiFailure::new(StatusCode::UNAUTHORIZED, "ENROLL-KERBEROS-FAILED", why)
     };
     let acceptor = shared_acceptor().map_err(|e| failed(e.to_string()))?;
-    let token = steward_kerberos::negotiate::decode_token(&req.negotiate_token)
-        .map_err(|e| failed(e.to_string()))?;
+    let token = match steward_kerberos::negotiate::decode_token(&req.negotiate_token) {
+        Ok(t) => t,
+        Err(e @ NegotiateError::Malformed(_)) => {
+            return Err(malformed(
+                &e.to_string(),
+                peer,
+                "negotiate_token must be the base64 SPNEGO token `steward-agent enroll --kerberos` \
+                 makes",
+            ));
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
     let accepted = tokio::task::spawn_blocking(move || acceptor.accept(&token))
         .await
         .map_err(|e| ApiFailure::internal("accepting a Kerberos token", e))?
@@ -292,6 +302,12 @@ pub(crate) async fn negotiate(
 fn negotiate_failure(e: &NegotiateError, peer: &str) -> ApiFailure {
     match e {
         NegotiateError::Ntlm => ntlm_refused(peer),
+        NegotiateError::Malformed(_) => malformed(
+            &e.to_string(),
+            peer,
+            "send `Authorization: Negotiate <base64 SPNEGO token>` on one line (curl --negotiate \
+             -u : does)",
+        ),
         NegotiateError::NoAcceptor(_) => {
             tracing::error!(id = "AUTH-NEGOTIATE-FAILED", peer, error = %e, "Kerberos accept impossible");
             unauthorized("AUTH-NEGOTIATE-FAILED", e.to_string())
@@ -301,6 +317,21 @@ fn negotiate_failure(e: &NegotiateError, peer: &str) -> ApiFailure {
             unauthorized("AUTH-NEGOTIATE-FAILED", e.to_string())
         }
     }
+}
+
+/// 400 `AUTH-NEGOTIATE-MALFORMED`: what the client sent as a Negotiate token is not one (empty,
+/// not base64, too large, not a GSS-API token); it never reaches GSSAPI.
+fn malformed(why: &str, peer: &str, fix: &str) -> ApiFailure {
+    tracing::warn!(
+        id = "AUTH-NEGOTIATE-MALFORMED",
+        peer,
+        "malformed Negotiate token refused: {why}"
+    );
+    ApiFailure::new(
+        StatusCode::BAD_REQUEST,
+        "AUTH-NEGOTIATE-MALFORMED",
+        format!("{why}; {fix}"),
+    )
 }
 
 fn ntlm_refused(peer: &str) -> ApiFailure {
@@ -345,9 +376,12 @@ async fn basic(svc: &Service, b64: &str, peer: &str) -> Result<Identity, ApiFail
     })
 }
 
-/// The scheme and the rest of an `Authorization` header.
+/// The scheme and the rest of an `Authorization` header. A value that is not visible ASCII
+/// is read lossily, so its scheme still decides (a mangled `Negotiate` token is then named as
+/// not base64).
 fn scheme(headers: &HeaderMap) -> Option<(String, String)> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let v = String::from_utf8_lossy(headers.get(header::AUTHORIZATION)?.as_bytes()).into_owned();
+    let v = v.trim();
     let (s, rest) = v.split_once(' ').unwrap_or((v, ""));
     Some((s.to_ascii_lowercase(), rest.trim().to_owned()))
 }
