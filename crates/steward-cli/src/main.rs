@@ -14,6 +14,7 @@ mod doctor_gateway;
 mod doctor_kerberos;
 mod doctor_logs;
 mod gateway_cmd;
+mod server_ca_cmd;
 mod server_cert_cmd;
 mod server_cmd;
 mod telemetry;

@@ -18,6 +18,9 @@ pub(crate) enum ServerCmd {
     /// The listener certificates: status, renewal.
     #[command(subcommand)]
     Cert(crate::server_cert_cmd::CertCmd),
+    /// The platform CA: roll the root (stage, status, finalize, rollback).
+    #[command(subcommand)]
+    Ca(crate::server_ca_cmd::CaCmd),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +73,7 @@ pub(crate) fn run(cmd: ServerCmd) -> anyhow::Result<ExitCode> {
         ServerCmd::Run(a) if a.check_config => check(&a),
         ServerCmd::Run(a) => serve(a),
         ServerCmd::Cert(c) => crate::server_cert_cmd::run(c),
+        ServerCmd::Ca(c) => crate::server_ca_cmd::run(c),
     }
 }
 

@@ -153,6 +153,42 @@ impl Authority {
         })
     }
 
+    /// Certify another CA's existing key and name under this CA: the certificate a root
+    /// roll gives the issuing CA under the new root. Subject (byte for byte), key and so the
+    /// subject key identifier stay those of `ca`, so every certificate `ca` ever issued chains
+    /// through either of its certificates (the old one to the old root, this one to the new);
+    /// one CRL signed by `ca`'s key speaks for both. `path_len` is the new certificate's
+    /// pathLenConstraint (0 for an issuing CA).
+    pub fn certify_ca(
+        &self,
+        ca: &Authority,
+        path_len: u8,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        crl_urls: &[String],
+    ) -> Result<CertificateDer<'static>, Error> {
+        let facts = crate::CertFacts::from_der(ca.cert())
+            .map_err(|e| Error::CaMaterial(format!("certificate: {e}")))?;
+        let cn =
+            facts.common_names.first().cloned().ok_or_else(|| {
+                Error::CaMaterial("the CA certificate has no common name".to_owned())
+            })?;
+        let params = ca_params(&cn, path_len, not_before, not_after, crl_urls)?;
+        let cert = params
+            .signed_by(&ca.key, &self.issuer()?)
+            .map_err(|e| signing(format!("CA certificate for {cn}"), e))?;
+        let der = cert.der().clone();
+        let new = crate::CertFacts::from_der(&der)
+            .map_err(|e| Error::CaMaterial(format!("certificate: {e}")))?;
+        // Leaves name their issuer by these bytes: a re-encoded name would orphan them.
+        if new.subject_raw != facts.subject_raw || new.subject_key_id != facts.subject_key_id {
+            return Err(Error::CaMaterial(format!(
+                "{cn}: its name or key identifier cannot be reproduced exactly; it was not made by Steward"
+            )));
+        }
+        Ok(der)
+    }
+
     /// Load a CA from its certificate and PKCS#8 key. `spec` chooses the signature hash for RSA
     /// keys (the key itself does not say which hash to sign with).
     pub fn from_der(

@@ -105,6 +105,34 @@ pub(crate) fn verify_signed_by(cert: &CertFacts, issuer_spki_der: &[u8]) -> Sign
     }
 }
 
+/// Whether `cert` reaches one of `anchors` by names (and key identifiers) through
+/// `supplied`; signatures are checked by the walk itself.
+fn leads_to_anchor(
+    cert: &CertFacts,
+    supplied: &[CertFacts],
+    anchors: &[CertFacts],
+    depth: usize,
+) -> bool {
+    if is_anchor(cert, anchors) {
+        return true;
+    }
+    if depth == 0 || cert.is_self_issued() {
+        return false;
+    }
+    let issued_by = |c: &CertFacts| {
+        c.subject_raw == cert.issuer_raw
+            && match (&cert.authority_key_id, &c.subject_key_id) {
+                (Some(aki), Some(ski)) => aki == ski,
+                _ => true,
+            }
+    };
+    anchors.iter().any(issued_by)
+        || supplied
+            .iter()
+            .filter(|s| issued_by(s) && s.der != cert.der)
+            .any(|s| leads_to_anchor(s, supplied, anchors, depth - 1))
+}
+
 /// Build the chain from `leaf` through `supplied` certificates to one of `anchors`.
 pub fn build_chain(leaf: CertFacts, supplied: &[CertFacts], anchors: &[CertFacts]) -> Chain {
     let mut links = vec![Link {
@@ -170,9 +198,16 @@ pub fn build_chain(leaf: CertFacts, supplied: &[CertFacts], anchors: &[CertFacts
             .iter()
             .map(|(_, _, c)| verify_signed_by(&cur_cert, &c.spki_der))
             .collect();
-        let pick = checks
-            .iter()
-            .position(|c| *c == SignatureCheck::Valid)
+        // Several issuers can carry the same name and key (after a root roll the issuing CA
+        // has a certificate under each root): prefer one that leads to an anchor.
+        let valid = |i: usize| checks[i] == SignatureCheck::Valid;
+        let pick = (0..candidates.len())
+            .find(|&i| {
+                valid(i)
+                    && (candidates[i].0 == LinkSource::Anchor
+                        || leads_to_anchor(candidates[i].2, supplied, anchors, MAX_DEPTH))
+            })
+            .or_else(|| (0..candidates.len()).find(|&i| valid(i)))
             .unwrap_or(0);
         let (source, idx, issuer) = candidates[pick];
         let last = links.len() - 1;

@@ -46,6 +46,10 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route(paths::SERVER_CERT_IMPORT, post(import_server_cert))
         .route(paths::SERVER_CERT_FINALIZE, post(finalize_server_cert))
         .route(paths::SERVER_CERT_ROLLBACK, post(rollback_server_cert))
+        .route(paths::SERVER_CA_ROLL, get(ca_roll_status))
+        .route(paths::SERVER_CA_ROLL_STAGE, post(ca_roll_stage))
+        .route(paths::SERVER_CA_ROLL_FINALIZE, post(ca_roll_finalize))
+        .route(paths::SERVER_CA_ROLL_ROLLBACK, post(ca_roll_rollback))
 }
 
 /// The token of a request: `Authorization: Bearer TOKEN`, else the session cookie.
@@ -311,6 +315,45 @@ async fn renew_server_cert(
     Path(listener): Path<String>,
 ) -> Result<Json<steward_proto::admin::ListenerCertStatus>, ApiFailure> {
     Ok(Json(svc.renew_listener(&user, &listener).await?))
+}
+
+async fn ca_roll_status(
+    State(svc): State<Arc<Service>>,
+    _user: AdminUser,
+) -> Result<Json<steward_proto::admin::CaRollStatus>, ApiFailure> {
+    Ok(Json(svc.ca_roll_status().await?))
+}
+
+async fn ca_roll_stage(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+) -> Result<Json<steward_proto::admin::CaRollStatus>, ApiFailure> {
+    Ok(Json(svc.stage_ca_roll(&user).await?))
+}
+
+async fn ca_roll_finalize(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    user: AdminUser,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<steward_proto::admin::CaRollFinalized>, ApiFailure> {
+    let req: steward_proto::admin::CertFinalize = read_json(
+        &headers,
+        body,
+        MAX_ADMIN_BODY_BYTES,
+        "root roll finalize",
+        &who(&peer),
+    )
+    .await?;
+    Ok(Json(svc.finalize_ca_roll(&user, req).await?))
+}
+
+async fn ca_roll_rollback(
+    State(svc): State<Arc<Service>>,
+    user: AdminUser,
+) -> Result<Json<steward_proto::admin::CaRollStatus>, ApiFailure> {
+    Ok(Json(svc.rollback_ca_roll(&user).await?))
 }
 
 async fn openapi() -> Json<serde_json::Value> {

@@ -470,7 +470,22 @@ async fn logout(
 async fn devices(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Response {
     let nav = session.nav(Section::Devices);
     match svc.devices().await {
-        Ok(list) => page(StatusCode::OK, pages::devices(&nav, &list, now())),
+        Ok(list) => {
+            let mut html = pages::devices(&nav, &list, now());
+            // `protocol = "http"` is a warned-about choice: said where devices are watched.
+            let listen = &svc.config().listen;
+            if listen.protocol == steward_proto::Protocol::Http {
+                html = html.replacen(
+                    "<h1>Devices</h1>",
+                    &format!(
+                        "<h1>Devices</h1>{}",
+                        pages::http_warning(&listen.agent_http.to_string())
+                    ),
+                    1,
+                );
+            }
+            page(StatusCode::OK, html)
+        }
         Err(f) => failure(Some(&nav), &f),
     }
 }
@@ -478,7 +493,14 @@ async fn devices(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Re
 async fn certificates(State(svc): State<Arc<Service>>, session: ConsoleSession) -> Response {
     let nav = session.nav(Section::Certificates);
     match svc.listener_cert_status().await {
-        Ok(list) => page(StatusCode::OK, pages::certificates(&nav, &list)),
+        Ok(list) => {
+            // The root roll's phase and progress; the listeners are shown without it.
+            let roll = svc.ca_roll_status().await.ok();
+            page(
+                StatusCode::OK,
+                pages::certificates(&nav, &list, roll.as_ref()),
+            )
+        }
         Err(f) => failure(Some(&nav), &f),
     }
 }

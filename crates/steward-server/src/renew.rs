@@ -70,6 +70,8 @@ fn next(path: &Path) -> PathBuf {
 /// Finishes or discards a listener renewal that a crash interrupted: a complete `.next` pair
 /// (or a certificate whose key was already moved) is committed; a lone new key is dropped.
 pub(crate) fn recover(dir: &DataDir) -> Result<(), ServerError> {
+    // A root roll's finalize first: the listener files do not depend on it, the CAs do.
+    crate::pki::recover_roll(dir)?;
     for l in Listener::ALL {
         let (cert, key) = l.paths(dir);
         let (cert_next, key_next) = (next(&cert), next(&key));

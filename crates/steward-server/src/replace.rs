@@ -97,6 +97,20 @@ pub(crate) fn staged(dir: &DataDir, l: Listener) -> Option<StagedMeta> {
 /// listener certificates, then those of staged ones (each once).
 pub(crate) fn trust_anchors(dir: &DataDir, platform_root_pem: &str) -> Vec<String> {
     let mut out = vec![platform_root_pem.to_owned()];
+    // A root roll (`steward server ca roll`): the root on disk (the new one, from the moment
+    // a finalize put it there), the previous root while it is kept, and a staged new root
+    // from the moment its file is written.
+    for path in [
+        dir.root_cert(),
+        crate::pki::previous_root_cert(dir),
+        crate::pki::staged_ca_dir(dir).join("root.crt"),
+    ] {
+        if let Ok(pem) = std::fs::read_to_string(&path)
+            && !out.iter().any(|p| p.trim() == pem.trim())
+        {
+            out.push(pem);
+        }
+    }
     for l in Listener::ALL {
         let live = std::fs::read_to_string(live_root_path(dir, l)).ok();
         // A staged root counts from the moment its file is written, before `staged.json`

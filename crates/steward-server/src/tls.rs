@@ -62,11 +62,14 @@ pub(crate) fn agent_config(
 ) -> Result<Arc<ServerConfig>, ServerError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
-    roots
-        .add(pki.root.cert().clone())
-        .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    // The platform root and, during a root roll's overlap, the previous one.
+    for root in pki.client_anchors() {
+        roots
+            .add(root)
+            .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls([crls.issuing.clone(), crls.root.clone()])
+        .with_crls(crls.all())
         .allow_unauthenticated()
         .build()
         .map_err(|e| ServerError::Tls(format!("the client certificate verifier: {e}")))?;
@@ -87,11 +90,13 @@ pub(crate) fn forwarded_verifier(
     crls: &Crls,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(pki.root.cert().clone())
-        .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    for root in pki.client_anchors() {
+        roots
+            .add(root)
+            .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
+    }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls([crls.issuing.clone(), crls.root.clone()])
+        .with_crls(crls.all())
         .build()
         .map_err(|e| ServerError::Tls(format!("the forwarded-agent verifier: {e}")))
 }

@@ -1,5 +1,6 @@
 //! `GET /trust/bundle.json` on the CRL listener: the profile's trust anchors signed by the
-//! platform root key. An agent that slept through a certificate rollover (its TLS to the agent
+//! platform root key (during a root roll's overlap: by the previous root, and by the new one
+//! in `more_signatures_base64`). An agent that slept through a certificate rollover (its TLS to the agent
 //! site fails as untrusted: the new certificate's root reached the others in a profile it
 //! never got) fetches this over plain HTTP from the distribution point named in its own
 //! certificate, verifies the signature with the platform root it already trusts, adds the
@@ -24,13 +25,59 @@ use crate::service::{Service, rfc3339};
 #[derive(Debug, Default)]
 pub(crate) struct TrustCache {
     signed: Mutex<Option<(u64, Bytes)>>,
+    /// The last root CRL served below `/crl/roots/`: file, minute, DER.
+    root_crl: Mutex<Option<(String, i64, Bytes)>>,
 }
 
-/// The router of the trust-bundle route, to merge into the CRL listener's.
+/// The router of the trust-bundle route (and of the CRLs of rolled-in roots, each at the
+/// distribution point the issuing CA's certificate under it names), to merge into the CRL
+/// listener's.
 pub(crate) fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route(TRUST_BUNDLE_PATH, get(bundle))
+        .route("/crl/roots/{file}", get(root_crl))
         .with_state((service, Arc::new(TrustCache::default())))
+}
+
+/// A root's CRL (it revokes nothing: issuing CAs are not revoked in place), signed at most
+/// once a minute.
+async fn root_crl(
+    State((svc, cache)): State<(Arc<Service>, Arc<TrustCache>)>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let minute = steward_pki::OffsetDateTime::now_utc().unix_timestamp() / 60;
+    let found = {
+        let mut slot = cache.root_crl.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((f, m, bytes)) if *f == file && *m == minute => Some(Ok(bytes.clone())),
+            _ => svc.root_crl(&file).map(|r| {
+                r.map(|der| {
+                    let bytes = Bytes::from(der);
+                    *slot = Some((file, minute, bytes.clone()));
+                    bytes
+                })
+            }),
+        }
+    };
+    match found {
+        None => crate::agent::not_found().await.into_response(),
+        Some(Ok(bytes)) => crl(bytes),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "signing a root CRL failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn crl(bytes: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/pkix-crl"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 async fn bundle(State((svc, cache)): State<(Arc<Service>, Arc<TrustCache>)>) -> Response {
@@ -50,11 +97,13 @@ async fn bundle(State((svc, cache)): State<(Arc<Service>, Arc<TrustCache>)>) -> 
     let signed = serde_json::to_vec(&bundle)
         .map_err(|e| e.to_string())
         .and_then(|raw| {
-            let sig = svc.sign_with_root(&raw)?;
+            let mut sigs = svc.sign_with_root(&raw)?.into_iter();
             let b64 = base64::engine::general_purpose::STANDARD;
+            let first = sigs.next().ok_or("no signature")?;
             serde_json::to_vec(&SignedTrustBundle {
                 bundle_base64: b64.encode(&raw),
-                signature_base64: b64.encode(sig),
+                signature_base64: b64.encode(first),
+                more_signatures_base64: sigs.map(|s| b64.encode(s)).collect(),
             })
             .map_err(|e| e.to_string())
         });

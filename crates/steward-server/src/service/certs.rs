@@ -31,12 +31,20 @@ impl Service {
     }
 
     /// Whether the device should renew its certificate now: the configured share of its
-    /// lifetime has passed. Devices enrolled before the expiry was recorded are left alone.
+    /// lifetime has passed, or it was issued before the last root roll was finalized (its
+    /// chain reaches only the previous root; the renewed one carries the issuing CA's
+    /// certificates under both). Devices enrolled before the expiry was recorded are left
+    /// alone.
     pub(crate) fn renewal_due(&self, device: &Device, now: i64) -> bool {
         let Some(not_after) = device.cert_not_after else {
             return false;
         };
         let life = i64::try_from(self.config.certs.agent_validity_secs).unwrap_or(i64::MAX / 2);
+        if let Some(rolled_at) = self.pki.live_rolled_at()
+            && not_after.saturating_sub(life) < rolled_at
+        {
+            return true;
+        }
         // Issued `life` before its expiry (less the backdating, which does not matter here).
         self.config
             .certs
@@ -127,7 +135,7 @@ impl Service {
         tracing::info!(device = %device.id, name = %device.name, serial = %facts.serial, "renewed certificate issued; waiting for its first use");
         Ok(RenewResponse {
             cert_pem: pem("CERTIFICATE", &cert),
-            chain_pem: vec![self.pki.issuing_pem.clone()],
+            chain_pem: vec![self.pki.live_issuing_pem()],
             not_after: rfc3339(not_after.unix_timestamp()),
         })
     }
@@ -151,9 +159,21 @@ impl Service {
 }
 
 impl Service {
-    /// A detached signature by the platform root key (the trust bundle).
-    pub(crate) fn sign_with_root(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
-        self.pki.root.sign_detached(msg).map_err(|e| e.to_string())
+    /// Detached signatures of the trust bundle: by the root every agent knows first (the
+    /// previous root during a root roll's overlap), then by the platform root.
+    pub(crate) fn sign_with_root(&self, msg: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        self.pki.sign_bundle(msg).map_err(|e| e.to_string())
+    }
+
+    /// A root CA's CRL by its distribution point file below `/crl/roots/` (a rolled-in root,
+    /// or the previous one), signed now; `None` for an unknown file.
+    pub(crate) fn root_crl(&self, file: &str) -> Option<Result<Vec<u8>, String>> {
+        let validity = time::Duration::seconds(
+            i64::try_from(self.config.crl.validity_secs).unwrap_or(i64::MAX / 2),
+        );
+        self.pki
+            .root_crl_by_file(file, OffsetDateTime::now_utc(), validity)
+            .map(|r| r.map(|c| c.to_vec()).map_err(|e| e.to_string()))
     }
 
     pub(crate) fn set_listeners(&self, l: Arc<Listeners>) {
@@ -238,7 +258,13 @@ impl Service {
     pub(crate) async fn refresh_anchors(&self) -> Result<u64, ApiFailure> {
         let l = self.listeners()?;
         let _guard = self.profile_lock.lock().await;
-        let anchors = crate::replace::trust_anchors(l.dir(), &self.pki.root_pem);
+        let roots = self.pki.live_roots_pem();
+        let anchors = crate::replace::trust_anchors(
+            l.dir(),
+            roots
+                .first()
+                .map_or(self.pki.root_pem.as_str(), String::as_str),
+        );
         let current = self.profile();
         if current.trust_anchors_pem == anchors {
             return Ok(current.version);
@@ -523,5 +549,239 @@ impl Service {
         self.refresh_anchors().await?;
         tracing::info!(id = "SERVER-CERT-ROLLED-BACK", user = %user.username, listener = l.name(), "staged certificate dropped; its root leaves the profile");
         self.full_status(l).await
+    }
+}
+
+/// How agents that had not acknowledged the new root when a forced root-roll finalize went
+/// ahead come back.
+const CA_ROLL_STRANDED_RECOVERY: &str = "These agents do not hold the new platform root yet, \
+     but they still trust the previous one, and during the overlap everything the server \
+     serves also chains to it (the issuing CA's certificate under the previous root is sent \
+     with every listener and agent certificate). They reconnect as they are and receive the \
+     new root with the profile at their next check-in. Should one still meet a certificate it \
+     cannot verify (AGENT-TLS-UNTRUSTED in its log), it fetches the trust bundle, signed by the \
+     previous root as well, from the CRL listener named in its certificate and the console \
+     shows AGENT-TRUST-RECOVERED on the device; if it cannot reach that listener \
+     (AGENT-TRUST-RECOVERY-FAILED), enroll it again with a new package (`steward package \
+     agent`, then `steward-agent enroll --force --package FILE`).";
+
+/// One root-roll operation at a time.
+static CA_ROLL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn ca_info(der: &[u8]) -> steward_proto::admin::CaCertInfo {
+    match CertFacts::from_der(der) {
+        Ok(f) => steward_proto::admin::CaCertInfo {
+            subject: f.subject.clone(),
+            sha256: f.thumbprint.sha256_hex(),
+            not_after: rfc3339(f.not_after.unix_timestamp()),
+        },
+        Err(_) => Default::default(),
+    }
+}
+
+impl Service {
+    /// How many active devices acknowledged profile `version` (or a later one), of how many,
+    /// and who has not (the first 50): the distribution progress of listener replacements
+    /// and root rolls alike.
+    async fn profile_progress(&self, version: u64) -> Result<(u64, u64, Vec<String>), ApiFailure> {
+        let behind = self.store.devices_behind_profile(version, 50).await?;
+        // Every active device is "behind" an impossible version: that is the total.
+        let total = self
+            .store
+            .devices_behind_profile(i64::MAX.unsigned_abs(), 0)
+            .await?
+            .total;
+        let pending = behind
+            .devices
+            .iter()
+            .map(|(id, name)| format!("{name} ({id})"))
+            .collect();
+        Ok((total.saturating_sub(behind.total), total, pending))
+    }
+
+    /// The platform root, the previous one during an overlap, and a staged roll's progress.
+    pub async fn ca_roll_status(&self) -> Result<steward_proto::admin::CaRollStatus, ApiFailure> {
+        let listeners = self.listeners()?;
+        let live = self.pki.live();
+        let mut s = steward_proto::admin::CaRollStatus {
+            phase: if live.previous_root.is_some() {
+                "overlap"
+            } else {
+                "idle"
+            }
+            .to_owned(),
+            root: ca_info(live.root.cert()),
+            issuing: ca_info(live.issuing.cert()),
+            previous_root: live.previous_root.as_ref().map(|r| ca_info(r.cert())),
+            staged: None,
+        };
+        if let Some(meta) = crate::pki::roll_staged(listeners.dir()) {
+            let (acknowledged, total, pending) =
+                self.profile_progress(meta.profile_version).await?;
+            s.phase = "staged".to_owned();
+            s.staged = Some(StagedCert {
+                sha256: meta.root_sha256,
+                subject: meta.root_subject.clone(),
+                root_subject: meta.root_subject,
+                not_after: meta.root_not_after,
+                staged_at: meta.staged_at,
+                profile_version: meta.profile_version,
+                acknowledged,
+                total,
+                pending,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Stage a root roll: a new root, the issuing CA certified by it, the new root into the
+    /// profile (a new version) and the trust bundle. Nothing agents must accept is signed by
+    /// the new root yet.
+    pub async fn stage_ca_roll(
+        &self,
+        user: &AdminUser,
+    ) -> Result<steward_proto::admin::CaRollStatus, ApiFailure> {
+        let _one = CA_ROLL.lock().await;
+        let listeners = self.listeners()?;
+        let dir = listeners.dir().clone();
+        let live = self.pki.live();
+        if let Some(prev) = &live.previous_root {
+            let f = ca_info(prev.cert());
+            return Err(ApiFailure::new(
+                axum::http::StatusCode::CONFLICT,
+                "SERVER-CA-ROLL-OVERLAP",
+                format!(
+                    "the previous root ({}) from the last roll is still trusted: agents enrolled before that roll still present certificates chaining to it, and a new roll would drop it. Retire it first (not available yet: remove pki/previous-root.* once every device has renewed its certificate)",
+                    f.subject
+                ),
+            ));
+        }
+        if crate::pki::roll_staged(&dir).is_some() {
+            return Err(ApiFailure::new(
+                axum::http::StatusCode::CONFLICT,
+                "SERVER-CA-ROLL-ALREADY-STAGED",
+                "a root roll is already staged: finalize it or roll it back first".to_owned(),
+            ));
+        }
+        let now_t = OffsetDateTime::now_utc();
+        let io = |e: crate::ServerError| ApiFailure::internal("staging the root roll", e);
+        let root = crate::pki::stage_roll(&dir, &self.config, &live, now_t).map_err(io)?;
+        let version = self.refresh_anchors().await?;
+        let info = ca_info(&root);
+        crate::pki::write_roll_meta(
+            &dir,
+            &crate::pki::RollMeta {
+                root_subject: info.subject.clone(),
+                root_sha256: info.sha256.clone(),
+                root_not_after: info.not_after.clone(),
+                staged_at: rfc3339(now_t.unix_timestamp()),
+                profile_version: version,
+            },
+        )
+        .map_err(io)?;
+        tracing::info!(
+            id = "SERVER-CA-ROLL-STAGED", user = %user.username, root = %info.subject,
+            thumbprint = %info.sha256, profile_version = version,
+            "new platform root staged; it reaches agents with this profile version and the trust bundle"
+        );
+        self.ca_roll_status().await
+    }
+
+    /// Finalize a root roll: the new root becomes the platform root (the previous one stays
+    /// trusted), the listener certificates are re-issued with chains to both roots and served
+    /// from the next connection on. Refused while agents have not acknowledged the new root,
+    /// unless `force` (which names them).
+    pub async fn finalize_ca_roll(
+        &self,
+        user: &AdminUser,
+        req: CertFinalize,
+    ) -> Result<steward_proto::admin::CaRollFinalized, ApiFailure> {
+        let _one = CA_ROLL.lock().await;
+        let listeners = self.listeners()?;
+        let dir = listeners.dir().clone();
+        let status = self.ca_roll_status().await?;
+        let Some(staged) = status.staged else {
+            return Err(ApiFailure::new(
+                axum::http::StatusCode::CONFLICT,
+                "SERVER-CA-ROLL-NOT-STAGED",
+                "no root roll is staged: stage one first (steward server ca roll stage)".to_owned(),
+            ));
+        };
+        let pending = staged.total - staged.acknowledged;
+        if pending > 0 && !req.force {
+            return Err(ApiFailure::new(
+                axum::http::StatusCode::CONFLICT,
+                "SERVER-CA-ROLL-NOT-DISTRIBUTED",
+                format!(
+                    "{pending} of {} agent(s) have not acknowledged profile version {} with the new root yet ({}). Wait for their next check-in, or finalize with --force",
+                    staged.total,
+                    staged.profile_version,
+                    staged.pending.join(", ")
+                ),
+            ));
+        }
+        let fail = |what: &'static str| {
+            move |e: crate::ServerError| {
+                tracing::error!(id = e.id(), error = %e, "{what}");
+                ApiFailure::internal(what, e)
+            }
+        };
+        crate::pki::finalize_roll(&dir).map_err(fail("finalizing the root roll on disk"))?;
+        // On disk it is done (a crash from here on is finished at start); now the running
+        // server follows: CAs, CRLs (the previous root's too), verifiers, listeners, profile.
+        let fresh = crate::pki::Pki::load(&dir).map_err(fail("loading the rolled CAs"))?;
+        self.pki.set_successor(Arc::new(fresh));
+        self.resign_crls().await;
+        let now_t = OffsetDateTime::now_utc();
+        let mut renewed = Vec::new();
+        for l in Listener::ALL {
+            if listeners.third_party(l) {
+                continue;
+            }
+            match listeners.renew(l, now_t).await {
+                Ok(()) => renewed.push(listeners.status(l, now_t)),
+                Err(e) => {
+                    tracing::error!(id = e.id(), listener = l.name(), error = %e, "re-issuing the listener certificate after the root roll failed; the current one stays in service (it still chains to the previous root)");
+                }
+            }
+        }
+        self.refresh_anchors().await?;
+        let stranded = if pending > 0 {
+            staged.pending.clone()
+        } else {
+            Vec::new()
+        };
+        if stranded.is_empty() {
+            tracing::info!(id = "SERVER-CA-ROLL-FINALIZED", user = %user.username, root = %staged.subject, "the new platform root is in service; the previous one stays trusted");
+        } else {
+            tracing::warn!(id = "SERVER-CA-ROLL-FORCED", user = %user.username, root = %staged.subject, stranded = %stranded.join(", "), "root roll finalized although {pending} agent(s) had not acknowledged the new root");
+        }
+        Ok(steward_proto::admin::CaRollFinalized {
+            status: self.ca_roll_status().await?,
+            recovery: (!stranded.is_empty()).then(|| CA_ROLL_STRANDED_RECOVERY.to_owned()),
+            stranded,
+            listeners: renewed,
+        })
+    }
+
+    /// Rollback before finalize: the staged root leaves the profile; nothing else changed.
+    pub async fn rollback_ca_roll(
+        &self,
+        user: &AdminUser,
+    ) -> Result<steward_proto::admin::CaRollStatus, ApiFailure> {
+        let _one = CA_ROLL.lock().await;
+        let listeners = self.listeners()?;
+        if !crate::pki::roll_files_exist(listeners.dir()) {
+            return Err(ApiFailure::new(
+                axum::http::StatusCode::CONFLICT,
+                "SERVER-CA-ROLL-NOT-STAGED",
+                "no root roll is staged".to_owned(),
+            ));
+        }
+        crate::pki::remove_roll(listeners.dir())
+            .map_err(|e| ApiFailure::internal("removing the staged root", e))?;
+        self.refresh_anchors().await?;
+        tracing::info!(id = "SERVER-CA-ROLL-ROLLED-BACK", user = %user.username, "staged root dropped; it leaves the profile");
+        self.ca_roll_status().await
     }
 }
