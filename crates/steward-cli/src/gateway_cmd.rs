@@ -1,4 +1,4 @@
-//! `steward gateway token|join|run|set-port|cert import`: thin wrappers. `token` asks the
+//! `steward gateway token|join|run|set-port|cert import|cert renew`: thin wrappers. `token` asks the
 //! server (admin API) for a single-use join token; the rest is the steward-gateway library.
 
 use std::net::SocketAddr;
@@ -52,6 +52,25 @@ pub(crate) enum CertCmd {
     /// rules of `steward doctor cert` and stage it as the next server certificate: agents get
     /// its thumbprint and root first, and the running gateway serves it once all have them.
     Import(CertImportArgs),
+    /// Renew the gateway's platform-issued certificates now (normally done by itself when the
+    /// server says they are due): new keys are made here and only CSRs are sent, over the
+    /// current identity. The identity switches at once; the server certificate is staged as
+    /// next, announced to agents, and served once every agent has its thumbprint. Works with
+    /// the gateway running (it takes both within one report interval) or stopped.
+    Renew(CertRenewArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertRenewArgs {
+    /// The data directory written by `steward gateway join`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Renew only the identity certificate (gateway→server).
+    #[arg(long, conflicts_with = "server_only")]
+    identity_only: bool,
+    /// Renew only the server certificate agents see.
+    #[arg(long)]
+    server_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +203,7 @@ pub(crate) fn run(cmd: GatewayCmd) -> anyhow::Result<ExitCode> {
         }
         GatewayCmd::SetPort(a) => set_port(&a),
         GatewayCmd::Cert(CertCmd::Import(a)) => cert_import(&a),
+        GatewayCmd::Cert(CertCmd::Renew(a)) => cert_renew(&a),
     }
 }
 
@@ -224,6 +244,40 @@ fn set_port(a: &SetPortArgs) -> anyhow::Result<ExitCode> {
         old.port()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn cert_renew(a: &CertRenewArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init();
+    let what = steward_gateway::RenewWhat {
+        identity: !a.server_only,
+        server: !a.identity_only,
+    };
+    let done = runtime()?
+        .block_on(steward_gateway::renew_certs(&a.data_dir, what))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.id()))?;
+    if let Some(sha) = &done.identity {
+        println!(
+            "identity renewed: {sha}; in use from now on (a running gateway takes it before its \
+             next report); the server revokes the previous one at its first use."
+        );
+    }
+    if let Some(sha) = &done.server {
+        println!(
+            "server certificate renewed: {sha}, staged as next. The gateway announces its \
+             thumbprint to agents at its next report, keeps serving the current one, and \
+             switches once every agent has it (log: GATEWAY-CERT-PROMOTED); the server then \
+             revokes the previous one. Progress: steward gateway list, or the console's \
+             Gateways page."
+        );
+    }
+    for s in &done.skipped {
+        println!("not renewed: {s}");
+    }
+    Ok(if done.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn cert_import(a: &CertImportArgs) -> anyhow::Result<ExitCode> {

@@ -69,6 +69,10 @@ pub enum GatewayError {
         /// The findings under the `steward` profile.
         report: Box<steward_doctor::CertReport>,
     },
+    /// Another renewal holds the data directory's renewal lock (the running gateway renewing
+    /// while `steward gateway cert renew` runs, or the other way round).
+    #[error("another renewal is under way ({0} is locked); try again in a minute")]
+    RenewBusy(PathBuf),
     /// An imported certificate's file does not hold its chain up to a self-signed root, which
     /// agents need (it is distributed to them before the certificate goes live).
     #[error(
@@ -104,6 +108,7 @@ impl GatewayError {
             Self::Bind { .. } => "GATEWAY-BIND",
             Self::CertRefused { .. } => "GATEWAY-CERT-REFUSED",
             Self::CertNoRoot { .. } => "GATEWAY-CERT-NO-ROOT",
+            Self::RenewBusy(_) => "GATEWAY-RENEW-BUSY",
         }
     }
 

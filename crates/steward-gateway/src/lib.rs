@@ -17,8 +17,13 @@
 //! closes them; and a certificate staged by `import_cert` (judged by the `steward doctor
 //! cert` rules) is announced with its root and served only once every agent has both.
 //!
+//! Both platform-issued certificates renew without a gap (`renew`): when the server's answer
+//! says one is due, or on `steward gateway cert renew`, new keys are made here and only their
+//! CSRs leave; the identity switches at once (the server accepts both until the new one's
+//! first use), the server certificate is staged as next and rolled out like an import.
+//!
 //! Architecture invariants: the gateway stores nothing but its identity and configuration
-//! (`gateway.json`, and `certs.json` with the imported certificates it names);
+//! (`gateway.json`, and `certs.json` with the imported or renewed certificates it names);
 //! the agent identity it forwards is always the one it verified itself (a header sent by the
 //! agent is replaced, never passed on); the server re-verifies it and trusts it only from an
 //! enrolled gateway.
@@ -29,6 +34,7 @@ mod error;
 mod join;
 mod port;
 mod probe;
+mod renew;
 mod run;
 mod state;
 
@@ -37,6 +43,7 @@ pub use error::GatewayError;
 pub use join::{DEFAULT_LISTEN, JoinOptions, join};
 pub use port::{PortChange, set_port};
 pub use probe::{SELF_PROBE_STEP_TIMEOUT, self_probe};
+pub use renew::{Recovered, RenewWhat, Renewed, recover, renew_certs};
 pub use run::{Gateway, RunOptions, RunningGateway};
 pub use state::{CertSlots, GatewayConfig, GatewayDir};
 

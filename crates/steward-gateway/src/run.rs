@@ -30,7 +30,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::join::{error_chain, provider, refused, roots};
 use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
-use crate::state::{GatewayConfig, GatewayDir, ServerCert, read_certs};
+use crate::renew::{RenewWhat, Upstream, read_anchors, recover, renew_certs, upstream_client};
+use crate::state::{GatewayConfig, GatewayDir, ServerCert};
 use crate::{GatewayError, VERSION};
 
 /// A TLS handshake must finish within this.
@@ -115,7 +116,8 @@ struct Certs {
 struct Shared {
     config: GatewayConfig,
     dir: GatewayDir,
-    upstream: reqwest::Client,
+    /// Rebuilt when the identity on disk changes (a renewal).
+    upstream: Arc<Upstream>,
     /// Replaced when a fresh CRL arrives or a certificate is promoted; each accepted
     /// connection uses the current one.
     edge: RwLock<Arc<ServerConfig>>,
@@ -148,6 +150,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     fn edge(&self) -> Arc<ServerConfig> {
         read(&self.edge).clone()
+    }
+
+    fn dir_path(&self) -> &Path {
+        self.dir.root()
     }
 
     fn set_health(&self, h: String) {
@@ -302,34 +308,19 @@ impl Gateway {
     /// reports itself once, and starts serving.
     pub async fn start(data_dir: &Path, opts: RunOptions) -> Result<RunningGateway, GatewayError> {
         let dir = GatewayDir::new(data_dir);
+        // An identity renewal cut short by a crash is finished first.
+        recover(data_dir)?;
         let config = dir.read_config()?;
-        let chain_above = read_certs(&dir.chain())?;
-        let anchors = std::fs::read_to_string(dir.anchors())
-            .map_err(|e| GatewayError::io(dir.anchors(), e))?;
-        let anchors_pem = vec![anchors];
-        let mut identity = read_certs(&dir.identity_cert())?;
-        identity.extend(chain_above.iter().cloned());
-        let identity_key = crate::state::read_key(&dir.identity_key())?;
+        let anchors_pem = read_anchors(&dir)?;
         let current = Arc::new(dir.load_current()?);
         let next = load_next(&dir, &current.sha256)?;
 
-        let tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| GatewayError::Crypto(e.to_string()))?
-            .with_root_certificates(roots(&anchors_pem)?)
-            .with_client_auth_cert(identity, identity_key)
-            .map_err(|e| GatewayError::Crypto(format!("the gateway identity: {e}")))?;
         // One pooled client for every agent: connections to the server are reused.
-        let upstream = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(UPSTREAM_TIMEOUT)
-            .no_proxy()
-            .build()
-            .map_err(|e| GatewayError::Crypto(e.to_string()))?;
+        let (client, identity_sha) = upstream_client(&dir, &anchors_pem, UPSTREAM_TIMEOUT)?;
+        let upstream = Upstream::new(client, identity_sha);
 
         // No CRL, no edge: agents are refused rather than let in unchecked.
-        let crl = fetch_crl(&upstream, &crl_url(&config)).await?;
+        let crl = fetch_crl(&upstream.client(), &crl_url(&config)).await?;
         let resumption = Resumption::new()?;
         let edge = edge_config(&current, &anchors_pem, crl.clone(), &resumption)?;
 
@@ -442,6 +433,21 @@ impl RunningGateway {
         Ok(())
     }
 
+    /// Renews the gateway's certificates now, as `steward gateway cert renew` does, takes the
+    /// new identity at once and reports (announcing a staged server certificate).
+    pub async fn renew(&self, what: RenewWhat) -> Result<crate::Renewed, GatewayError> {
+        let done = renew_certs(self.shared.dir_path(), what).await?;
+        reload_identity(&self.shared);
+        let answer = report(&self.shared).await?;
+        follow_up(&self.shared, answer).await;
+        Ok(done)
+    }
+
+    /// SHA-256 of the identity certificate in use towards the server.
+    pub fn identity_thumbprint(&self) -> String {
+        self.shared.upstream.thumbprint()
+    }
+
     /// Previous addresses still served (empty once every agent has the new port).
     pub fn previous_listening(&self) -> Vec<SocketAddr> {
         lock(&self.shared.previous)
@@ -507,7 +513,7 @@ fn revoked_serials(crl: &CertificateRevocationListDer<'_>) -> std::collections::
 /// and is refused at the edge (resuming skips the handshake's certificate check).
 async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     let outcome = async {
-        let crl = fetch_crl(&shared.upstream, &crl_url(&shared.config)).await?;
+        let crl = fetch_crl(&shared.upstream.client(), &crl_url(&shared.config)).await?;
         let newly_revoked = !revoked_serials(&crl).is_subset(&revoked_serials(&read(&shared.crl)));
         let resumption = if newly_revoked {
             Resumption::new()?
@@ -545,9 +551,10 @@ struct Answer {
 }
 
 async fn report(shared: &Shared) -> Result<Answer, GatewayError> {
-    // A certificate staged by `cert import` while running is picked up here, so it reaches
-    // agents without a restart.
+    // A certificate staged by `cert import` or `cert renew` while running is picked up here,
+    // so it reaches agents without a restart; so is an identity renewed by `cert renew`.
     pick_up_staged(shared);
+    reload_identity(shared);
     let thumbprints = shared.thumbprints();
     let announced_next = thumbprints.get(1).cloned();
     let url = format!("{}{}", shared.config.server_url, paths::GATEWAY_REPORT);
@@ -567,6 +574,7 @@ async fn report(shared: &Shared) -> Result<Answer, GatewayError> {
     };
     let mut resp = shared
         .upstream
+        .client()
         .post(&url)
         .timeout(REPORT_TIMEOUT)
         .json(&body)
@@ -651,10 +659,47 @@ async fn follow_up(shared: &Shared, mut answer: Answer) {
     }
 }
 
+/// Takes a renewed identity from disk (see [`Upstream::reload`]); a failure keeps the one in
+/// use, which the server still accepts.
+fn reload_identity(shared: &Shared) {
+    if let Err(e) = shared
+        .upstream
+        .reload(&shared.dir, &shared.anchors_pem, UPSTREAM_TIMEOUT)
+    {
+        tracing::warn!(id = e.id(), error = %e, "the renewed identity cannot be loaded; the current one stays in use");
+    }
+}
+
+/// Renews what the server's answer says is due; true when something was renewed (the next
+/// report then uses the new identity and announces the staged server certificate).
+async fn renew_due(shared: &Shared, r: &GatewayReportResponse) -> bool {
+    if !r.renew_identity && !r.renew_server {
+        return false;
+    }
+    let what = RenewWhat {
+        identity: r.renew_identity,
+        server: r.renew_server,
+    };
+    match renew_certs(shared.dir_path(), what).await {
+        Ok(done) => {
+            for s in &done.skipped {
+                tracing::info!("renewal: {s}");
+            }
+            reload_identity(shared);
+            pick_up_staged(shared);
+            done.identity.is_some() || done.server.is_some()
+        }
+        Err(e) => {
+            tracing::warn!(id = "GATEWAY-CERT-RENEW-FAILED", cause = e.id(), error = %e, "certificate renewal failed; the current certificates stay in use and the next report retries");
+            false
+        }
+    }
+}
+
 /// Acts on one answer; true when the next report would tell the server something new.
 async fn react(shared: &Shared, answer: &Answer) -> bool {
     let r = &answer.response;
-    let mut again = false;
+    let mut again = renew_due(shared, r).await;
     let rollout = !lock(&shared.previous).is_empty() || answer.announced_next.is_some();
     if r.all_agents_current {
         again |= retire_previous(shared);
@@ -665,6 +710,33 @@ async fn react(shared: &Shared, answer: &Answer) -> bool {
                 Err(e) => {
                     tracing::warn!(id = e.id(), error = %e, "the staged certificate could not be promoted; the current one stays in service");
                 }
+            }
+        }
+    } else if let Some(next) = answer
+        .announced_next
+        .as_ref()
+        .filter(|_| current_expires_imminently(shared))
+    {
+        // The certificate served now is about to expire: every agent would fail at expiry, so
+        // the staged one goes live; those that lack its thumbprint would fail either way.
+        let named: Vec<&str> = r
+            .pending_devices
+            .iter()
+            .take(PENDING_NAMED)
+            .map(String::as_str)
+            .collect();
+        tracing::warn!(
+            id = "GATEWAY-CERT-FORCED-SWITCH",
+            pending_total = r.pending_total,
+            pending = %named.join(", "),
+            next = %next,
+            "the served certificate is about to expire; switching to the staged one although not every agent has its thumbprint"
+        );
+        match promote(shared, next) {
+            Ok(true) => again = true,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(id = e.id(), error = %e, "the staged certificate could not be promoted; the current one stays in service");
             }
         }
     } else if rollout {
@@ -714,6 +786,30 @@ async fn react(shared: &Shared, answer: &Answer) -> bool {
         *kept = outcomes;
     }
     again
+}
+
+/// Whether the served certificate expires so soon that the staged one must go live even
+/// though not every agent acknowledged it: within a tenth of its lifetime, at most a day.
+fn current_expires_imminently(shared: &Shared) -> bool {
+    let current = read(&shared.certs).current.clone();
+    let Some(facts) = current
+        .chain
+        .first()
+        .and_then(|c| steward_pki::CertFacts::from_der(c).ok())
+    else {
+        return false;
+    };
+    switch_deadline_passed(
+        facts.not_before.unix_timestamp(),
+        facts.not_after.unix_timestamp(),
+        steward_pki::OffsetDateTime::now_utc().unix_timestamp(),
+    )
+}
+
+/// See [`current_expires_imminently`].
+fn switch_deadline_passed(not_before: i64, not_after: i64, now: i64) -> bool {
+    let margin = (not_after.saturating_sub(not_before) / 10).clamp(0, 86_400);
+    now >= not_after.saturating_sub(margin)
 }
 
 /// Stops every previous listener and removes it from `gateway.json`; true when any was.
@@ -992,15 +1088,28 @@ async fn forward(
         }
     };
     // The identity header is set here, never copied from the agent's request.
-    let mut up = shared
-        .upstream
-        .request(method, &url)
-        .header(AGENT_CERT_HEADER, agent_cert)
-        .body(body);
-    if let Some(ct) = content_type {
-        up = up.header(CONTENT_TYPE, ct);
+    let send = |client: reqwest::Client| {
+        let mut up = client
+            .request(method.clone(), &url)
+            .header(AGENT_CERT_HEADER, agent_cert.clone())
+            .body(body.clone());
+        if let Some(ct) = &content_type {
+            up = up.header(CONTENT_TYPE, ct.clone());
+        }
+        up.send()
+    };
+    let (client, identity) = shared.upstream.client_and_thumbprint();
+    let mut sent = send(client).await;
+    // Sent with the identity a renewal just replaced: the server may have retired it in the
+    // meantime (the new one's first use). Once more with the new one, so no agent sees it.
+    if sent
+        .as_ref()
+        .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
+        && shared.upstream.thumbprint() != identity
+    {
+        sent = send(shared.upstream.client()).await;
     }
-    let mut resp = match up.send().await {
+    let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
             let reason = error_chain(&e);
@@ -1014,6 +1123,8 @@ async fn forward(
     };
     let status = resp.status();
     let ct = resp.headers().get(CONTENT_TYPE).cloned();
+    // A 503 SERVER-BUSY's Retry-After reaches the agent as the server said it.
+    let retry_after = resp.headers().get(hyper::header::RETRY_AFTER).cloned();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         loop {
@@ -1036,6 +1147,9 @@ async fn forward(
     if let Some(ct) = ct {
         out.headers_mut().insert(CONTENT_TYPE, ct);
     }
+    if let Some(r) = retry_after {
+        out.headers_mut().insert(hyper::header::RETRY_AFTER, r);
+    }
     // Our clock, for clock-skew diagnosis between agent, gateway and server.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1043,4 +1157,21 @@ async fn forward(
     out.headers_mut()
         .insert(GATEWAY_TIME_HEADER, HeaderValue::from(secs));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::switch_deadline_passed;
+
+    #[test]
+    fn a_staged_certificate_is_forced_live_only_just_before_the_current_one_expires() {
+        let year = 365 * 86_400;
+        // A year-long certificate: the last day.
+        assert!(!switch_deadline_passed(0, year, year - 86_400 - 1));
+        assert!(switch_deadline_passed(0, year, year - 86_400));
+        // A short-lived one: its last tenth.
+        assert!(!switch_deadline_passed(0, 1_000, 899));
+        assert!(switch_deadline_passed(0, 1_000, 900));
+        assert!(switch_deadline_passed(0, 1_000, 5_000));
+    }
 }

@@ -47,6 +47,11 @@ impl GatewayDir {
         }
     }
 
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `gateway.json`.
     pub fn config(&self) -> PathBuf {
         self.root.join("gateway.json")
@@ -58,6 +63,21 @@ impl GatewayDir {
     /// The identity (client) certificate.
     pub fn identity_cert(&self) -> PathBuf {
         self.root.join("identity.pem")
+    }
+    /// A renewed identity key, written before the commit renames it over `identity.key`.
+    pub fn identity_key_next(&self) -> PathBuf {
+        self.root.join("identity.key.next")
+    }
+    /// A renewed identity certificate (leaf and issuing chain), written before the commit
+    /// renames it over `identity.pem`. Its presence at start means the commit was cut short:
+    /// [`crate::recover`] finishes it.
+    pub fn identity_cert_next(&self) -> PathBuf {
+        self.root.join("identity.pem.next")
+    }
+    /// Held (an advisory lock) while a renewal runs, so `steward gateway cert renew` and the
+    /// running gateway never renew at the same time.
+    pub fn renew_lock(&self) -> PathBuf {
+        self.root.join("renew.lock")
     }
     /// The key of the certificate agents see.
     pub fn server_key(&self) -> PathBuf {
@@ -81,7 +101,8 @@ impl GatewayDir {
     pub fn cert_slots(&self) -> PathBuf {
         self.root.join("certs.json")
     }
-    /// The directory of one imported server certificate, named by its SHA-256: written once,
+    /// The directory of one imported (or renewed) server certificate, named by its SHA-256
+    /// (a renewed platform certificate has no `root.pem`): written once,
     /// never changed, so switching certificates is one atomic write of `certs.json`.
     pub fn imported(&self, sha256: &str) -> PathBuf {
         self.root.join("certs").join(sha256)
@@ -142,9 +163,13 @@ impl GatewayDir {
         let dir = self.imported(sha256);
         let chain = read_certs(&dir.join(IMPORTED_CHAIN))?;
         let key = read_key(&dir.join(IMPORTED_KEY))?;
-        let root = std::fs::read_to_string(dir.join(IMPORTED_ROOT))
-            .map_err(|e| GatewayError::io(dir.join(IMPORTED_ROOT), e))?;
-        let cert = ServerCert::new(chain, key, Some(root));
+        // No root file: a renewed platform certificate (agents trust the platform root).
+        let root = match std::fs::read_to_string(dir.join(IMPORTED_ROOT)) {
+            Ok(r) => Some(r),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(GatewayError::io(dir.join(IMPORTED_ROOT), e)),
+        };
+        let cert = ServerCert::new(chain, key, root);
         if cert.sha256 != sha256 {
             return Err(GatewayError::Corrupt {
                 path: dir,

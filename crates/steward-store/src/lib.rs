@@ -239,6 +239,56 @@ pub struct GatewayRecord {
     pub entry_since_version: u64,
 }
 
+/// Which of a gateway's two platform-issued certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayCertRole {
+    /// gateway→server client certificate (CN = gateway ID).
+    Identity,
+    /// The certificate agents see at the gateway's edge.
+    Server,
+}
+
+impl GatewayCertRole {
+    /// The stored (and shown) name: `identity` or `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// A platform-issued gateway certificate as recorded (migration 0006).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayCert {
+    /// Serial (upper-case hex).
+    pub serial: String,
+    /// SHA-256 of the certificate (hex).
+    pub sha256: String,
+    /// SHA-256 of its SubjectPublicKeyInfo (hex): a renewal must bring a different key.
+    pub spki_sha256: String,
+    /// notBefore.
+    pub not_before: i64,
+    /// notAfter.
+    pub not_after: i64,
+}
+
+/// A gateway's recorded certificates: per role the one in use and a renewed one not in use
+/// yet. Empty for gateways joined before migration 0006 until their first renewal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayCerts {
+    /// The external names it joined with (`None` for gateways joined before 0006).
+    pub external_names: Option<Vec<String>>,
+    /// Identity in use (its serial and SHA-256 are also `GatewayRecord`'s).
+    pub identity: Option<GatewayCert>,
+    /// Renewed identity, accepted until its first use promotes it.
+    pub next_identity: Option<GatewayCert>,
+    /// Server certificate in use (as last confirmed by a report).
+    pub server: Option<GatewayCert>,
+    /// Renewed server certificate, staged on the gateway until every agent has it.
+    pub next_server: Option<GatewayCert>,
+}
+
 /// Active devices that do not hold a given profile version yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileLag {
@@ -389,6 +439,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn failures_since(&self, since: i64) -> Result<Vec<DeviceFailures>>;
     /// Revokes a gateway; `false` when there was no such unrevoked gateway.
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool>;
+    /// A gateway's recorded certificates and external names (migration 0006).
+    async fn gateway_certs(&self, id: &str) -> Result<GatewayCerts>;
+    /// Records what a join issued: the external names and both certificates in use.
+    async fn record_gateway_join(
+        &self,
+        id: &str,
+        external_names: &[String],
+        identity: &GatewayCert,
+        server: &GatewayCert,
+        now: i64,
+    ) -> Result<()>;
+    /// Records a renewed certificate for an unrevoked gateway as its `next` of that role; an
+    /// earlier `next` never used is revoked (superseded) in the same transaction. `false` when
+    /// there is no such unrevoked gateway.
+    async fn stage_gateway_cert(
+        &self,
+        id: &str,
+        role: GatewayCertRole,
+        cert: &GatewayCert,
+        now: i64,
+    ) -> Result<bool>;
+    /// Revokes and forgets the `next` certificate of that role with this SHA-256: issued, but
+    /// the gateway never took it (a crash, an import staged over it). `false` when no such
+    /// certificate is staged.
+    async fn drop_gateway_cert(
+        &self,
+        id: &str,
+        role: GatewayCertRole,
+        sha256: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// Makes the `next` certificate of that role with this SHA-256 the one in use and revokes
+    /// the one it replaces (for the identity, `gateways.cert_serial`/`cert_sha256` follow), in
+    /// one transaction; `false` when no such certificate is staged.
+    async fn promote_gateway_cert(
+        &self,
+        id: &str,
+        role: GatewayCertRole,
+        sha256: &str,
+        now: i64,
+    ) -> Result<bool>;
     /// Revokes a device; `false` when there was no such unrevoked device.
     async fn revoke_device(&self, id: &str, now: i64) -> Result<bool>;
     /// Deletes a device and its task rows, keeping its certificates' serials (current and a

@@ -92,6 +92,13 @@ fn migrations() -> Vec<Migration> {
             include_str!("../migrations/0005_cert_lifecycle.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("gateway renewal"),
+            MigrationType::Simple,
+            include_str!("../migrations/0006_gateway_renewal.sql").into_sql_str(),
+            false,
+        ),
     ]
 }
 
@@ -493,6 +500,37 @@ async fn take_token_use(
     }
 }
 
+/// Inserts or replaces one recorded gateway certificate (migration 0006).
+async fn put_gateway_cert(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: &str,
+    role: &str,
+    slot: &str,
+    c: &crate::GatewayCert,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO gateway_certs (gateway_id, role, slot, serial, sha256, spki_sha256, \
+         not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (gateway_id, role, slot) DO UPDATE SET serial = excluded.serial, \
+         sha256 = excluded.sha256, spki_sha256 = excluded.spki_sha256, \
+         not_before = excluded.not_before, not_after = excluded.not_after, \
+         issued_at = excluded.issued_at",
+    )
+    .bind(id)
+    .bind(role)
+    .bind(slot)
+    .bind(&c.serial)
+    .bind(&c.sha256)
+    .bind(&c.spki_sha256)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn gateway_from_row(r: &SqliteRow) -> Result<GatewayRecord> {
     let report: Option<String> = r.try_get("report")?;
     Ok(GatewayRecord {
@@ -774,6 +812,202 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn gateway_certs(&self, id: &str) -> Result<crate::GatewayCerts> {
+        let mut out = crate::GatewayCerts::default();
+        let names: Option<Option<String>> =
+            sqlx::query_scalar("SELECT external_names FROM gateways WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        out.external_names = names
+            .flatten()
+            .map(|t| json_col("gateways.external_names", &t))
+            .transpose()?;
+        let rows = sqlx::query(
+            "SELECT role, slot, serial, sha256, spki_sha256, not_before, not_after \
+             FROM gateway_certs WHERE gateway_id = ?",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        for r in rows {
+            let cert = crate::GatewayCert {
+                serial: r.try_get("serial")?,
+                sha256: r.try_get("sha256")?,
+                spki_sha256: r.try_get("spki_sha256")?,
+                not_before: r.try_get("not_before")?,
+                not_after: r.try_get("not_after")?,
+            };
+            let role: String = r.try_get("role")?;
+            let slot: String = r.try_get("slot")?;
+            let place = match (role.as_str(), slot.as_str()) {
+                ("identity", "current") => &mut out.identity,
+                ("identity", "next") => &mut out.next_identity,
+                ("server", "current") => &mut out.server,
+                ("server", "next") => &mut out.next_server,
+                _ => return Err(corrupt("gateway_certs.role", format!("{role}/{slot}"))),
+            };
+            *place = Some(cert);
+        }
+        Ok(out)
+    }
+
+    async fn record_gateway_join(
+        &self,
+        id: &str,
+        external_names: &[String],
+        identity: &crate::GatewayCert,
+        server: &crate::GatewayCert,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE gateways SET external_names = ? WHERE id = ?")
+            .bind(to_json("gateways.external_names", &external_names)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (role, c) in [("identity", identity), ("server", server)] {
+            put_gateway_cert(&mut tx, id, role, "current", c, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stage_gateway_cert(
+        &self,
+        id: &str,
+        role: crate::GatewayCertRole,
+        cert: &crate::GatewayCert,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let live: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM gateways WHERE id = ? AND revoked = 0")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if live.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // A renewal issued before and never used is retired: only the newest may be promoted.
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT serial, ?, gateway_id, 'superseded' FROM gateway_certs \
+             WHERE gateway_id = ? AND role = ? AND slot = 'next' AND sha256 != ? COLLATE NOCASE \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(role.as_str())
+        .bind(&cert.sha256)
+        .execute(&mut *tx)
+        .await?;
+        put_gateway_cert(&mut tx, id, role.as_str(), "next", cert, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn drop_gateway_cert(
+        &self,
+        id: &str,
+        role: crate::GatewayCertRole,
+        sha256: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT serial, ?, gateway_id, 'abandoned' FROM gateway_certs \
+             WHERE gateway_id = ? AND role = ? AND slot = 'next' AND sha256 = ? COLLATE NOCASE \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(role.as_str())
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "DELETE FROM gateway_certs WHERE gateway_id = ? AND role = ? AND slot = 'next' \
+             AND sha256 = ? COLLATE NOCASE",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn promote_gateway_cert(
+        &self,
+        id: &str,
+        role: crate::GatewayCertRole,
+        sha256: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let next = sqlx::query(
+            "SELECT serial, sha256 FROM gateway_certs c JOIN gateways g ON g.id = c.gateway_id \
+             WHERE c.gateway_id = ? AND c.role = ? AND c.slot = 'next' \
+             AND c.sha256 = ? COLLATE NOCASE AND g.revoked = 0",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .bind(sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(next) = next else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let (serial, sha): (String, String) = (next.try_get("serial")?, next.try_get("sha256")?);
+        // The certificate it replaces is revoked: the recorded one, and for the identity also
+        // the one the gateway row names (a gateway joined before version 6 has no record).
+        sqlx::query(
+            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+             SELECT serial, ?1, gateway_id, 'superseded' FROM gateway_certs \
+             WHERE gateway_id = ?2 AND role = ?3 AND slot = 'current' AND serial != ?4 \
+             UNION ALL \
+             SELECT cert_serial, ?1, id, 'superseded' FROM gateways \
+             WHERE id = ?2 AND ?3 = 'identity' AND cert_serial != ?4 \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(role.as_str())
+        .bind(&serial)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM gateway_certs WHERE gateway_id = ? AND role = ? AND slot = 'current'",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE gateway_certs SET slot = 'current' \
+             WHERE gateway_id = ? AND role = ? AND slot = 'next'",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if role == crate::GatewayCertRole::Identity {
+            sqlx::query("UPDATE gateways SET cert_serial = ?, cert_sha256 = ? WHERE id = ?")
+                .bind(&serial)
+                .bind(&sha)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn revoke_device(&self, id: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
@@ -1038,6 +1272,10 @@ impl Store for SqliteStore {
              UNION ALL \
              SELECT cert_serial, COALESCE(revoked_at, created_at) AS at FROM gateways \
              WHERE revoked != 0 \
+             UNION ALL \
+             SELECT c.serial, COALESCE(g.revoked_at, g.created_at) AS at \
+             FROM gateway_certs c JOIN gateways g ON g.id = c.gateway_id \
+             WHERE g.revoked != 0 AND c.serial != g.cert_serial \
              UNION ALL \
              SELECT serial, revoked_at AS at FROM revoked_certs",
         )
@@ -1435,6 +1673,160 @@ mod tests {
         rows.iter()
             .map(|r| r.try_get::<String, _>("detail").unwrap())
             .collect()
+    }
+
+    /// Gateway renewal (migration 0006): a staged certificate waits, a newer staging retires
+    /// it, promotion makes it current and revokes the one it replaces (for the identity, the
+    /// row's serial follows), and a revoked gateway's recorded serials stay in the CRLs.
+    #[tokio::test]
+    async fn gateway_certificates_are_staged_promoted_and_revoked() {
+        use crate::{GatewayCert, GatewayCertRole as Role};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        store
+            .create_gateway_token(&NewEnrollmentToken {
+                token_hash: "t".into(),
+                expires_at: 2_000,
+                max_uses: 1,
+                tags: vec![],
+                created_at: 1_000,
+                created_by: "admin".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .join_gateway(
+                "t",
+                1_000,
+                &NewGateway {
+                    id: "gw".into(),
+                    cert_serial: "I1".into(),
+                    cert_sha256: "i1".into(),
+                    created_at: 1_000,
+                },
+            )
+            .await
+            .unwrap();
+        let c = |serial: &str, sha: &str| GatewayCert {
+            serial: serial.into(),
+            sha256: sha.into(),
+            spki_sha256: format!("k-{sha}"),
+            not_before: 1_000,
+            not_after: 9_000,
+        };
+        store
+            .record_gateway_join(
+                "gw",
+                &["gw.example.net".into()],
+                &c("I1", "i1"),
+                &c("S1", "s1"),
+                1_000,
+            )
+            .await
+            .unwrap();
+        let got = store.gateway_certs("gw").await.unwrap();
+        assert_eq!(got.external_names, Some(vec!["gw.example.net".to_owned()]));
+        assert_eq!(got.server, Some(c("S1", "s1")));
+        assert_eq!(got.next_server, None);
+
+        // Staged twice: the first, never used, is retired.
+        assert!(
+            store
+                .stage_gateway_cert("gw", Role::Server, &c("S2", "s2"), 1_100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .stage_gateway_cert("gw", Role::Server, &c("S3", "s3"), 1_200)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .stage_gateway_cert("gw", Role::Identity, &c("I2", "i2"), 1_200)
+                .await
+                .unwrap()
+        );
+        let revoked = |store: &SqliteStore| {
+            let store = store.clone();
+            async move {
+                let mut s: Vec<String> = store
+                    .revoked_serials()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect();
+                s.sort();
+                s
+            }
+        };
+        assert_eq!(revoked(&store).await, vec!["S2".to_owned()]);
+        assert!(
+            !store
+                .promote_gateway_cert("gw", Role::Server, "s2", 1_300)
+                .await
+                .unwrap()
+        );
+
+        // Promoted: current, the old one revoked; for the identity the row follows.
+        assert!(
+            store
+                .promote_gateway_cert("gw", Role::Server, "S3", 1_300)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .promote_gateway_cert("gw", Role::Identity, "i2", 1_300)
+                .await
+                .unwrap()
+        );
+        let got = store.gateway_certs("gw").await.unwrap();
+        assert_eq!(got.server.map(|c| c.serial), Some("S3".to_owned()));
+        assert_eq!((got.next_server, got.next_identity), (None, None));
+        let g = store.gateway("gw").await.unwrap().unwrap();
+        assert_eq!(
+            (g.cert_serial.as_str(), g.cert_sha256.as_str()),
+            ("I2", "i2")
+        );
+        assert_eq!(revoked(&store).await, vec!["I1", "S1", "S2"]);
+
+        // Issued but never taken: revoked and forgotten.
+        assert!(
+            store
+                .stage_gateway_cert("gw", Role::Identity, &c("I9", "i9"), 1_350)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .drop_gateway_cert("gw", Role::Identity, "i9", 1_360)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.gateway_certs("gw").await.unwrap().next_identity, None);
+        assert_eq!(revoked(&store).await, vec!["I1", "I9", "S1", "S2"]);
+
+        // A revoked gateway: every recorded serial (current and staged) is in the CRLs once.
+        assert!(
+            store
+                .stage_gateway_cert("gw", Role::Server, &c("S4", "s4"), 1_400)
+                .await
+                .unwrap()
+        );
+        assert!(store.revoke_gateway("gw", 1_500).await.unwrap());
+        assert!(
+            !store
+                .stage_gateway_cert("gw", Role::Server, &c("S5", "s5"), 1_600)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            revoked(&store).await,
+            vec!["I1", "I2", "I9", "S1", "S2", "S3", "S4"]
+        );
     }
 
     /// A database made by the first schema keeps its devices' last-seen times and paths

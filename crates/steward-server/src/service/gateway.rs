@@ -14,15 +14,18 @@ use steward_proto::admin::{
     GatewayProblem, GatewayStatus, GatewaySummary, GatewayToken, NewGatewayToken,
 };
 use steward_proto::{
-    AGENT_CERT_HEADER, CommunicationProfile, ConnectionPath, FailureKind, GatewayEntry,
-    GatewayJoinRequest, GatewayJoinResponse, GatewayReport, GatewayReportResponse, ProbeTarget,
+    AGENT_CERT_HEADER, CommunicationProfile, ConnectionPath, FailureKind, GatewayCertStatus,
+    GatewayEntry, GatewayJoinRequest, GatewayJoinResponse, GatewayRenewRequest,
+    GatewayRenewResponse, GatewayReport, GatewayReportResponse, ProbeTarget,
 };
 use steward_store::{
-    Device, DeviceFailures, GatewayRecord, NewEnrollmentToken, NewGateway, Store, TokenCheck,
+    Device, DeviceFailures, GatewayCert, GatewayCertRole, GatewayCerts, GatewayRecord,
+    NewEnrollmentToken, NewGateway, Store, TokenCheck,
 };
 
 use super::{AdminUser, PeerCert, Service, csr_key_spec, forbidden, now, rfc3339};
 use crate::ApiFailure;
+use crate::lifecycle::EXPIRY_WARNING_SECS;
 use crate::pki::{AGENT_DAYS, BACKDATE, LISTENER_DAYS};
 use crate::secret::{self, pem};
 
@@ -42,6 +45,10 @@ const MAX_TRUST_ANCHORS: usize = 4;
 const MAX_ANCHOR_PEM: usize = 16 * 1024;
 /// Self-probe outcomes a gateway may report (one per address it was asked to test, with room).
 const MAX_PROBES: usize = 16;
+/// A renewed gateway certificate not taken this long after issuance is abandoned: a running
+/// gateway takes a renewal within the same second, `steward gateway cert renew` by the next
+/// report (the identity) or at once (the staged server certificate).
+const ABANDONED_AFTER_SECS: i64 = 15 * 60;
 /// Devices named in a gateway's pending list (the total is always given).
 const PENDING_SHOWN: u32 = 50;
 /// A gateway reports on start and every minute; three missed reports mean it is down or
@@ -487,11 +494,32 @@ impl Service {
         let mut out = Vec::new();
         for g in self.store.gateways().await? {
             let entry = profile.gateways.iter().find(|e| e.name == g.id);
-            let problems = gateway_problems(&g, entry, &failures, now);
+            let mut problems = gateway_problems(&g, entry, &failures, now);
             let (pending_devices, pending_total) = match entry {
                 Some(_) => self.pending(g.entry_since_version).await?,
                 None => (Vec::new(), 0),
             };
+            let certificates = if g.revoked {
+                Vec::new()
+            } else {
+                cert_statuses(&self.store.gateway_certs(&g.id).await?, now)
+            };
+            for c in &certificates {
+                if let Some(w) = &c.warning {
+                    problems.push(problem("CERT-EXPIRING-SOON", w.clone()));
+                }
+            }
+            let renewal = g
+                .report
+                .as_ref()
+                .filter(|r| !g.revoked && r.thumbprints.len() > 1)
+                .map(|r| {
+                    format!(
+                        "next certificate staged ({}), {pending_total} agent(s) pending; the \
+                         gateway serves it once every agent holds its thumbprint",
+                        r.thumbprints[1]
+                    )
+                });
             out.push(GatewaySummary {
                 id: g.id,
                 revoked: g.revoked,
@@ -505,6 +533,8 @@ impl Service {
                 problems,
                 pending_devices,
                 pending_total,
+                certificates,
+                renewal,
             });
         }
         Ok(out)
@@ -548,6 +578,7 @@ impl Service {
             all_agents_current: pending_total == 0,
             pending_devices,
             pending_total,
+            ..GatewayReportResponse::default()
         })
     }
 
@@ -605,6 +636,8 @@ impl Service {
             .map_err(|e| csr_invalid(e.to_string()))?;
         let facts = CertFacts::from_der(&client)
             .map_err(|e| ApiFailure::internal("reading the issued certificate", e))?;
+        let server_facts = CertFacts::from_der(&server)
+            .map_err(|e| ApiFailure::internal("reading the issued certificate", e))?;
         let verdict = self
             .store
             .join_gateway(
@@ -619,12 +652,22 @@ impl Service {
             )
             .await?;
         gateway_token_verdict(verdict, peer_addr)?;
+        // Recorded so renewals know the names, the keys to refuse and when each is due.
+        self.store
+            .record_gateway_join(
+                &id,
+                &normalized_names(&req.external_names),
+                &recorded(&facts),
+                &recorded(&server_facts),
+                now,
+            )
+            .await?;
         tracing::info!(gateway = %id, peer = peer_addr, names = %req.external_names.join(","), version = %req.version, "gateway joined");
         Ok(GatewayJoinResponse {
             gateway_id: id,
             client_cert_pem: pem("CERTIFICATE", &client),
             server_cert_pem: pem("CERTIFICATE", &server),
-            chain_pem: vec![self.pki.issuing_pem.clone()],
+            chain_pem: vec![self.pki.live_issuing_pem()],
             trust_anchors_pem: self.profile().trust_anchors_pem.clone(),
             crl_url: self.config.issuing_crl_url(),
         })
@@ -635,6 +678,30 @@ impl Service {
         let Some(cn) = &peer.common_name else {
             return Ok(None);
         };
+        let Some(g) = self.store.gateway(cn).await?.filter(|g| !g.revoked) else {
+            return Ok(None);
+        };
+        if g.cert_sha256.eq_ignore_ascii_case(&peer.sha256) {
+            return Ok(Some(g));
+        }
+        // Its renewed identity, used for the first time: that use is the confirmation, and
+        // retires (revokes) the previous identity.
+        let certs = self.store.gateway_certs(cn).await?;
+        let renewed = certs
+            .next_identity
+            .as_ref()
+            .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&peer.sha256));
+        if !renewed {
+            return Ok(None);
+        }
+        if self
+            .store
+            .promote_gateway_cert(cn, GatewayCertRole::Identity, &peer.sha256, now())
+            .await?
+        {
+            tracing::info!(id = "GATEWAY-IDENTITY-RENEWED", gateway = %cn, serial = %peer.serial, old_serial = %g.cert_serial, "the gateway uses its renewed identity; the previous one is revoked");
+            self.resign_crls().await;
+        }
         Ok(self
             .store
             .gateway(cn)
@@ -680,6 +747,7 @@ impl Service {
             ));
         };
         valid_report(&report)?;
+        let certs = self.promote_served(&gw.id, &report).await?;
         // Judged against the published profile rather than the stored report, so a refresh
         // that failed after the report was stored is retried at the next report.
         let entry = entry_of(&gw.id, &report);
@@ -701,7 +769,11 @@ impl Service {
         if entry_changed {
             self.refresh_gateways().await?;
         }
-        self.report_answer(&gw.id).await
+        let mut answer = self.report_answer(&gw.id).await?;
+        let (renew_identity, renew_server) = self.renewal_due_for(&certs, &report, now());
+        answer.renew_identity = renew_identity;
+        answer.renew_server = renew_server;
+        Ok(answer)
     }
 
     /// Re-derives the profile's gateway entries; bumps the version when they changed.
@@ -787,6 +859,441 @@ impl Service {
         let agent = PeerCert::from_der(&leaf)
             .ok_or_else(|| invalid("the forwarded agent certificate does not parse".into()))?;
         Ok((self.agent_device(Some(&agent)).await?, Some(gw.id)))
+    }
+}
+
+/// External names as recorded: DNS names lower-case, IP literals as given.
+fn normalized_names(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| {
+            if n.parse::<std::net::IpAddr>().is_ok() {
+                n.clone()
+            } else {
+                n.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+/// What the store records of an issued certificate.
+fn recorded(f: &CertFacts) -> GatewayCert {
+    GatewayCert {
+        serial: f.serial.clone(),
+        sha256: f.thumbprint.sha256_hex(),
+        spki_sha256: Thumbprint::of(&f.spki_der).sha256_hex(),
+        not_before: f.not_before.unix_timestamp(),
+        not_after: f.not_after.unix_timestamp(),
+    }
+}
+
+/// What a renewal needs from a CSR: the SHA-256 of its public key and its subject's CNs.
+fn csr_facts(csr_pem: &str) -> Result<(String, Vec<String>), String> {
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate request: {e}"))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| format!("the certificate request does not parse: {e}"))?;
+    let info = &csr.certification_request_info;
+    let cns = info
+        .subject
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    Ok((Thumbprint::of(info.subject_pki.raw).sha256_hex(), cns))
+}
+
+/// The console's view of a gateway's recorded certificates: expiry, the 30-day warning
+/// (`CERT-EXPIRING-SOON`), a renewed one not in use yet.
+fn cert_statuses(certs: &GatewayCerts, now: i64) -> Vec<GatewayCertStatus> {
+    let mut out = Vec::new();
+    for (role, current, next) in [
+        (
+            GatewayCertRole::Identity,
+            &certs.identity,
+            &certs.next_identity,
+        ),
+        (GatewayCertRole::Server, &certs.server, &certs.next_server),
+    ] {
+        let Some(c) = current else { continue };
+        let what = match role {
+            GatewayCertRole::Identity => "identity certificate (gateway→server)",
+            GatewayCertRole::Server => "server certificate (what agents see)",
+        };
+        let warning = (c.not_after.saturating_sub(now) < EXPIRY_WARNING_SECS).then(|| {
+            if c.not_after <= now {
+                format!(
+                    "CERT-EXPIRING-SOON: the gateway's {what} expired at {}; renew it \
+                     (steward gateway cert renew) or join the gateway again",
+                    rfc3339(c.not_after)
+                )
+            } else {
+                format!(
+                    "CERT-EXPIRING-SOON: the gateway's {what} expires at {} ({} day(s)) and \
+                     has not been renewed; check the gateway's log for \
+                     GATEWAY-CERT-RENEW-FAILED, or renew it (steward gateway cert renew)",
+                    rfc3339(c.not_after),
+                    (c.not_after - now) / 86_400
+                )
+            }
+        });
+        out.push(GatewayCertStatus {
+            role: role.as_str().to_owned(),
+            serial: c.serial.clone(),
+            sha256: c.sha256.clone(),
+            not_after: rfc3339(c.not_after),
+            next_sha256: next.as_ref().map(|n| n.sha256.clone()),
+            warning,
+        });
+    }
+    out
+}
+
+/// Whether a reporting gateway should renew its identity and its server certificate: the
+/// `[certs] renew_at_percent` share of the lifetime has passed. Dates unknown (joined before
+/// the server recorded them) count as due, once, so they become known. The server certificate
+/// only when the gateway serves a platform certificate (an imported one is replaced by
+/// importing) and no staged one is waiting for agents.
+pub(crate) fn renewal_due(
+    cfg: &crate::lifecycle::Certs,
+    certs: &GatewayCerts,
+    report: &GatewayReport,
+    now: i64,
+) -> (bool, bool) {
+    let due = |c: &Option<GatewayCert>| {
+        c.as_ref()
+            .is_none_or(|c| cfg.due(c.not_before, c.not_after, now))
+    };
+    let identity = due(&certs.identity);
+    let served = report.thumbprints.first();
+    let rollout = report.thumbprints.len() > 1;
+    let platform_served = match &certs.server {
+        Some(c) => served.is_some_and(|t| t.eq_ignore_ascii_case(&c.sha256)),
+        // Unknown: platform unless the gateway reports a root of its own (an import).
+        None => report.trust_anchors_pem.is_empty(),
+    };
+    let server = !rollout && platform_served && due(&certs.server);
+    (identity, server)
+}
+
+fn renew_refused(gateway: &str, id: &'static str, m: String) -> ApiFailure {
+    tracing::warn!(id, gateway, "gateway renewal refused: {m}");
+    ApiFailure::bad_request(id, m)
+}
+
+impl Service {
+    /// A report whose served certificate is the gateway's staged renewal: every agent had its
+    /// thumbprint and the gateway switched, so the renewal is confirmed and the certificate it
+    /// replaces is revoked (the CRLs re-signed). Returns the recorded certificates, current.
+    async fn promote_served(
+        &self,
+        id: &str,
+        report: &GatewayReport,
+    ) -> Result<GatewayCerts, ApiFailure> {
+        let mut certs = self.store.gateway_certs(id).await?;
+        if self.drop_abandoned(id, &certs, report).await? {
+            certs = self.store.gateway_certs(id).await?;
+        }
+        let served = report.thumbprints.first();
+        let Some(next) = certs.next_server.as_ref() else {
+            return Ok(certs);
+        };
+        if !served.is_some_and(|t| t.eq_ignore_ascii_case(&next.sha256)) {
+            return Ok(certs);
+        }
+        if self
+            .store
+            .promote_gateway_cert(id, GatewayCertRole::Server, &next.sha256, now())
+            .await?
+        {
+            tracing::info!(
+                id = "GATEWAY-SERVER-CERT-RENEWED", gateway = %id, serial = %next.serial,
+                old_serial = %certs.server.as_ref().map_or("-", |c| c.serial.as_str()),
+                "the gateway serves its renewed server certificate; the previous one is revoked"
+            );
+            self.resign_crls().await;
+        }
+        Ok(self.store.gateway_certs(id).await?)
+    }
+
+    /// Renewed certificates the gateway did not take (a crash cut its renewal short, an
+    /// import was staged over it): a report more than [`ABANDONED_AFTER_SECS`] after issuance
+    /// that is not authenticated by the renewed identity (that would have promoted it) or does
+    /// not list the renewed server certificate. They are revoked, so no unused key stays valid.
+    async fn drop_abandoned(
+        &self,
+        id: &str,
+        certs: &GatewayCerts,
+        report: &GatewayReport,
+    ) -> Result<bool, ApiFailure> {
+        let now = now();
+        // Issued at notBefore plus the backdating.
+        let old = |c: &GatewayCert| {
+            now.saturating_sub(c.not_before.saturating_add(BACKDATE.whole_seconds()))
+                > ABANDONED_AFTER_SECS
+        };
+        let mut dropped = false;
+        if let Some(n) = certs.next_identity.as_ref().filter(|n| old(n)) {
+            dropped |= self
+                .store
+                .drop_gateway_cert(id, GatewayCertRole::Identity, &n.sha256, now)
+                .await?;
+            tracing::warn!(id = "GATEWAY-CERT-ABANDONED", gateway = %id, role = "identity", serial = %n.serial, "a renewed gateway certificate was never taken; revoked");
+        }
+        if let Some(n) = certs.next_server.as_ref().filter(|n| {
+            old(n)
+                && !report
+                    .thumbprints
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(&n.sha256))
+        }) {
+            dropped |= self
+                .store
+                .drop_gateway_cert(id, GatewayCertRole::Server, &n.sha256, now)
+                .await?;
+            tracing::warn!(id = "GATEWAY-CERT-ABANDONED", gateway = %id, role = "server", serial = %n.serial, "a renewed gateway certificate was never taken; revoked");
+        }
+        if dropped {
+            self.resign_crls().await;
+        }
+        Ok(dropped)
+    }
+
+    /// Whether a reporting gateway should renew its identity and its server certificate
+    /// (see [`renewal_due`]).
+    pub(crate) fn renewal_due_for(
+        &self,
+        certs: &GatewayCerts,
+        report: &GatewayReport,
+        now: i64,
+    ) -> (bool, bool) {
+        renewal_due(&self.config.certs, certs, report, now)
+    }
+
+    /// `POST /gateway/v1/renew`: an enrolled, unrevoked gateway (authenticated by its current
+    /// identity, or its renewed one) trades CSRs for new certificates, with the checks of a
+    /// join: well-formed CSRs of accepted keys, the server certificate for the gateway's
+    /// external names exactly, and fresh keys (not the current ones, not one for both). The
+    /// new identity is accepted next to the current one until its first use; the new server
+    /// certificate is recorded as next, promoted when the gateway reports serving it.
+    pub async fn gateway_renew(
+        &self,
+        peer: Option<&PeerCert>,
+        req: GatewayRenewRequest,
+    ) -> Result<GatewayRenewResponse, ApiFailure> {
+        let Some(p) = peer else {
+            return Err(ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "GATEWAY-CERT-REQUIRED",
+                "a gateway renewal needs the gateway's client certificate (steward gateway join)",
+            ));
+        };
+        let Some(gw) = self.peer_gateway(p).await? else {
+            return Err(Self::not_trusted_to(
+                peer,
+                "unknown, revoked or replaced identity",
+                "renew its certificates",
+            ));
+        };
+        let id = gw.id.clone();
+        if req.identity_csr_pem.is_none() && req.server_csr_pem.is_none() {
+            return Err(renew_refused(
+                &id,
+                "GATEWAY-RENEW-INVALID",
+                "a renewal needs identity_csr_pem, server_csr_pem or both".to_owned(),
+            ));
+        }
+        let certs = self.store.gateway_certs(&id).await?;
+        let csr_invalid = |m: String| renew_refused(&id, "GATEWAY-CSR-INVALID", m);
+        let reused = |m: String| renew_refused(&id, "GATEWAY-RENEW-KEY-REUSED", m);
+        let known_keys: Vec<&str> = [&certs.identity, &certs.server]
+            .into_iter()
+            .flatten()
+            .map(|c| c.spki_sha256.as_str())
+            .collect();
+        let identity = match &req.identity_csr_pem {
+            None => None,
+            Some(csr) => {
+                let key = csr_key_spec(csr).map_err(csr_invalid)?;
+                let (spki, _) = csr_facts(csr).map_err(csr_invalid)?;
+                Some((csr, key, spki))
+            }
+        };
+        let server = match &req.server_csr_pem {
+            None => None,
+            Some(csr) => {
+                let key = csr_key_spec(csr).map_err(csr_invalid)?;
+                let (spki, cns) = csr_facts(csr).map_err(csr_invalid)?;
+                Some((csr, key, spki, cns))
+            }
+        };
+        for spki in identity
+            .iter()
+            .map(|i| &i.2)
+            .chain(server.iter().map(|s| &s.2))
+        {
+            if known_keys.iter().any(|k| k.eq_ignore_ascii_case(spki)) {
+                return Err(reused(
+                    "the CSR's key is one the gateway already has a certificate for; a renewal \
+                     needs a new key pair made on the gateway"
+                        .to_owned(),
+                ));
+            }
+        }
+        if let (Some(i), Some(s)) = (&identity, &server)
+            && i.2.eq_ignore_ascii_case(&s.2)
+        {
+            return Err(reused(
+                "the identity and server CSRs carry the same key; each certificate needs its own"
+                    .to_owned(),
+            ));
+        }
+        // The server certificate covers the gateway's external names as joined, exactly.
+        let names = match &server {
+            None => None,
+            Some((_, _, _, cns)) => {
+                let joined = match &certs.external_names {
+                    Some(n) => n.clone(),
+                    None => gw
+                        .report
+                        .as_ref()
+                        .map(|r| vec![r.external_name.clone()])
+                        .unwrap_or_default(),
+                };
+                let asked = normalized_names(&req.external_names);
+                let mut a: Vec<String> = asked.iter().map(|n| n.to_ascii_lowercase()).collect();
+                let mut j: Vec<String> = joined.iter().map(|n| n.to_ascii_lowercase()).collect();
+                a.sort();
+                a.dedup();
+                j.sort();
+                j.dedup();
+                if j.is_empty() || a != j {
+                    return Err(renew_refused(
+                        &id,
+                        "GATEWAY-RENEW-NAMES",
+                        format!(
+                            "the server certificate must cover the gateway's external names \
+                             [{}], asked for [{}]; a renewal never changes them (join a new \
+                             gateway for other names)",
+                            joined.join(", "),
+                            req.external_names.join(", ")
+                        ),
+                    ));
+                }
+                if let Some(bad) = cns.iter().find(|cn| !j.contains(&cn.to_ascii_lowercase())) {
+                    return Err(renew_refused(
+                        &id,
+                        "GATEWAY-RENEW-NAMES",
+                        format!(
+                            "the server CSR names {bad:?}, which is not one of the gateway's \
+                             external names [{}]",
+                            joined.join(", ")
+                        ),
+                    ));
+                }
+                Some(external_names(&joined)?)
+            }
+        };
+
+        let now_t = OffsetDateTime::now_utc();
+        let crl_urls = vec![self.config.issuing_crl_url()];
+        let mut out = GatewayRenewResponse {
+            chain_pem: vec![self.pki.live_issuing_pem()],
+            ..GatewayRenewResponse::default()
+        };
+        let mut issued: Vec<(GatewayCertRole, CertificateDer<'static>)> = Vec::new();
+        if let Some((csr, key, _)) = identity {
+            let cert = self
+                .pki
+                .issuing
+                .sign_csr(
+                    csr,
+                    &LeafRequest {
+                        common_name: id.clone(),
+                        dns_names: Vec::new(),
+                        ip_addrs: Vec::new(),
+                        usage: Usage::Client,
+                        not_before: now_t - BACKDATE,
+                        not_after: now_t + time::Duration::days(AGENT_DAYS),
+                        crl_urls: crl_urls.clone(),
+                        key,
+                    },
+                )
+                .map_err(|e| csr_invalid(e.to_string()))?;
+            issued.push((GatewayCertRole::Identity, cert));
+        }
+        if let (Some((csr, key, _, _)), Some((dns, ips))) = (server, names) {
+            let common_name = certs
+                .external_names
+                .as_ref()
+                .and_then(|n| n.first().cloned())
+                .or_else(|| req.external_names.first().cloned())
+                .unwrap_or_else(|| id.clone());
+            let cert = self
+                .pki
+                .issuing
+                .sign_csr(
+                    csr,
+                    &LeafRequest {
+                        common_name,
+                        dns_names: dns,
+                        ip_addrs: ips,
+                        usage: Usage::Server,
+                        not_before: now_t - BACKDATE,
+                        not_after: now_t + time::Duration::days(LISTENER_DAYS),
+                        crl_urls,
+                        key,
+                    },
+                )
+                .map_err(|e| csr_invalid(e.to_string()))?;
+            issued.push((GatewayCertRole::Server, cert));
+        }
+        let mut superseded = false;
+        for (role, cert) in issued {
+            let facts = CertFacts::from_der(&cert)
+                .map_err(|e| ApiFailure::internal("reading the issued certificate", e))?;
+            let rec = recorded(&facts);
+            let previous_next = match role {
+                GatewayCertRole::Identity => &certs.next_identity,
+                GatewayCertRole::Server => &certs.next_server,
+            };
+            superseded |= previous_next.is_some();
+            if !self
+                .store
+                .stage_gateway_cert(&id, role, &rec, now_t.unix_timestamp())
+                .await?
+            {
+                return Err(Self::not_trusted_to(
+                    peer,
+                    "revoked while renewing",
+                    "renew its certificates",
+                ));
+            }
+            tracing::info!(
+                id = "GATEWAY-CERT-ISSUED", gateway = %id, role = role.as_str(),
+                serial = %rec.serial, thumbprint = %rec.sha256,
+                "renewed gateway certificate issued; waiting for its first use"
+            );
+            let not_after = Some(rfc3339(rec.not_after));
+            match role {
+                GatewayCertRole::Identity => {
+                    out.identity_cert_pem = Some(pem("CERTIFICATE", &cert));
+                    out.identity_not_after = not_after;
+                }
+                GatewayCertRole::Server => {
+                    out.server_cert_pem = Some(pem("CERTIFICATE", &cert));
+                    out.server_not_after = not_after;
+                }
+            }
+        }
+        if superseded {
+            // An earlier renewal never used went into revoked_certs.
+            self.resign_crls().await;
+        }
+        Ok(out)
     }
 }
 
@@ -979,6 +1486,96 @@ mod tests {
         assert!(m.contains("TLS failed") && m.contains("filtered"), "{m}");
         assert!(!m.contains("name does not resolve"), "{m}");
         assert!(!m.contains("pc-3") && !m.contains("refused"), "{m}");
+    }
+
+    #[test]
+    fn renewal_is_due_at_the_configured_share_for_platform_certificates_only() {
+        let cfg = crate::lifecycle::Certs::default();
+        let now = 1_800_000_000;
+        let cert = |sha: &str, not_before: i64, not_after: i64| GatewayCert {
+            serial: "01".into(),
+            sha256: sha.into(),
+            spki_sha256: "00".into(),
+            not_before,
+            not_after,
+        };
+        let served = "ab".repeat(32);
+        let young = GatewayCerts {
+            identity: Some(cert("11", now - 100, now + 900)),
+            server: Some(cert(&served, now - 100, now + 900)),
+            ..GatewayCerts::default()
+        };
+        let report = healthy(8443);
+        assert_eq!(renewal_due(&cfg, &young, &report, now), (false, false));
+        // Two thirds of the lifetime gone: both due.
+        let old = GatewayCerts {
+            identity: Some(cert("11", now - 700, now + 300)),
+            server: Some(cert(&served, now - 700, now + 300)),
+            ..GatewayCerts::default()
+        };
+        assert_eq!(renewal_due(&cfg, &old, &report, now), (true, true));
+        // A staged certificate is being rolled out: not the server certificate again.
+        let mut rolling = report.clone();
+        rolling.thumbprints.push("cd".repeat(32));
+        assert_eq!(renewal_due(&cfg, &old, &rolling, now), (true, false));
+        // An imported certificate is served: the platform one is not renewed.
+        let mut imported = report.clone();
+        imported.thumbprints = vec!["ef".repeat(32)];
+        assert_eq!(renewal_due(&cfg, &old, &imported, now), (true, false));
+        // Joined before the dates were recorded: renewed once; an import reported: not.
+        let unknown = GatewayCerts::default();
+        assert_eq!(renewal_due(&cfg, &unknown, &report, now), (true, true));
+        let mut with_root = report;
+        with_root.trust_anchors_pem = vec!["root".into()];
+        assert_eq!(renewal_due(&cfg, &unknown, &with_root, now), (true, false));
+    }
+
+    #[test]
+    fn certificates_expiring_within_30_days_are_warned_about() {
+        let now = 1_800_000_000;
+        let c = |not_after: i64| GatewayCert {
+            serial: "0A".into(),
+            sha256: "aa".into(),
+            spki_sha256: "bb".into(),
+            not_before: now - 86_400,
+            not_after,
+        };
+        let certs = GatewayCerts {
+            identity: Some(c(now + 200 * 86_400)),
+            server: Some(c(now + 10 * 86_400)),
+            next_server: Some(GatewayCert {
+                sha256: "cc".into(),
+                ..c(now + 400 * 86_400)
+            }),
+            ..GatewayCerts::default()
+        };
+        let s = cert_statuses(&certs, now);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].role.as_str(), s[0].warning.is_none()),
+            ("identity", true)
+        );
+        assert_eq!(s[1].role, "server");
+        assert_eq!(s[1].next_sha256.as_deref(), Some("cc"));
+        let w = s[1].warning.as_deref().unwrap_or_default();
+        assert!(
+            w.starts_with("CERT-EXPIRING-SOON") && w.contains("10 day(s)"),
+            "{w}"
+        );
+        let expired = cert_statuses(
+            &GatewayCerts {
+                identity: Some(c(now - 1)),
+                ..GatewayCerts::default()
+            },
+            now,
+        );
+        assert!(
+            expired[0]
+                .warning
+                .as_deref()
+                .is_some_and(|w| w.contains("expired")),
+            "{expired:?}"
+        );
     }
 
     #[test]
