@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod net;
 pub mod package;
 pub mod renew;
+pub mod signing;
 pub mod status;
 pub mod store;
 pub mod task;

@@ -108,7 +108,7 @@ pub fn check_profile(p: &CommunicationProfile) -> Result<(), ProfileError> {
             index: i + 1,
             reason,
         };
-        if s.port == 0 {
+        if s.port == 0 || s.http_port == Some(0) {
             return Err(bad(format!("{}: port 0", s.host)));
         }
         server_name(&s.host).map_err(|e| bad(format!("{:?}: {e}", s.host)))?;
@@ -345,6 +345,8 @@ pub struct Connector {
     config: Arc<ClientConfig>,
     seen: Arc<Mutex<Option<Presented>>>,
     anchors: usize,
+    /// Signs plain-HTTP requests and verifies their answers (with an identity only).
+    http: Option<Arc<crate::signing::HttpSigner>>,
     /// Time limits.
     pub timeouts: Timeouts,
 }
@@ -403,6 +405,14 @@ impl Connector {
             .build()
             .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
         let seen = Arc::new(Mutex::new(None));
+        // Plain HTTP (`protocol: http`): the same key signs requests, the same verifier
+        // judges the certificate that signs the answers.
+        let http = identity.as_ref().and_then(|id| {
+            crate::signing::HttpSigner::new(&id.chain, &id.key, inner.clone())
+                .map_err(|e| tracing::warn!(id = ids::IDENTITY_INVALID, "plain HTTP unusable: {e}"))
+                .ok()
+                .map(Arc::new)
+        });
         let verifier = Arc::new(RecordingVerifier {
             inner,
             seen: seen.clone(),
@@ -422,6 +432,7 @@ impl Connector {
             config: Arc::new(config),
             seen,
             anchors: count,
+            http,
             timeouts: Timeouts::default(),
         })
     }
@@ -433,6 +444,7 @@ impl Connector {
             .connect(&ServerEndpoint {
                 host: gateway.host.clone(),
                 port: gateway.port,
+                http_port: None,
             })
             .await?;
         let presented = conn.peer_sha256().unwrap_or_default();
@@ -516,6 +528,69 @@ impl Connector {
             name,
             poisoned: false,
             peer_sha256,
+            http: None,
+            retry_after: None,
+            _driver: driver,
+        })
+    }
+}
+
+impl Connector {
+    /// Connect to `server`'s plain-HTTP agent site (its `http_port`, `protocol: http`). No
+    /// TLS: every request on it is signed with the client certificate's key and every answer
+    /// must be signed by the agent site ([`crate::signing`]). Never used for gateways.
+    pub async fn connect_http(&self, server: &ServerEndpoint) -> Result<Connection, Fault> {
+        let url = server.http_url().unwrap_or_else(|| server.base_url());
+        let Some(port) = server.http_port else {
+            return Err(Fault::ConnectionFailed {
+                addr: url,
+                reason: "the profile names no plain-HTTP port for this server".to_owned(),
+            });
+        };
+        let Some(signer) = self.http.clone() else {
+            return Err(Fault::ConnectionFailed {
+                addr: url,
+                reason: "no identity to sign plain-HTTP requests with".to_owned(),
+            });
+        };
+        let name = server_name(&server.host).map_err(|reason| Fault::ConnectionFailed {
+            addr: url.clone(),
+            reason,
+        })?;
+        let addrs = resolve(&server.host, port, self.timeouts.resolve).await?;
+        let (tcp, addr) = connect_any(&server.host, &addrs, self.timeouts.connect).await?;
+        let _ = tcp.set_nodelay(true);
+        let plain = ServerEndpoint {
+            host: server.host.clone(),
+            port,
+            http_port: Some(port),
+        };
+        let shown = if server
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok()
+        {
+            format!("http://{addr}")
+        } else {
+            format!("http://{} ({addr})", host_header(&plain))
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| classify_hyper(&shown, &name, &e))?;
+        let driver = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        Ok(Connection {
+            sender,
+            host_header: host_header(&plain),
+            base_url: url,
+            shown,
+            name,
+            poisoned: false,
+            peer_sha256: None,
+            retry_after: None,
+            http: Some(signer),
             _driver: driver,
         })
     }
@@ -621,6 +696,10 @@ pub struct Connection {
     poisoned: bool,
     /// SHA-256 (upper-case hex) of the certificate the peer presented.
     peer_sha256: Option<String>,
+    /// Plain HTTP: requests are signed and answers verified with this.
+    http: Option<Arc<crate::signing::HttpSigner>>,
+    /// `Retry-After` of the last response (seconds form), if it had one.
+    retry_after: Option<Duration>,
     _driver: AbortOnDrop,
 }
 
@@ -655,6 +734,8 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), Fault> {
         let url = format!("{}{}", self.base_url, path_and_query);
+        let method_name = method.as_str().to_owned();
+        let method_name = method_name.as_str();
         let mut builder = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -664,12 +745,27 @@ impl Connection {
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Fault::Protocol {
-                url: url.clone(),
-                detail: format!("cannot build the request: {e}"),
-            })?;
+        let body = Bytes::from(body.unwrap_or_default());
+        // Plain HTTP: the signature stands in for the client certificate of mutual TLS.
+        let signed = match &self.http {
+            Some(s) => {
+                let signed =
+                    s.sign(method_name, path_and_query, &body)
+                        .map_err(|e| Fault::Protocol {
+                            url: url.clone(),
+                            detail: format!("cannot sign the request: {e}"),
+                        })?;
+                for (k, v) in &signed.headers {
+                    builder = builder.header(*k, v);
+                }
+                Some(signed.nonce)
+            }
+            None => None,
+        };
+        let request = builder.body(Full::new(body)).map_err(|e| Fault::Protocol {
+            url: url.clone(),
+            detail: format!("cannot build the request: {e}"),
+        })?;
         // Until the exchange completes the connection is in an unknown state: if this future is
         // dropped or fails half-way, it must not be reused.
         self.poisoned = true;
@@ -685,6 +781,8 @@ impl Connection {
                 .await
                 .map_err(|e| classify_hyper(&self.shown, &self.name, &e))?;
             let status = response.status();
+            let retry_after = retry_after(response.headers());
+            let answer_headers = signed.as_ref().map(|_| response.headers().clone());
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
@@ -699,7 +797,16 @@ impl Connection {
                     }
                 })?
                 .to_bytes();
-            Ok::<_, Fault>((status, body))
+            // Plain HTTP: nothing in an answer is believed before the agent site's signature
+            // over it (bound to this request's nonce) and its certificate chain verify.
+            if let (Some(nonce), Some(headers), Some(s)) = (&signed, &answer_headers, &self.http) {
+                s.verify_response(nonce, status.as_u16(), headers, &body, &self.name)
+                    .map_err(|detail| Fault::HttpResponseUnverified {
+                        url: url.clone(),
+                        detail,
+                    })?;
+            }
+            Ok::<_, Fault>((status, body, retry_after))
         };
         let out = tokio::time::timeout(timeout, exchange)
             .await
@@ -709,7 +816,13 @@ impl Connection {
                 after_ms: elapsed_ms(start),
             })??;
         self.poisoned = false;
-        Ok(out)
+        self.retry_after = out.2;
+        Ok((out.0, out.1))
+    }
+
+    /// The `Retry-After` of the last response, when it carried one (a 503 `SERVER-BUSY`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// POST `body` as JSON and parse a JSON answer; non-2xx answers become
@@ -744,9 +857,23 @@ impl Connection {
         config_version: u64,
         timeout: Duration,
     ) -> Result<Option<WakeUp>, Fault> {
+        self.wait_for(config_version, timeout, timeout).await
+    }
+
+    /// [`Connection::wait`], telling the server to answer within `wait` and listening for
+    /// `timeout` (a little longer, so a late answer does not cost the connection).
+    pub async fn wait_for(
+        &mut self,
+        config_version: u64,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<Option<WakeUp>, Fault> {
+        // `wait`: how long this agent listens, so the server answers (204) before then and
+        // the connection stays usable for the next check-in (servers before it ignore it).
         let path = format!(
-            "{}?config_version={config_version}",
-            steward_proto::paths::WAIT
+            "{}?config_version={config_version}&wait={}",
+            steward_proto::paths::WAIT,
+            wait.as_secs()
         );
         let url = format!("{}{}", self.base_url, path);
         let (status, body) = self.request(Method::GET, &path, None, timeout).await?;
@@ -763,6 +890,24 @@ impl Connection {
             s => Err(rejected(&url, s, &body)),
         }
     }
+}
+
+/// `Retry-After` in seconds (the form Steward's server sends; an HTTP date is ignored).
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+/// Whether the server answered "busy, come back later" (503, `SERVER-BUSY`): admission
+/// control, not a fault of the way taken — no way is set aside and no failure is reported.
+pub fn is_server_busy(fault: &Fault) -> bool {
+    matches!(fault, Fault::ServerRejected { status: 503, .. })
 }
 
 fn rejected(url: &str, status: StatusCode, body: &[u8]) -> Fault {
@@ -909,6 +1054,15 @@ pub enum Fault {
         /// The thumbprints the profile lists, comma-separated.
         expected: String,
     },
+    /// A plain-HTTP answer whose signature or signing certificate does not verify: it was
+    /// altered or injected on the LAN, or something else answers on the HTTP port.
+    #[error("the plain-HTTP answer from {url} is not believed: {detail}")]
+    HttpResponseUnverified {
+        /// The URL requested.
+        url: String,
+        /// What did not verify.
+        detail: String,
+    },
     /// The server's answer could not be understood.
     #[error("unexpected answer from {url}: {detail}")]
     Protocol {
@@ -936,6 +1090,7 @@ impl Fault {
             Fault::ServerRejected { .. } => ids::SERVER_REJECTED,
             Fault::Protocol { .. } => ids::PROTOCOL_ERROR,
             Fault::GatewayThumbprint { .. } => ids::GATEWAY_THUMBPRINT,
+            Fault::HttpResponseUnverified { .. } => ids::HTTP_RESPONSE_UNVERIFIED,
         }
     }
 
@@ -953,7 +1108,9 @@ impl Fault {
             | Fault::TlsRevoked { .. }
             | Fault::TlsClientRejected { .. }
             | Fault::TlsFailed { .. } => FailureKind::Tls,
-            Fault::GatewayThumbprint { .. } => FailureKind::WrongPeer,
+            Fault::GatewayThumbprint { .. } | Fault::HttpResponseUnverified { .. } => {
+                FailureKind::WrongPeer
+            }
             Fault::ServerRejected { .. } | Fault::Protocol { .. } => FailureKind::Http,
         }
     }

@@ -146,6 +146,7 @@ async fn failed_attempts_are_kept_aggregated_sent_and_cleared_only_after_an_answ
         ServerEndpoint {
             host: "127.0.0.1".to_owned(),
             port: dead,
+            http_port: None,
         },
     );
     dir.store_config(&config).expect("store config");

@@ -145,6 +145,7 @@ fn config(version: u64) -> AgentConfig {
         servers: vec![steward_proto::ServerEndpoint {
             host: "smp.example.net".to_owned(),
             port: 4726,
+            http_port: None,
         }],
         protocol: Default::default(),
         // Large enough that a write takes several system calls, so kills land mid-write.

@@ -174,6 +174,7 @@ async fn an_unknown_name_is_a_dns_failure() {
     profile.servers = vec![ServerEndpoint {
         host: "nonexistent.invalid".to_owned(),
         port: 4726,
+        http_port: None,
     }];
     let f = fail(&connector(&profile), &profile).await;
     assert_eq!(f.id(), ids::DNS_FAILED, "{f:?}");

@@ -3,11 +3,15 @@
 //! protocol, trust anchors and gateways reaches agents.
 //!
 //! Architecture invariant: serde types only; no I/O, no crypto. All messages are JSON over
-//! HTTPS (mutual TLS on agent routes). Fields are added, never repurposed; unknown fields are
+//! HTTPS (mutual TLS on agent routes), or, with `protocol: http` on the LAN, over plain HTTP
+//! with signed requests and answers ([`http_sig`] names the headers and the signed bytes). Fields are added, never repurposed; unknown fields are
 //! ignored, so a newer server can talk to an older agent and the other way round.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod gateway_renew;
+
+pub use gateway_renew::{GatewayCertStatus, GatewayRenewRequest, GatewayRenewResponse};
 
 use std::collections::BTreeMap;
 
@@ -48,6 +52,10 @@ pub mod paths {
     /// `GET`: the issuing CA's current CRL (DER), for enrolled gateways only (client
     /// certificate), so a DMZ needs no route to the server's plain-HTTP CRL port.
     pub const GATEWAY_CRL: &str = "/gateway/v1/crl";
+    /// POST [`crate::GatewayRenewRequest`] → [`crate::GatewayRenewResponse`]: an enrolled,
+    /// unrevoked gateway trades CSRs (new keys made on the gateway) for a new identity and/or
+    /// server certificate, over its current identity.
+    pub const GATEWAY_RENEW: &str = "/gateway/v1/renew";
     /// POST [`crate::RenewRequest`] → [`crate::RenewResponse`]: an enrolled agent trades a
     /// CSR for a new key (made on the computer) for a new client certificate, over its current
     /// identity. The old certificate stays valid until the agent's first request with the new
@@ -72,6 +80,66 @@ pub enum Protocol {
     /// TLS with client certificates. The default, and the only choice through a gateway.
     #[default]
     Https,
+    /// Plain HTTP on the LAN (`[listen] protocol = "http"`): an explicit, warned-about choice.
+    /// Inventory and task output cross the LAN readable by anyone on it; every request is
+    /// still signed with the agent's client-certificate key and every answer with the agent
+    /// site's key ([`http_sig`]), so identity and integrity hold. Agents use a server's
+    /// [`ServerEndpoint::http_port`] and fall back to its HTTPS port; gateways are always
+    /// HTTPS. Agents older than this variant cannot read a profile that names it.
+    Http,
+}
+
+/// Plain-HTTP agent requests and answers: headers and the exact bytes that are signed.
+///
+/// A request carries the agent's client certificate and a signature by its key over
+/// [`request_message`]; the server verifies the certificate (platform CA, not revoked, the
+/// device's current one), the signature, the timestamp (within [`MAX_SKEW_SECS`]) and that
+/// the nonce is new. The answer carries the agent-site certificate chain and a signature by
+/// its key over [`response_message`] (bound to the request's nonce); the agent verifies the
+/// chain against the profile's trust anchors and the name it dialled before believing it.
+pub mod http_sig {
+    /// The device ID (the client certificate's CN).
+    pub const DEVICE: &str = "x-steward-device";
+    /// The agent's clock, Unix seconds.
+    pub const TIME: &str = "x-steward-time";
+    /// 32 hex digits of randomness, new for every request.
+    pub const NONCE: &str = "x-steward-nonce";
+    /// The agent's client certificate: base64 (standard) of the DER.
+    pub const CERT: &str = "x-steward-cert";
+    /// The signature over [`request_message`] by the client certificate's key, base64.
+    pub const SIGNATURE: &str = "x-steward-signature";
+    /// The signature over [`response_message`] by the agent site's key, base64.
+    pub const RESPONSE_SIGNATURE: &str = "x-steward-response-signature";
+    /// The agent site's certificate chain (leaf first), base64 DER, comma-separated.
+    pub const RESPONSE_CHAIN: &str = "x-steward-response-chain";
+    /// Largest difference between the agent's and the server's clock a request may show.
+    pub const MAX_SKEW_SECS: i64 = 300;
+
+    /// What the agent signs: method, path and query, device, time, nonce and the body's
+    /// SHA-256 (hex), one per line after a fixed label.
+    pub fn request_message(
+        method: &str,
+        path_and_query: &str,
+        device_id: &str,
+        time: i64,
+        nonce: &str,
+        body_sha256_hex: &str,
+    ) -> Vec<u8> {
+        format!(
+            "steward-http-request/1\n{method}\n{path_and_query}\n{device_id}\n{time}\n{nonce}\n{}",
+            body_sha256_hex.to_ascii_lowercase()
+        )
+        .into_bytes()
+    }
+
+    /// What the server signs: the request's nonce, the status and the body's SHA-256 (hex).
+    pub fn response_message(nonce: &str, status: u16, body_sha256_hex: &str) -> Vec<u8> {
+        format!(
+            "steward-http-response/1\n{nonce}\n{status}\n{}",
+            body_sha256_hex.to_ascii_lowercase()
+        )
+        .into_bytes()
+    }
 }
 
 /// One address an agent can reach the server at.
@@ -81,9 +149,24 @@ pub struct ServerEndpoint {
     pub host: String,
     /// TCP port of the agent site.
     pub port: u16,
+    /// TCP port of the plain-HTTP agent site, when the server offers one
+    /// ([`Protocol::Http`]). Left out of the JSON when absent, so profiles without it hash
+    /// (and version) as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
 }
 
 impl ServerEndpoint {
+    /// `http://host:http_port` when the server offers plain HTTP here.
+    pub fn http_url(&self) -> Option<String> {
+        let port = self.http_port?;
+        Some(if self.host.contains(':') {
+            format!("http://[{}]:{port}", self.host)
+        } else {
+            format!("http://{}:{port}", self.host)
+        })
+    }
+
     /// `https://host:port` (IPv6 literals bracketed).
     pub fn base_url(&self) -> String {
         if self.host.contains(':') {
@@ -216,6 +299,15 @@ pub struct GatewayReportResponse {
     pub pending_devices: Vec<String>,
     /// How many devices have not.
     pub pending_total: u64,
+    /// The gateway's identity certificate is due for renewal (the configured share of its
+    /// lifetime has passed): renew it now ([`paths::GATEWAY_RENEW`]). Absent from older
+    /// servers (false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew_identity: bool,
+    /// The platform-issued server certificate the gateway serves is due for renewal: renew
+    /// it and stage the new one as next. Absent from older servers (false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew_server: bool,
 }
 
 /// One address to test from the gateway's side.
@@ -467,6 +559,21 @@ pub struct AgentSettings {
     pub long_poll_secs: u64,
     /// Task output kept per task (bytes); the rest is cut and flagged.
     pub task_output_max_bytes: u64,
+    /// Hold the long-poll between check-ins (the persistent connection over which the server
+    /// pushes "check in now" and tasks); `false`: check in at the interval only. Absent means
+    /// `true` (agents and servers from before this key), and `true` is not serialised, so the
+    /// configuration version of a device without the key set is unchanged.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub persistent_connection: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for AgentSettings {
@@ -476,6 +583,7 @@ impl Default for AgentSettings {
             jitter_percent: 10,
             long_poll_secs: 50,
             task_output_max_bytes: 64 * 1024,
+            persistent_connection: true,
         }
     }
 }
@@ -596,8 +704,14 @@ impl TrustBundle {
 pub struct SignedTrustBundle {
     /// The bundle's JSON, base64 (standard alphabet): verified byte for byte, then parsed.
     pub bundle_base64: String,
-    /// The signature by the platform root key, base64.
+    /// The signature by the platform root key, base64. During a root roll's overlap, by the
+    /// previous root (the one every agent enrolled so far knows).
     pub signature_base64: String,
+    /// Further signatures over the same bytes, base64: during a root roll's overlap, the new
+    /// platform root's. A verifier accepts the bundle when any signature verifies with a root
+    /// it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_signatures_base64: Vec<String>,
 }
 
 /// A renewal: a new key's CSR, sent over the agent's current (still valid) identity.
@@ -649,8 +763,33 @@ mod tests {
         let v6 = ServerEndpoint {
             host: "::1".into(),
             port: 4726,
+            http_port: None,
         };
         assert_eq!(v6.base_url(), "https://[::1]:4726");
+        assert_eq!(v6.http_url(), None);
+        // No HTTP port: the JSON is what it was before the field existed.
+        assert_eq!(
+            serde_json::to_string(&v6).unwrap(),
+            r#"{"host":"::1","port":4726}"#
+        );
+        let h = ServerEndpoint {
+            http_port: Some(4729),
+            ..v6
+        };
+        assert_eq!(h.http_url().as_deref(), Some("http://[::1]:4729"));
+        let p: Protocol = serde_json::from_str(r#""http""#).unwrap();
+        assert_eq!(p, Protocol::Http);
+    }
+
+    #[test]
+    fn signed_messages_are_distinct_and_exact() {
+        let r = http_sig::request_message("POST", "/agent/v1/checkin", "d1", 7, "n", "AB");
+        assert_eq!(
+            r,
+            b"steward-http-request/1\nPOST\n/agent/v1/checkin\nd1\n7\nn\nab".to_vec()
+        );
+        let a = http_sig::response_message("n", 200, "ab");
+        assert_eq!(a, b"steward-http-response/1\nn\n200\nab".to_vec());
     }
 
     #[test]

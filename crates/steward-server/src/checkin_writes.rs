@@ -52,6 +52,7 @@ async fn fixture() -> Fixture {
         servers: vec![ServerEndpoint {
             host: "localhost".into(),
             port: 4726,
+            http_port: None,
         }],
         protocol: Protocol::Https,
         trust_anchors_pem: vec![pki.root_pem.clone()],

@@ -18,6 +18,8 @@ pub const DEFAULT_AGENT_ADDR: &str = "0.0.0.0:4726";
 pub const DEFAULT_CONSOLE_ADDR: &str = "127.0.0.1:4727";
 /// Default CRL distribution point listener.
 pub const DEFAULT_CRL_ADDR: &str = "0.0.0.0:4728";
+/// Default plain-HTTP agent-site listener (used only with `protocol = "http"`).
+pub const DEFAULT_AGENT_HTTP_ADDR: &str = "0.0.0.0:4729";
 /// The local admin account `init` creates.
 pub const FIRST_ADMIN: &str = "admin";
 
@@ -128,6 +130,9 @@ pub struct Config {
     /// Certificate lifetimes and renewal (`[certs]`).
     #[serde(default)]
     pub certs: crate::lifecycle::Certs,
+    /// Admission control on the agent site (`[limits]`).
+    #[serde(default)]
+    pub limits: crate::admission::Limits,
 }
 
 /// An authentication provider of `[auth] providers`.
@@ -189,9 +194,16 @@ pub struct Auth {
     pub agent_kerberos_enrollment: bool,
     /// Tags given to agents enrolled with Kerberos.
     pub agent_kerberos_tags: Vec<String>,
-    /// An LDAP directory (`ldap://dc1.example.net`) where `steward doctor kerberos` would look
-    /// for duplicate SPNs.
+    /// An LDAP directory (`ldap://dc1.example.net`, `ldaps://dc1.example.net:636`) where
+    /// `steward doctor kerberos` looks for duplicate SPNs.
     pub ldap_url: Option<String>,
+    /// The search base of that check (`dc=example,dc=net`); needed with `ldap_url`.
+    pub ldap_base: Option<String>,
+    /// The name to bind as for the search (a DN, or `user@domain` on Active Directory);
+    /// anonymous without it.
+    pub ldap_bind_dn: Option<String>,
+    /// A file whose first line is the bind password (relative: to the data directory).
+    pub ldap_bind_password_file: Option<PathBuf>,
 }
 
 impl Default for Auth {
@@ -204,6 +216,9 @@ impl Default for Auth {
             agent_kerberos_enrollment: false,
             agent_kerberos_tags: Vec::new(),
             ldap_url: None,
+            ldap_base: None,
+            ldap_bind_dn: None,
+            ldap_bind_password_file: None,
         }
     }
 }
@@ -254,8 +269,119 @@ impl Auth {
                 ));
             }
         }
-        Ok(())
+        self.validate_ldap()
     }
+
+    /// The directory of the duplicate-SPN check: all or nothing, and well-formed.
+    fn validate_ldap(&self) -> Result<(), String> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        let Some(url) = self.ldap_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            if set(&self.ldap_base)
+                || set(&self.ldap_bind_dn)
+                || self.ldap_bind_password_file.is_some()
+            {
+                return Err(
+                    "auth.ldap_base, ldap_bind_dn and ldap_bind_password_file need \
+                            auth.ldap_url (the directory to search)"
+                        .to_owned(),
+                );
+            }
+            return Ok(());
+        };
+        validate_ldap_url(url).map_err(|e| {
+            format!(
+                "auth.ldap_url {url:?} is not an LDAP URL: {e} (expected ldap://host[:port] or \
+                 ldaps://host[:port])"
+            )
+        })?;
+        match self.ldap_base.as_deref().filter(|b| !b.trim().is_empty()) {
+            None => {
+                return Err(format!(
+                    "auth.ldap_base is not set: the duplicate-SPN search in {url} needs its base \
+                     (the domain's DN, e.g. \"dc=example,dc=net\")"
+                ));
+            }
+            Some(base) if !looks_like_dn(base) => {
+                return Err(format!(
+                    "auth.ldap_base {base:?} is not a DN (attribute=value pairs separated by \
+                     commas, e.g. \"dc=example,dc=net\")"
+                ));
+            }
+            Some(_) => {}
+        }
+        match (set(&self.ldap_bind_dn), &self.ldap_bind_password_file) {
+            (true, None) => Err(
+                "auth.ldap_bind_dn is set without auth.ldap_bind_password_file (a file whose \
+                 first line is the password)"
+                    .to_owned(),
+            ),
+            (false, Some(_)) => Err(
+                "auth.ldap_bind_password_file is set without auth.ldap_bind_dn (the name to bind \
+                 as); remove both to search anonymously"
+                    .to_owned(),
+            ),
+            (true, Some(p)) if p.as_os_str().is_empty() => {
+                Err("auth.ldap_bind_password_file is empty".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `ldap://host[:port][/]` or `ldaps://…`; no search parameters in the URL (they have their
+/// own settings).
+fn validate_ldap_url(url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("ldap://")
+        .or_else(|| lower.strip_prefix("ldaps://"))
+        .ok_or("the scheme must be ldap:// or ldaps://")?;
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    if hostport.contains(['/', '?', '#', ' ']) {
+        return Err("put the search base in auth.ldap_base, not in the URL".to_owned());
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("an IPv6 address lacks its ']'")?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(n) if n != 0)
+    {
+        return Err(format!("the port {p:?} is not a number from 1 to 65535"));
+    }
+    Ok(())
+}
+
+/// Whether `dn` is attribute=value pairs separated by commas (escaped commas allowed).
+fn looks_like_dn(dn: &str) -> bool {
+    let mut rdns = Vec::new();
+    let mut cur = String::new();
+    let mut escaped = false;
+    for c in dn.chars() {
+        match c {
+            ',' if !escaped => rdns.push(std::mem::take(&mut cur)),
+            '\\' if !escaped => {
+                escaped = true;
+                cur.push(c);
+                continue;
+            }
+            _ => cur.push(c),
+        }
+        escaped = false;
+    }
+    rdns.push(cur);
+    rdns.iter().all(|r| {
+        r.split_once('=')
+            .is_some_and(|(a, v)| !a.trim().is_empty() && !v.trim().is_empty())
+    })
 }
 
 /// `[listen]`.
@@ -268,6 +394,11 @@ pub struct Listen {
     pub console: SocketAddr,
     /// CRL distribution point (HTTP).
     pub crl: SocketAddr,
+    /// How agents on the LAN talk to the agent site: `https` (default) or `http` (plain
+    /// HTTP on [`Listen::agent_http`] next to the HTTPS site, requests and answers signed).
+    pub protocol: steward_proto::Protocol,
+    /// Plain-HTTP agent site, bound only with `protocol = "http"`.
+    pub agent_http: SocketAddr,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -283,6 +414,8 @@ impl Default for Listen {
             agent: addr(DEFAULT_AGENT_ADDR),
             console: addr(DEFAULT_CONSOLE_ADDR),
             crl: addr(DEFAULT_CRL_ADDR),
+            protocol: steward_proto::Protocol::Https,
+            agent_http: addr(DEFAULT_AGENT_HTTP_ADDR),
         }
     }
 }
@@ -340,6 +473,7 @@ impl Agents {
             jitter_percent: self.jitter_percent,
             long_poll_secs: self.long_poll_secs,
             task_output_max_bytes: self.task_output_max_bytes,
+            ..AgentSettings::default()
         }
     }
 }
@@ -464,6 +598,17 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.listen.protocol == steward_proto::Protocol::Http
+            && self.listen.agent_http.port() == self.listen.agent.port()
+            && self.listen.agent_http.port() != 0
+        {
+            return Err(format!(
+                "listen.agent_http and listen.agent both use port {}: the plain-HTTP agent \
+                 site needs a port of its own (the HTTPS one stays up for gateways and as the \
+                 fallback)",
+                self.listen.agent.port()
+            ));
+        }
         validate_settings(&self.agents.settings()).map_err(|e| format!("agents.{e}"))?;
         if self.crl.resign_interval_secs < 60 {
             return Err("crl.resign_interval_secs must be at least 60".to_owned());
@@ -480,6 +625,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.certs.validate()?;
+        self.limits.validate()?;
         Ok(())
     }
 
@@ -550,6 +696,17 @@ console = "{console}"
 # certificate the platform CA issues, so it must be fixed (not 0) and reachable by agents.
 # Default: "{crl_d}"
 crl = "{crl}"
+# How agents on the LAN reach the agent site: "https" or "http". With "http" the server also
+# serves the agent routes in plain HTTP on agent_http below, and agents on the LAN use it
+# (falling back to the HTTPS site). WARNING: inventory and task output then cross the LAN
+# readable by anyone on it (identity and integrity still hold: every request is signed with
+# the agent's certificate key, every answer with the agent site's key). Enrollment, gateways
+# and agents that come through a gateway always use HTTPS; the HTTPS site stays up.
+# Switching either way is this line and a restart: agents follow at their next check-in.
+# Default: "https"
+protocol = "{protocol}"
+# Plain-HTTP agent site (bound only with protocol = "http"). Default: "{agent_http_d}"
+agent_http = "{agent_http}"
 
 [database]
 # SQLite database file, relative to the data directory unless absolute.
@@ -580,6 +737,7 @@ resign_interval_secs = {c_resign}
 # Default: {validity}
 validity_secs = {c_validity}
 
+{limits}
 [auth]
 # How admins authenticate to the console and admin API, in the order a 401 offers them:
 # "negotiate" (Kerberos via SPNEGO, with the keytab below) and "password" (local accounts:
@@ -597,9 +755,18 @@ persist_per_connection = {persist}
 agent_kerberos_enrollment = {agent_krb}
 # Tags given to agents enrolled that way. Default: []
 agent_kerberos_tags = {agent_tags}
-# An LDAP directory where `steward doctor kerberos` would look for duplicate SPNs (the check is
-# reported as not done without one). Default: none.
+# An LDAP directory where `steward doctor kerberos` looks for duplicate SPNs: it searches
+# (servicePrincipalName=HTTP/<name>) under ldap_base for every name in fqdns, and names every
+# object holding one (KRB-DUPLICATE-SPN). ldap://host[:port] or ldaps://host[:port] (TLS, checked
+# against the system's roots). Without it the check is reported as not done. Default: none.
 {ldap}
+# The search base: the domain's DN. Needed with ldap_url. Default: none.
+{ldap_base}
+# Bind for that search (Active Directory refuses anonymous searches): a DN or user@domain, and
+# a file whose first line is its password (mode 0600; relative: to the data directory).
+# Default: anonymous.
+{ldap_bind_dn}
+{ldap_pw}
 
 # Kerberos principal -> role ("admin": everything; "viewer": read only). A principal not
 # listed is authenticated but not authorised (403 AUTH-PRINCIPAL-UNKNOWN). Default: none.
@@ -613,6 +780,12 @@ agent_kerberos_tags = {agent_tags}
         agent = cfg.listen.agent,
         console = cfg.listen.console,
         crl = cfg.listen.crl,
+        protocol = match cfg.listen.protocol {
+            steward_proto::Protocol::Https => "https",
+            steward_proto::Protocol::Http => "http",
+        },
+        agent_http_d = DEFAULT_AGENT_HTTP_ADDR,
+        agent_http = cfg.listen.agent_http,
         db = toml_str(&cfg.database.path),
         il = limits::INTERVAL.0,
         ih = limits::INTERVAL.1,
@@ -632,6 +805,7 @@ agent_kerberos_tags = {agent_tags}
         validity = c.validity_secs,
         c_resign = cfg.crl.resign_interval_secs,
         c_validity = cfg.crl.validity_secs,
+        limits = cfg.limits.render(),
         providers = toml_list(
             &cfg.auth
                 .providers
@@ -649,6 +823,22 @@ agent_kerberos_tags = {agent_tags}
         ldap = match &cfg.auth.ldap_url {
             Some(u) => format!("ldap_url = {}", toml_str(u)),
             None => "# ldap_url = \"ldap://dc1.example.net\"".to_owned(),
+        },
+        ldap_base = match &cfg.auth.ldap_base {
+            Some(b) => format!("ldap_base = {}", toml_str(b)),
+            None => "# ldap_base = \"dc=example,dc=net\"".to_owned(),
+        },
+        ldap_bind_dn = match &cfg.auth.ldap_bind_dn {
+            Some(d) => format!("ldap_bind_dn = {}", toml_str(d)),
+            None =>
+                "# ldap_bind_dn = \"cn=steward-reader,ou=services,dc=example,dc=net\"".to_owned(),
+        },
+        ldap_pw = match &cfg.auth.ldap_bind_password_file {
+            Some(p) => format!(
+                "ldap_bind_password_file = {}",
+                toml_str(&p.display().to_string())
+            ),
+            None => "# ldap_bind_password_file = \"/etc/steward/ldap-password\"".to_owned(),
         },
         roles = if cfg.auth.roles.is_empty() {
             "# \"alice@EXAMPLE.NET\" = \"admin\"\n".to_owned()
@@ -677,7 +867,36 @@ mod tests {
             crl: Crl::default(),
             auth: Auth::default(),
             certs: Default::default(),
+            limits: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_agent_site_protocol_round_trips_and_needs_its_own_port() {
+        let mut cfg = sample();
+        assert_eq!(cfg.listen.protocol, steward_proto::Protocol::Https);
+        assert_eq!(cfg.listen.agent_http.port(), 4729);
+        cfg.listen.protocol = steward_proto::Protocol::Http;
+        let text = render(&cfg);
+        assert!(text.contains("protocol = \"http\""), "{text}");
+        let back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, cfg);
+        assert!(cfg.validate().is_ok());
+        cfg.listen.agent_http = cfg.listen.agent;
+        assert!(cfg.validate().unwrap_err().contains("port of its own"));
+        // A configuration written before the setting existed reads as https.
+        let old = text
+            .lines()
+            .filter(|l| !l.starts_with("protocol =") && !l.starts_with("agent_http ="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let back: Config = toml::from_str(&old).unwrap_or_else(|e| panic!("{e}\n{old}"));
+        assert_eq!(back.listen.protocol, steward_proto::Protocol::Https);
+        let err = toml::from_str::<Config>(&text.replace("\"http\"", "\"ftp\""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ftp"), "{err}");
     }
 
     #[test]
@@ -723,9 +942,49 @@ mod tests {
         let mut bad = cfg.clone();
         bad.auth.providers = vec![Provider::Password, Provider::Password];
         assert!(bad.validate().unwrap_err().contains("twice"));
-        let mut bad = cfg;
+        let mut bad = cfg.clone();
         bad.auth.roles.insert("alice".into(), Role::Admin);
         assert!(bad.validate().unwrap_err().contains("name@REALM"));
+
+        // The duplicate-SPN directory: round-trips, and bad values are named.
+        cfg.auth.ldap_url = Some("ldaps://dc1.example.net:636".into());
+        cfg.auth.ldap_base = Some("dc=example,dc=net".into());
+        cfg.auth.ldap_bind_dn = Some("cn=reader\\, steward,dc=example,dc=net".into());
+        cfg.auth.ldap_bind_password_file = Some(PathBuf::from("ldap-password"));
+        assert_eq!(cfg.validate(), Ok(()));
+        let text = render(&cfg);
+        let back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, cfg);
+        for (change, words) in [
+            (
+                (|a: &mut Auth| a.ldap_url = Some("http://dc1".into())) as fn(&mut Auth),
+                "ldap://",
+            ),
+            (
+                |a| a.ldap_url = Some("ldap://dc1/dc=example,dc=net".into()),
+                "ldap_base",
+            ),
+            (|a| a.ldap_url = Some("ldap://dc1:99999".into()), "port"),
+            (|a| a.ldap_url = Some("ldap://:389".into()), "no host"),
+            (|a| a.ldap_base = None, "ldap_base is not set"),
+            (|a| a.ldap_base = Some("example.net".into()), "not a DN"),
+            (
+                |a| a.ldap_bind_password_file = None,
+                "without auth.ldap_bind_password_file",
+            ),
+            (|a| a.ldap_bind_dn = None, "without auth.ldap_bind_dn"),
+            (|a| a.ldap_url = None, "need auth.ldap_url"),
+        ] {
+            let mut bad = cfg.clone();
+            change(&mut bad.auth);
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(words), "{words}: {e}");
+        }
+        let mut anon = cfg.clone();
+        anon.auth.ldap_url = Some("ldap://127.0.0.1:3389".into());
+        anon.auth.ldap_bind_dn = None;
+        anon.auth.ldap_bind_password_file = None;
+        assert_eq!(anon.validate(), Ok(()));
         let err = toml::from_str::<Config>(&text.replace("\"negotiate\"", "\"ntlm\""))
             .err()
             .map(|e| e.to_string())

@@ -90,6 +90,21 @@ pub fn check_config(data_dir: &Path) -> Result<ConfigReport, ServerError> {
         message: format!("{} parses and validates", dir.config().display()),
     });
 
+    if config.listen.protocol == steward_proto::Protocol::Http {
+        findings.push(Finding {
+            id: "CONFIG-AGENT-HTTP",
+            severity: Severity::Warning,
+            message: format!(
+                "listen.protocol = \"http\": agents on the LAN talk to the agent site in plain \
+                 HTTP on {}; inventory and task output cross the LAN readable by anyone on it \
+                 (confidentiality is lost; identity and integrity hold: every request is signed \
+                 with the agent's certificate key, every answer with the agent site's key). \
+                 Enrollment, gateways and agents that come through a gateway keep using HTTPS \
+                 on {}, which stays up",
+                config.listen.agent_http, config.listen.agent
+            ),
+        });
+    }
     let mut pair = |what: &str, cert: PathBuf, key: PathBuf| -> Option<CertFacts> {
         let facts = match read_cert(&cert).map(|c| CertFacts::from_der(&c)) {
             Ok(Ok(f)) => f,
@@ -172,11 +187,50 @@ pub fn check_config(data_dir: &Path) -> Result<ConfigReport, ServerError> {
             findings.push(crl_url(agent, &config));
         }
     }
+    findings.extend(keytab(&dir, &config));
     Ok(ConfigReport {
         data_dir: data_dir.to_owned(),
         config,
         findings,
     })
+}
+
+/// With Kerberos configured (the `negotiate` provider or Kerberos enrollment), the keytab of
+/// `[auth] keytab` (relative: to the data directory): readable, holding keys, and one
+/// `HTTP/<name>` per name in `fqdns` — the doctor's checks, under the doctor's IDs
+/// (`KRB-KEYTAB-*`, `KRB-SPN-*`), in any realm (the server accepts every key of its keytab).
+fn keytab(dir: &DataDir, config: &Config) -> Vec<Finding> {
+    let auth = &config.auth;
+    let Some(path) = auth.keytab.as_ref().filter(|_| auth.uses_kerberos()) else {
+        return Vec::new();
+    };
+    let path = if path.is_absolute() {
+        path.clone()
+    } else {
+        dir.root().join(path)
+    };
+    let read = steward_kerberos::doctor::KeytabRead::from(steward_kerberos::read_keytab(&path));
+    let (found, _) = steward_kerberos::doctor::keytab_findings(
+        &path.display().to_string(),
+        &read,
+        &config.fqdns,
+        None,
+    );
+    found
+        .into_iter()
+        .map(|f| Finding {
+            id: f.id,
+            severity: match f.severity {
+                steward_doctor::Severity::Ok => Severity::Ok,
+                steward_doctor::Severity::Warning => Severity::Warning,
+                steward_doctor::Severity::Error => Severity::Error,
+            },
+            message: match f.remedy {
+                Some(fix) => format!("{} (fix: {fix})", f.message),
+                None => f.message,
+            },
+        })
+        .collect()
 }
 
 fn err(id: &'static str, message: String) -> Finding {

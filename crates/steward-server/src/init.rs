@@ -93,12 +93,14 @@ pub async fn init(opts: InitOptions) -> Result<InitReport, ServerError> {
             agent: opts.agent_addr.unwrap_or(Listen::default().agent),
             console: opts.console_addr.unwrap_or(Listen::default().console),
             crl: opts.crl_addr.unwrap_or(Listen::default().crl),
+            ..Listen::default()
         },
         database: Database::default(),
         agents: Agents::default(),
         crl: Crl::default(),
         auth: crate::config::Auth::default(),
         certs: Default::default(),
+        limits: Default::default(),
     };
     cfg.validate().map_err(ServerError::InvalidOptions)?;
     if let Some(p) = &opts.admin_password

@@ -19,6 +19,7 @@ use crate::config::{Config, DataDir};
 use crate::config_check::{Severity, check_config};
 use crate::crl::CrlStore;
 use crate::http::{Transport, serve};
+use crate::http_site::HttpSite;
 use crate::pki::{Crls, Pki};
 use crate::renew::Listeners;
 use crate::service::{AGENT_SETTINGS, Service, gateway_entries, stamp_version};
@@ -58,6 +59,9 @@ pub struct Addresses {
     pub console_url: String,
     /// The issuing CA's CRL on this listener.
     pub crl_url: String,
+    /// Bound plain-HTTP agent-site address (`[listen] protocol = "http"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_http: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -127,13 +131,15 @@ async fn sign_crls(pki: &Pki, store: &dyn Store, cfg: &Config) -> Result<Crls, S
 }
 
 /// The profile for this run; its version goes up whenever its content differs from the last
-/// run's (new names, a new port, a new anchor, a gateway's new report), so agents can tell
-/// newer from older.
+/// run's (new names, a new port, a new anchor, a new protocol, a gateway's new report), so
+/// agents can tell newer from older. With plain HTTP (`http_port`), every LAN server lists
+/// the HTTP port next to the HTTPS one, which stays the fallback.
 async fn profile(
     store: &dyn Store,
     cfg: &Config,
     dir: &DataDir,
     agent_port: u16,
+    http_port: Option<u16>,
     root_pem: &str,
 ) -> Result<CommunicationProfile, ServerError> {
     let mut servers: Vec<ServerEndpoint> = cfg
@@ -142,17 +148,23 @@ async fn profile(
         .map(|h| ServerEndpoint {
             host: h.clone(),
             port: agent_port,
+            http_port,
         })
         .collect();
     servers.extend(cfg.ip_addrs.iter().map(|ip| ServerEndpoint {
         host: ip.to_string(),
         port: agent_port,
+        http_port,
     }));
     let api = |e: crate::ApiFailure| ServerError::Internal(e.to_string());
     let mut p = CommunicationProfile {
         version: 0,
         servers,
-        protocol: Protocol::Https,
+        protocol: if http_port.is_some() {
+            Protocol::Http
+        } else {
+            Protocol::Https
+        },
         // The platform root, and the roots of third-party listener certificates, live or
         // staged (`steward server cert import`).
         trust_anchors_pem: crate::replace::trust_anchors(dir, root_pem),
@@ -228,6 +240,12 @@ impl Server {
         let agent_l = bind(cfg.listen.agent, "agent site").await?;
         let console_l = bind(cfg.listen.console, "console").await?;
         let crl_l = bind(cfg.listen.crl, "CRL distribution point").await?;
+        // The plain-HTTP agent site, next to the HTTPS one (which gateways, enrollment and
+        // the fallback need): only when the configuration asks for it.
+        let http_l = match cfg.listen.protocol {
+            Protocol::Http => Some(bind(cfg.listen.agent_http, "plain-HTTP agent site").await?),
+            Protocol::Https => None,
+        };
         let local = |l: &TcpListener, a| {
             l.local_addr()
                 .map_err(|e| ServerError::io(format!("{a}"), e))
@@ -235,6 +253,10 @@ impl Server {
         let agent_addr = local(&agent_l, cfg.listen.agent)?;
         let console_addr = local(&console_l, cfg.listen.console)?;
         let crl_addr = local(&crl_l, cfg.listen.crl)?;
+        let http_addr = match &http_l {
+            Some(l) => Some(local(l, cfg.listen.agent_http)?),
+            None => None,
+        };
         if crl_addr.port() != configured_crl_port {
             tracing::warn!(
                 id = "SERVER-CRL-URL-MISMATCH",
@@ -250,7 +272,15 @@ impl Server {
             );
         }
 
-        let profile = profile(store.as_ref(), &cfg, &dir, agent_addr.port(), &pki.root_pem).await?;
+        let profile = profile(
+            store.as_ref(),
+            &cfg,
+            &dir,
+            agent_addr.port(),
+            http_addr.map(|a| a.port()),
+            &pki.root_pem,
+        )
+        .await?;
         let local_token = match std::fs::read_to_string(dir.admin_token()) {
             Ok(t) => Some(t.trim().to_owned()).filter(|t| !t.is_empty()),
             Err(e) => {
@@ -269,6 +299,11 @@ impl Server {
             .await?,
         );
         service.set_forwarded_verifier(forwarded_verifier(&pki, &crls)?);
+        let http_site = Arc::new(HttpSite::new(
+            forwarded_verifier(&pki, &crls)?,
+            pki.issuing.cert().clone(),
+            listeners.clone(),
+        ));
         service.set_issuing_crl(crls.issuing.as_ref());
         service.set_listeners(listeners.clone());
         let (crl_kick, crl_kicks) = tokio::sync::mpsc::channel(16);
@@ -285,18 +320,34 @@ impl Server {
                 "{}/crl/issuing.crl",
                 local_url("http", crl_addr, cfg.primary_name())
             ),
+            agent_http: http_addr,
         };
         write_addresses(&dir, &addresses)?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(
+        tasks.spawn(crate::http::serve_limited(
             agent_l,
             Transport::SwappableTls(agent_tls.clone()),
             crate::agent::router(service.clone()),
             shutdown_rx.clone(),
             "agent site",
+            Some(service.admission_arc()),
         ));
+        if let (Some(l), Some(a)) = (http_l, http_addr) {
+            tracing::info!(
+                addr = %a,
+                "plain-HTTP agent site listening (signed requests and answers); the HTTPS \
+                 agent site {agent_addr} stays up for enrollment, gateways and as the fallback"
+            );
+            tasks.spawn(serve(
+                l,
+                Transport::Plain,
+                crate::http_site::router(service.clone(), http_site.clone()),
+                shutdown_rx.clone(),
+                "plain-HTTP agent site",
+            ));
+        }
         let auth = Arc::new(
             crate::auth::AuthState::new(service.clone())
                 .map_err(|e| ServerError::Kerberos(e.to_string()))?,
@@ -334,6 +385,7 @@ impl Server {
             listeners.clone(),
             crl_store,
             service.clone(),
+            http_site,
             crl_kicks,
             shutdown_rx.clone(),
         ));
@@ -342,6 +394,7 @@ impl Server {
 
         tracing::info!(
             agent = %agent_addr, console = %console_addr, crl = %crl_addr,
+            agent_http = ?http_addr,
             data_dir = %data_dir.display(), "server started"
         );
         Ok(RunningServer {
@@ -449,6 +502,7 @@ async fn crl_loop(
     listeners: Arc<Listeners>,
     crls: Arc<CrlStore>,
     service: Arc<Service>,
+    http_site: Arc<HttpSite>,
     mut kicks: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -477,7 +531,11 @@ async fn crl_loop(
         }
         // Agents that gateways vouch for are checked against the same, fresh CRLs.
         match forwarded_verifier(&pki, &fresh) {
-            Ok(v) => service.set_forwarded_verifier(v),
+            Ok(v) => {
+                // Signed plain-HTTP requests are checked against the same, fresh CRLs too.
+                http_site.set_verifier(v.clone());
+                service.set_forwarded_verifier(v);
+            }
             Err(e) => {
                 tracing::error!(id = e.id(), error = %e, "rebuilding the forwarded-agent verifier failed");
             }

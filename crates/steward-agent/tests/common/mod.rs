@@ -118,6 +118,7 @@ impl Pki {
             servers: vec![ServerEndpoint {
                 host: "127.0.0.1".to_owned(),
                 port,
+                http_port: None,
             }],
             protocol: Default::default(),
             trust_anchors_pem: vec![self.root_pem()],
