@@ -75,6 +75,25 @@ pub const CERT_WARNING_DAYS: i64 = 30;
 /// A long-poll answered faster than this is not repeated until the next check-in (a server
 /// that does not hold the request must not turn the wait into a busy loop).
 const MIN_LONG_POLL: Duration = Duration::from_secs(1);
+/// The agent tells the server how long it listens for a long-poll's answer (`wait=SECS`): the
+/// time until its next check-in plus this; the server answers this much before `wait` runs out
+/// (its `LONG_POLL_MARGIN`), that is when the check-in is due, and the agent checks in at once
+/// over the same connection: no gap in which a task would not be pushed, no new handshake.
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(2);
+/// How long past the check-in deadline the agent still listens for a long-poll's answer
+/// (more than [`LONG_POLL_MARGIN`]): a server that answers a little late must not cost the
+/// connection.
+const POLL_GRACE: Duration = Duration::from_secs(5);
+/// Long-polls failed in a row (the connection dropped, no answer) after which the agent stops
+/// holding the persistent connection for [`PERSISTENT_FALLBACK`] (event
+/// `AGENT-PERSISTENT-FALLBACK`): a middlebox that kills idle connections must not turn into a
+/// reconnection every few seconds.
+pub const PERSISTENT_FAILURES: u32 = 3;
+/// How long the agent only checks in at its interval after [`PERSISTENT_FAILURES`].
+pub const PERSISTENT_FALLBACK: Duration = Duration::from_secs(30 * 60);
+/// Without the persistent connection, the connection is kept only when the next check-in is
+/// due sooner than this (the server closes connections idle for 30 s).
+const IDLE_KEEP: Duration = Duration::from_secs(20);
 /// How long a graceful stop waits for killed tasks to write their results.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -102,23 +121,27 @@ pub const DEFAULT_GATEWAY_SET_ASIDE: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 enum Route {
     Lan(steward_proto::ServerEndpoint),
+    /// A LAN server's plain-HTTP site (`protocol: http`); its `port` is the HTTP port. Tried
+    /// before the same server's HTTPS port, which is the fallback. Never a gateway.
+    LanHttp(steward_proto::ServerEndpoint),
     Gateway(GatewayEntry),
 }
 
 impl Route {
     fn endpoint(&self) -> steward_proto::ServerEndpoint {
         match self {
-            Route::Lan(s) => s.clone(),
+            Route::Lan(s) | Route::LanHttp(s) => s.clone(),
             Route::Gateway(g) => steward_proto::ServerEndpoint {
                 host: g.host.clone(),
                 port: g.port,
+                http_port: None,
             },
         }
     }
 
     fn path(&self) -> ConnectionPath {
         match self {
-            Route::Lan(s) => ConnectionPath::Lan {
+            Route::Lan(s) | Route::LanHttp(s) => ConnectionPath::Lan {
                 server: host_port(s),
             },
             Route::Gateway(g) => ConnectionPath::Gateway {
@@ -165,6 +188,7 @@ pub fn effective_settings(s: &AgentSettings) -> AgentSettings {
         jitter_percent: s.jitter_percent.min(50),
         long_poll_secs: s.long_poll_secs.clamp(1, 3600),
         task_output_max_bytes: s.task_output_max_bytes.min(1024 * 1024),
+        persistent_connection: s.persistent_connection,
     }
 }
 
@@ -202,8 +226,55 @@ enum Wake {
     TaskDone(Option<Joined>),
     Work { fast: bool },
     PollEnded { fast: bool },
-    PollFailed,
+    PollFailed(Option<Fault>),
     Due,
+}
+
+/// The persistent connection's health: long-polls failed in a row, and the fallback to polling
+/// at the interval only that [`PERSISTENT_FAILURES`] of them start for [`PERSISTENT_FALLBACK`].
+#[derive(Debug, Default)]
+struct PollHealth {
+    failures: u32,
+    off_until: Option<Instant>,
+}
+
+/// Whether the persistent connection may be held now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allowed {
+    Yes,
+    /// A fallback to polling is running.
+    No,
+    /// A fallback to polling just ended: held again (said once).
+    Again,
+}
+
+impl PollHealth {
+    /// A long-poll ended normally (answered, not cut).
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// A long-poll failed; `true` when this failure starts the fallback to polling.
+    fn failed(&mut self, now: Instant) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures < PERSISTENT_FAILURES {
+            return false;
+        }
+        self.failures = 0;
+        self.off_until = Some(now + PERSISTENT_FALLBACK);
+        true
+    }
+
+    fn allowed(&mut self, now: Instant) -> Allowed {
+        match self.off_until {
+            None => Allowed::Yes,
+            Some(t) if now < t => Allowed::No,
+            Some(_) => {
+                self.off_until = None;
+                Allowed::Again
+            }
+        }
+    }
 }
 
 /// A finished task as the JoinSet hands it back.
@@ -243,6 +314,10 @@ struct Agent {
     gateways_only: bool,
     /// When the trust bundle was last fetched (at most once a minute).
     trust_tried_at: Option<Instant>,
+    /// Failed long-polls in a row, and the fallback to polling they may have started.
+    poll_health: PollHealth,
+    /// The `Retry-After` of the last 503 `SERVER-BUSY` answer, until it is used.
+    busy_retry: Option<Duration>,
 }
 
 impl Agent {
@@ -314,6 +389,8 @@ impl Agent {
             set_aside_for: opts.gateway_set_aside.unwrap_or(DEFAULT_GATEWAY_SET_ASIDE),
             gateways_only: opts.gateways_only,
             trust_tried_at: None,
+            poll_health: PollHealth::default(),
+            busy_retry: None,
         })
     }
 
@@ -328,9 +405,25 @@ impl Agent {
                 () = shutdown.as_mut() => return,
                 r = self.checkin() => r,
             };
+            // Told to come back later: no long-poll meanwhile either (it would only bring the
+            // agent back before Retry-After, as a configuration it lacks wakes it at once).
+            let busy = matches!(&outcome, Err(f) if net::is_server_busy(f));
             let mut deadline = match outcome {
                 Ok(true) => now,
                 Ok(false) => now + self.next_interval(),
+                Err(f) if net::is_server_busy(&f) => {
+                    // Admission control: the server is up and asks to be left alone for a
+                    // while. Not a failed way and not a fault; the connection is kept.
+                    let retry = self.busy_retry.take().unwrap_or(Duration::from_secs(10));
+                    let delay = busy_delay(retry, random_unit());
+                    tracing::info!(
+                        id = ids::SERVER_BUSY,
+                        "the server is busy (503 SERVER-BUSY, Retry-After {} s); next check-in in {:.1} s",
+                        retry.as_secs(),
+                        delay.as_secs_f64()
+                    );
+                    now + delay
+                }
                 Err(_) => {
                     let delay = self.backoff();
                     // Info: the faults themselves were logged as errors just before; this
@@ -348,14 +441,30 @@ impl Agent {
             // Three wake-ups in a row that came back at once and led nowhere mean the server and
             // agent disagree about what is new: stop polling until the next interval rather
             // than spin.
-            let mut may_poll =
-                self.conn.as_ref().is_some_and(Connection::is_open) && self.fast_wakes < 3;
+            let persistent = self.persistent_allowed();
+            if !persistent && deadline.saturating_duration_since(Instant::now()) > IDLE_KEEP {
+                // Checking in at the interval only: an idle connection held until then would
+                // only tie up a socket on the server (which closes idle ones after 30 s).
+                self.conn = None;
+            }
+            let mut may_poll = persistent
+                && !busy
+                && self.conn.as_ref().is_some_and(Connection::is_open)
+                && self.fast_wakes < 3;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     break;
                 }
+                // The server answers when `remaining` runs out (see LONG_POLL_MARGIN); the
+                // answer (204) leaves the connection ready for the check-in then due.
                 let poll = may_poll && remaining > MIN_LONG_POLL;
+                // While a long-poll runs, its answer is awaited a little past the deadline.
+                let wake_at = if poll {
+                    deadline + POLL_GRACE
+                } else {
+                    deadline
+                };
                 // A rejected configuration is "seen": the server must not wake us for it again.
                 let config_version = self.rejected_config.unwrap_or(self.state.config_version);
                 let started = Instant::now();
@@ -368,9 +477,9 @@ impl Agent {
                     r = long_poll(&mut self.conn, config_version, remaining), if poll => match r {
                         Ok(Some(_)) => Wake::Work { fast: started.elapsed() < MIN_LONG_POLL },
                         Ok(None) => Wake::PollEnded { fast: started.elapsed() < MIN_LONG_POLL },
-                        Err(()) => Wake::PollFailed,
+                        Err(f) => Wake::PollFailed(f),
                     },
-                    () = tokio::time::sleep_until(deadline) => Wake::Due,
+                    () = tokio::time::sleep_until(wake_at) => Wake::Due,
                 };
                 match wake {
                     Wake::Shutdown => return,
@@ -381,22 +490,36 @@ impl Agent {
                     }
                     Wake::Work { fast } => {
                         self.fast_wakes = if fast { self.fast_wakes + 1 } else { 0 };
+                        self.poll_health.succeeded();
                         break;
                     }
                     Wake::Due => {
                         self.fast_wakes = 0;
                         break;
                     }
-                    Wake::PollEnded { fast } => may_poll = !fast,
-                    Wake::PollFailed => {
+                    Wake::PollEnded { fast } => {
+                        may_poll = !fast;
+                        if !fast {
+                            self.poll_health.succeeded();
+                        }
+                    }
+                    Wake::PollFailed(fault) => {
                         // The connection dropped: the server or gateway restarted, often with
                         // a change (a new port, a new profile) the agent should hear of soon.
                         // Check in again after a short random delay, spread so that a restart
-                        // under many agents is not met by all of them at once. That check-in
-                        // says what is wrong, if anything is, with its own evidence.
+                        // under many agents is not met by all of them at once, and longer
+                        // with each failure in a row. That check-in says what is wrong, if
+                        // anything is, with its own evidence.
                         self.conn = None;
                         may_poll = false;
-                        deadline = deadline.min(Instant::now() + self.reconnect_delay());
+                        let in_a_row = self.poll_health.failures.saturating_add(1);
+                        if self.poll_health.failed(Instant::now()) {
+                            self.log_fallback(in_a_row, fault.as_ref());
+                        }
+                        let delay = self
+                            .reconnect_delay()
+                            .mul_f64(f64::from(in_a_row.clamp(1, 8)));
+                        deadline = deadline.min(Instant::now() + delay);
                     }
                 }
             }
@@ -464,6 +587,41 @@ impl Agent {
         )
     }
 
+    /// Whether to hold the persistent connection now: the policy wants it
+    /// (`persistent_connection`), and no fallback to polling is running.
+    fn persistent_allowed(&mut self) -> bool {
+        if !self.settings.persistent_connection {
+            return false;
+        }
+        match self.poll_health.allowed(Instant::now()) {
+            Allowed::Yes => true,
+            Allowed::No => false,
+            Allowed::Again => {
+                tracing::info!(
+                    id = ids::PERSISTENT_FALLBACK,
+                    "trying the persistent connection again after {} min of checking in at the interval only",
+                    PERSISTENT_FALLBACK.as_secs() / 60
+                );
+                true
+            }
+        }
+    }
+
+    /// [`PERSISTENT_FAILURES`] long-polls failed in a row: say why, and that the agent checks
+    /// in at the interval only for [`PERSISTENT_FALLBACK`].
+    fn log_fallback(&self, in_a_row: u32, last: Option<&Fault>) {
+        let why = last.map_or_else(
+            || "no answer before the check-in was due".to_owned(),
+            ToString::to_string,
+        );
+        tracing::warn!(
+            id = ids::PERSISTENT_FALLBACK,
+            "the persistent connection failed {in_a_row} times in a row (last: {why}); something on the way may cut idle connections. Checking in every {} s only, without holding a connection, for {} min",
+            self.settings.checkin_interval_secs,
+            PERSISTENT_FALLBACK.as_secs() / 60
+        );
+    }
+
     /// After a dropped long-poll: uniform in [1 s, a quarter of the interval, at most 15 s].
     fn reconnect_delay(&self) -> Duration {
         let spread = (self.settings.checkin_interval_secs as f64 / 4.0).clamp(1.0, 15.0);
@@ -520,7 +678,10 @@ impl Agent {
         let (server, response) = match answer {
             Ok(ok) => ok,
             Err(fault) => {
-                self.state.consecutive_failures = self.state.consecutive_failures.saturating_add(1);
+                if !net::is_server_busy(&fault) {
+                    self.state.consecutive_failures =
+                        self.state.consecutive_failures.saturating_add(1);
+                }
                 self.save_state();
                 return Err(fault);
             }
@@ -771,11 +932,22 @@ impl Agent {
         let mut routes: Vec<Route> = if self.gateways_only {
             Vec::new()
         } else {
+            // `protocol: http`: each server's plain-HTTP site first, its HTTPS site as the
+            // fallback. Gateways below are always HTTPS, whatever the profile says.
+            let http = self.profile.protocol == steward_proto::Protocol::Http;
             self.profile
                 .servers
                 .iter()
-                .cloned()
-                .map(Route::Lan)
+                .flat_map(|s| {
+                    let plain = s.http_port.filter(|_| http).map(|p| {
+                        Route::LanHttp(steward_proto::ServerEndpoint {
+                            host: s.host.clone(),
+                            port: p,
+                            http_port: Some(p),
+                        })
+                    });
+                    plain.into_iter().chain([Route::Lan(s.clone())])
+                })
                 .collect()
         };
         let gateways = &self.profile.gateways;
@@ -825,7 +997,17 @@ impl Agent {
                     if let Route::Gateway(g) = &route {
                         self.set_aside.remove(&g.name);
                     }
-                    return Ok((server.base_url(), resp));
+                    let url = match &route {
+                        Route::LanHttp(s) => s.http_url().unwrap_or_else(|| s.base_url()),
+                        _ => server.base_url(),
+                    };
+                    return Ok((url, resp));
+                }
+                Err(fault) if net::is_server_busy(&fault) => {
+                    // Admission control: the server is reachable and answered; another way
+                    // leads to the same server. The connection stays open for the retry.
+                    self.busy_retry = self.conn.as_ref().and_then(Connection::retry_after);
+                    return Err(fault);
                 }
                 Err(fault) => {
                     self.conn = None;
@@ -844,7 +1026,7 @@ impl Agent {
                                 ),
                             );
                         }
-                        Route::Lan(_) => self.fault(&fault),
+                        Route::Lan(_) | Route::LanHttp(_) => self.fault(&fault),
                     }
                     // Reported by the next way that works, in this same round: a fallback to
                     // a gateway must not hide why the LAN failed.
@@ -879,6 +1061,7 @@ impl Agent {
         if self.conn.is_none() {
             let conn = match route {
                 Route::Lan(_) => self.connector.connect(&server).await?,
+                Route::LanHttp(s) => self.connector.connect_http(s).await?,
                 Route::Gateway(g) => {
                     // The chain is checked against the profile's anchors (and this gateway's
                     // own extra roots); the thumbprint then proves it is this gateway.
@@ -1276,25 +1459,44 @@ fn log_finished(result: &TaskResult, save_error: Option<&StoreError>) {
     }
 }
 
+/// One long-poll on the held connection until the check-in is due in `remaining`: the server
+/// is told `remaining` + [`LONG_POLL_MARGIN`] and answers that margin earlier; the answer is
+/// awaited until [`POLL_GRACE`] past `remaining`. `Err` with the fault when the poll failed
+/// (`None`: no connection).
 async fn long_poll(
     conn: &mut Option<Connection>,
     config_version: u64,
     remaining: Duration,
-) -> Result<Option<steward_proto::WakeUp>, ()> {
+) -> Result<Option<steward_proto::WakeUp>, Option<Fault>> {
     let Some(c) = conn.as_mut() else {
-        return Err(());
+        return Err(None);
     };
-    match c.wait(config_version, remaining).await {
+    let listen = remaining + POLL_GRACE;
+    match c
+        .wait_for(config_version, remaining + LONG_POLL_MARGIN, listen)
+        .await
+    {
         Ok(w) => Ok(w),
-        Err(Fault::Timeout { .. }) if !c.is_open() => {
-            // Our own deadline (the check-in is due), not a fault; the connection is spent.
-            Err(())
-        }
+        // Busy (admission control): the connection is fine; wait for the check-in instead.
+        Err(f) if net::is_server_busy(&f) => Ok(None),
         Err(f) => {
             tracing::debug!(id = f.id(), "long-poll ended: {f}");
-            Err(())
+            Err(Some(f))
         }
     }
+}
+
+/// The wait after a 503 `SERVER-BUSY`: its `Retry-After` plus up to as much again, placed by
+/// `r` in [0, 1), so a fleet turned away together does not come back together (at least 1 s,
+/// at most an hour).
+pub fn busy_delay(retry_after: Duration, r: f64) -> Duration {
+    let base = retry_after.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let r = if r.is_finite() {
+        r.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    base.mul_f64(1.0 + r)
 }
 
 fn host_port(s: &steward_proto::ServerEndpoint) -> String {
@@ -1356,7 +1558,7 @@ fn build_gateway_connectors(
 /// One failed way as the server is told about it.
 fn failed_attempt(route: &Route, fault: &Fault, at: OffsetDateTime) -> FailedAttempt {
     let (gateway, address) = match route {
-        Route::Lan(s) => (None, host_port(s)),
+        Route::Lan(s) | Route::LanHttp(s) => (None, host_port(s)),
         Route::Gateway(g) => (Some(g.name.clone()), g.authority()),
     };
     FailedAttempt {
@@ -1541,6 +1743,7 @@ mod tests {
             jitter_percent: 250,
             long_poll_secs: 0,
             task_output_max_bytes: u64::MAX,
+            persistent_connection: true,
         };
         let s = effective_settings(&wild);
         assert_eq!(s.checkin_interval_secs, 5);
@@ -1549,5 +1752,45 @@ mod tests {
         assert_eq!(s.task_output_max_bytes, 1024 * 1024);
         let d = AgentSettings::default();
         assert_eq!(effective_settings(&d), d);
+        let off = AgentSettings {
+            persistent_connection: false,
+            ..AgentSettings::default()
+        };
+        assert!(!effective_settings(&off).persistent_connection);
+    }
+
+    #[test]
+    fn three_failed_long_polls_in_a_row_fall_back_to_polling_for_a_while() {
+        let t0 = Instant::now();
+        let mut h = PollHealth::default();
+        assert_eq!(h.allowed(t0), Allowed::Yes);
+        // Two failures, then a long-poll that worked: the count starts again.
+        assert!(!h.failed(t0));
+        assert!(!h.failed(t0));
+        h.succeeded();
+        assert!(!h.failed(t0));
+        assert!(!h.failed(t0));
+        assert_eq!(h.allowed(t0), Allowed::Yes);
+        // The third in a row: polling at the interval only, for PERSISTENT_FALLBACK.
+        assert!(h.failed(t0));
+        assert_eq!(h.allowed(t0), Allowed::No);
+        assert_eq!(
+            h.allowed(t0 + PERSISTENT_FALLBACK - Duration::from_secs(1)),
+            Allowed::No
+        );
+        // Then held again, said once, with a fresh count.
+        assert_eq!(h.allowed(t0 + PERSISTENT_FALLBACK), Allowed::Again);
+        assert_eq!(h.allowed(t0 + PERSISTENT_FALLBACK), Allowed::Yes);
+        assert!(!h.failed(t0 + PERSISTENT_FALLBACK));
+    }
+
+    #[test]
+    fn busy_waits_for_retry_after_plus_jitter() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(busy_delay(ten, 0.0), ten);
+        assert_eq!(busy_delay(ten, 0.5), Duration::from_secs(15));
+        assert!(busy_delay(ten, 0.999) < Duration::from_secs(20));
+        assert_eq!(busy_delay(Duration::ZERO, 0.0), Duration::from_secs(1));
+        assert_eq!(busy_delay(ten, f64::NAN), Duration::from_secs(15));
     }
 }

@@ -96,9 +96,20 @@ pub mod ids {
     /// The signed trust bundle could not be fetched or verified after an untrusted
     /// certificate; the agent keeps retrying.
     pub const TRUST_RECOVERY_FAILED: &str = "AGENT-TRUST-RECOVERY-FAILED";
+    /// The server answered 503 `SERVER-BUSY` (admission control): the agent comes back after
+    /// its `Retry-After` plus jitter; not a fault of the way, nothing is set aside.
+    pub const SERVER_BUSY: &str = "AGENT-SERVER-BUSY";
+    /// The persistent connection (long-poll) failed several times in a row; the agent checks
+    /// in at its interval only for a while, then tries to hold it again.
+    pub const PERSISTENT_FALLBACK: &str = "AGENT-PERSISTENT-FALLBACK";
+
+    /// A plain-HTTP answer (`protocol: http`) whose signature or signing certificate did not
+    /// verify: not believed; the agent falls back to the server's HTTPS port.
+    pub const HTTP_RESPONSE_UNVERIFIED: &str = "AGENT-HTTP-RESPONSE-UNVERIFIED";
 
     /// Every ID the agent writes.
     pub const ALL: &[&str] = &[
+        HTTP_RESPONSE_UNVERIFIED,
         STARTED,
         STOPPED,
         ENROLLED,
@@ -133,6 +144,8 @@ pub mod ids {
         CERT_RENEW_FAILED,
         TRUST_RECOVERED,
         TRUST_RECOVERY_FAILED,
+        SERVER_BUSY,
+        PERSISTENT_FALLBACK,
     ];
 }
 

@@ -257,18 +257,26 @@ async fn enroll_one(
     let start = Instant::now();
     // A new connection per enrollment, as each real agent makes its own.
     let mut conn = net::connect(target, source, config.clone(), timeout).await?;
-    let resp: EnrollResponse = conn
-        .post_json(
-            paths::ENROLL,
-            &EnrollRequest {
-                token: token.to_owned(),
-                csr_pem,
-                hostname: hostname.clone(),
-                agent_version: concat!("steward-bench/", env!("CARGO_PKG_VERSION")).into(),
-            },
-            timeout,
-        )
-        .await?;
+    let request = EnrollRequest {
+        token: token.to_owned(),
+        csr_pem,
+        hostname: hostname.clone(),
+        agent_version: concat!("steward-bench/", env!("CARGO_PKG_VERSION")).into(),
+    };
+    // A 503 SERVER-BUSY (admission control) is retried after Retry-After plus jitter on the
+    // same connection, a bounded number of times; the wait counts in the latency.
+    let mut busy = 0u32;
+    let resp: EnrollResponse = loop {
+        match conn.post_json(paths::ENROLL, &request, timeout).await {
+            Err(f) if f.kind == net::ErrorKind::HttpStatus(503) && busy < 20 => {
+                busy += 1;
+                let retry = conn.retry_after.unwrap_or(Duration::from_secs(10));
+                let r = (i as f64 * 0.618_033_988_7 + f64::from(busy) * 0.414_213_562_3).fract();
+                tokio::time::sleep(steward_agent::agent::busy_delay(retry, r)).await;
+            }
+            other => break other?,
+        }
+    };
     Ok((
         StoredIdentity {
             device_id: resp.device_id,

@@ -300,6 +300,8 @@ pub struct Conn {
     /// How long TCP connect + TLS handshake took.
     pub setup: Duration,
     poisoned: bool,
+    /// `Retry-After` (seconds) of the last response, when it had one (a 503 `SERVER-BUSY`).
+    pub retry_after: Option<Duration>,
     _driver: AbortOnDrop,
 }
 
@@ -369,6 +371,7 @@ pub async fn connect(
         handshake,
         setup,
         poisoned: false,
+        retry_after: None,
         _driver: driver,
     })
 }
@@ -412,18 +415,25 @@ impl Conn {
                 .await
                 .map_err(|e| Failure::new(ErrorKind::ConnectionClosed, e))?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| Failure::new(ErrorKind::ConnectionClosed, e))?
                 .to_bytes();
-            Ok::<_, Failure>((status, body))
+            Ok::<_, Failure>((status, body, retry_after))
         };
-        let out = tokio::time::timeout(timeout, exchange)
+        let (status, body, retry_after) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Failure::new(ErrorKind::ResponseTimeout, "no response in time"))??;
         self.poisoned = false;
-        Ok(out)
+        self.retry_after = retry_after;
+        Ok((status, body))
     }
 
     /// POST JSON, parse a JSON answer; non-2xx is [`ErrorKind::HttpStatus`].

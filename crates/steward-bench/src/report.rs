@@ -206,6 +206,14 @@ pub struct SwarmReport {
     pub held_dropped: u64,
     /// Long-polls answered "no work" (204).
     pub polls_empty: u64,
+    /// Check-ins answered 503 `SERVER-BUSY` (admission control), retried after `Retry-After`
+    /// plus jitter as the agent does; not errors.
+    #[serde(default)]
+    pub busy: u64,
+    /// TLS connections opened per agent over the run (1.0: every agent kept one connection
+    /// across all its intervals).
+    #[serde(default)]
+    pub connections_per_agent: f64,
     /// The task fan-out, with `--persistent` and a task.
     pub fan_out: Option<FanOut>,
     /// Failures and recoveries (a server restart).
@@ -264,8 +272,15 @@ impl SwarmReport {
         if self.persistent {
             let _ = writeln!(
                 s,
-                "long-poll:   {} empty answers, {} held connections dropped",
-                self.polls_empty, self.held_dropped
+                "long-poll:   {} empty answers, {} held connections dropped; {:.2} connections per agent",
+                self.polls_empty, self.held_dropped, self.connections_per_agent
+            );
+        }
+        if self.busy > 0 {
+            let _ = writeln!(
+                s,
+                "busy:        {} check-ins answered 503 SERVER-BUSY (retried after Retry-After + jitter; not errors)",
+                self.busy
             );
         }
         let total: u64 = self.errors.values().sum();

@@ -8,9 +8,15 @@
 //!   then each agent checks in every interval ± its jitter (10%, the agent-settings default);
 //! - a failed check-in backs off exactly as the agent does (`steward_agent::agent::backoff_delay`);
 //! - with `persistent`, it keeps its connection after a check-in and long-polls
-//!   `GET /agent/v1/wait?config_version=N` on it until the next check-in is due, as the agent
-//!   does: a wake-up means check in now; a dropped long-poll means reconnect after a random 1 s
-//!   to interval/4 (at most 15 s), as the agent does after a server restart; without it,
+//!   `GET /agent/v1/wait?config_version=N&wait=SECS` on it until the next check-in is due, as
+//!   the agent does (`SECS`: until the check-in is due, plus 2 s): the server answers 204 two
+//!   seconds before `SECS` runs out, when the check-in is due, which then goes over the same
+//!   kept-alive connection (one TLS handshake per agent for the whole run); a wake-up means
+//!   check in now; a dropped long-poll means reconnect after a
+//!   random 1 s to interval/4 (at most 15 s), as the agent does after a server restart;
+//! - a check-in answered 503 `SERVER-BUSY` (admission control) is retried after its
+//!   `Retry-After` plus jitter (`steward_agent::agent::busy_delay`) on the same connection,
+//!   counted as "busy", not as an error, and not as an outage; without `persistent`,
 //!   every check-in opens a new connection (the TLS session cache makes it a resumed
 //!   handshake when the server still knows the session) and closes it;
 //! - a task is answered with a succeeded result at once (the command is not run: the swarm
@@ -39,6 +45,11 @@ use crate::report::{FanOut, Latencies, ProcUse, Recovery, Second, SwarmReport};
 
 /// A long-poll shorter than this is not started (the agent's `MIN_LONG_POLL`).
 const MIN_LONG_POLL: Duration = Duration::from_secs(1);
+/// The server answers a long-poll this long before the `wait` the agent gave it (the agent's
+/// and the server's `LONG_POLL_MARGIN`).
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(2);
+/// How long past its deadline a long-poll's answer is still awaited (the agent's `POLL_GRACE`).
+const POLL_GRACE: Duration = Duration::from_secs(5);
 /// Agents still busy this long after the end are stopped and counted as aborted.
 const END_GRACE: Duration = Duration::from_secs(5);
 
@@ -85,6 +96,7 @@ struct Counters {
     checked_in: AtomicU64,
     held_dropped: AtomicU64,
     polls_empty: AtomicU64,
+    busy: AtomicU64,
     woken: AtomicU64,
     results: AtomicU64,
 }
@@ -396,6 +408,8 @@ async fn agent(
         let left = ctx.opts.timeout;
         let r = checkin(&ctx, &mut conn, source, &config, &req, left).await;
         let now = Instant::now();
+        // Told to come back later: no long-poll meanwhile either (as the agent).
+        let busy = matches!(&r, Err(f) if f.kind == ErrorKind::HttpStatus(503));
         let next = match r {
             Ok(resp) => {
                 let took = now.duration_since(due);
@@ -462,6 +476,16 @@ async fn agent(
                     now + jittered(interval, ctx.opts.jitter_percent, rng.unit())
                 }
             }
+            Err(f) if f.kind == ErrorKind::HttpStatus(503) => {
+                // Admission control: come back after Retry-After plus jitter, as the agent
+                // does, on the same connection; not an error and not an outage.
+                ctx.counters.busy.fetch_add(1, Ordering::Relaxed);
+                let retry = conn
+                    .as_ref()
+                    .and_then(|c| c.retry_after)
+                    .unwrap_or(Duration::from_secs(10));
+                now + steward_agent::agent::busy_delay(retry, rng.unit())
+            }
             Err(f) => {
                 conn = None;
                 note_error(&ctx, &mut out, f);
@@ -478,7 +502,7 @@ async fn agent(
         };
         due = next;
         // The wait phase: long-poll on the held connection until the check-in is due.
-        while ctx.opts.persistent && fast_polls < 3 {
+        while ctx.opts.persistent && !busy && fast_polls < 3 {
             let Some(c) = conn.as_mut().filter(|c| c.is_open()) else {
                 break;
             };
@@ -488,8 +512,15 @@ async fn agent(
                 break;
             }
             let started = Instant::now();
-            let path = format!("{}?config_version={config_version}", paths::WAIT);
-            match c.request(Method::GET, &path, None, remaining).await {
+            let path = format!(
+                "{}?config_version={config_version}&wait={}",
+                paths::WAIT,
+                (remaining + LONG_POLL_MARGIN).as_secs()
+            );
+            match c
+                .request(Method::GET, &path, None, remaining + POLL_GRACE)
+                .await
+            {
                 Ok((StatusCode::NO_CONTENT, _)) => {
                     ctx.counters.polls_empty.fetch_add(1, Ordering::Relaxed);
                     if started.elapsed() < MIN_LONG_POLL {
@@ -733,6 +764,10 @@ fn summarise(
         resumed_per_s: c.resumed.load(Ordering::Relaxed) as f64 / wall.max(1e-9),
         held_dropped: c.held_dropped.load(Ordering::Relaxed),
         polls_empty: c.polls_empty.load(Ordering::Relaxed),
+        busy: c.busy.load(Ordering::Relaxed),
+        connections_per_agent: (c.full.load(Ordering::Relaxed) + c.resumed.load(Ordering::Relaxed))
+            as f64
+            / (c.checked_in.load(Ordering::Relaxed).max(1)) as f64,
         fan_out: fan_out.map(|(id, create)| FanOut {
             task_id: Some(id),
             created_at_s: ctx

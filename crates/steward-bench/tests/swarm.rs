@@ -197,6 +197,15 @@ async fn prepare_then_swarm_both_modes() {
     // Woken by the long-poll, well before the next check-in was due (at least 3.6 s).
     assert!(fan.wake_latency.max_ms.unwrap() < 2500.0, "{fan:?}");
     assert!(fan.all_results_s.unwrap() < 3.4, "{fan:?}");
+    // The long-poll is answered before the check-in is due (`wait`), so every agent kept its
+    // one connection across its intervals and the fan-out: one handshake each.
+    assert_eq!(
+        r.full_handshakes + r.resumed_handshakes,
+        AGENTS as u64,
+        "{r:?}"
+    );
+    assert!((r.connections_per_agent - 1.0).abs() < 1e-9, "{r:?}");
+    assert_eq!(r.busy, 0);
 
     // The JSON report is one document that reads back.
     let json = serde_json::to_string(&r).unwrap();

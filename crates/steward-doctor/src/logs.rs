@@ -73,6 +73,13 @@ pub const UNKNOWN_EVENT: &str = "AGENT-UNKNOWN-EVENT";
 pub const AGENT_EVENTS: &[AgentEvent] = &[
     info("AGENT-STARTED"),
     info("AGENT-BACKOFF"),
+    info("AGENT-SERVER-BUSY"),
+    fault(
+        "AGENT-PERSISTENT-FALLBACK",
+        EventKind::Warning,
+        true,
+        "Something between the agent and the server (a proxy, NAT or firewall with an idle timeout) cuts the held connection: raise that device's idle timeout above the policy's long_poll_secs, or lower long_poll_secs in the agent-settings policy, or set persistent_connection = false for these devices. Tasks still arrive at each check-in.",
+    ),
     info("AGENT-CERT-RENEWED"),
     info("AGENT-TRUST-RECOVERED"),
     fault(
@@ -86,6 +93,12 @@ pub const AGENT_EVENTS: &[AgentEvent] = &[
         EventKind::Warning,
         false,
         "Read the cause in the message (data directory not writable, the server's ID such as AGENT-RENEW-CSR-INVALID); the current certificate keeps working and renewal is retried at every check-in.",
+    ),
+    fault(
+        "AGENT-HTTP-RESPONSE-UNVERIFIED",
+        EventKind::Error,
+        true,
+        "An answer on the plain-HTTP agent site (protocol = \"http\") was not signed by the agent site's certificate for the name dialled: something else answers on the HTTP port, or something on the LAN rewrites answers. The agent fell back to HTTPS; find what answers or rewrites.",
     ),
     info("AGENT-STOPPED"),
     info("AGENT-ENROLLED"),

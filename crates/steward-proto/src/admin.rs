@@ -48,6 +48,15 @@ pub mod paths {
     pub const SERVER_CERT_FINALIZE: &str = "/api/v1/server/certs/{listener}/finalize";
     /// POST → [`super::ListenerCertStatus`]: the staged certificate and its root are dropped.
     pub const SERVER_CERT_ROLLBACK: &str = "/api/v1/server/certs/{listener}/rollback";
+    /// GET → [`super::CaRollStatus`]: the platform root, a staged roll and its distribution.
+    pub const SERVER_CA_ROLL: &str = "/api/v1/server/ca/roll";
+    /// POST → [`super::CaRollStatus`]: stage a new platform root (into the profile).
+    pub const SERVER_CA_ROLL_STAGE: &str = "/api/v1/server/ca/roll/stage";
+    /// POST [`super::CertFinalize`] → [`super::CaRollFinalized`]: the new root becomes the
+    /// platform root (refused while agents have not acknowledged it, unless forced).
+    pub const SERVER_CA_ROLL_FINALIZE: &str = "/api/v1/server/ca/roll/finalize";
+    /// POST → [`super::CaRollStatus`]: the staged root is dropped (before finalize).
+    pub const SERVER_CA_ROLL_ROLLBACK: &str = "/api/v1/server/ca/roll/rollback";
 }
 
 /// A third-party certificate to stage for a listener.
@@ -83,6 +92,52 @@ pub struct CertFinalized {
     /// How stranded agents recover, when there are any.
     #[serde(default)]
     pub recovery: Option<String>,
+}
+
+/// A CA certificate, briefly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertInfo {
+    /// Subject DN.
+    pub subject: String,
+    /// SHA-256 thumbprint (upper-case hex).
+    pub sha256: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+/// The platform root and a root roll (`steward server ca roll`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRollStatus {
+    /// `idle` (nothing staged), `staged` (distributing the new root), `overlap` (finalized;
+    /// the previous root is still trusted).
+    pub phase: String,
+    /// The platform root now.
+    pub root: CaCertInfo,
+    /// The issuing CA (its certificate under the platform root).
+    pub issuing: CaCertInfo,
+    /// The previous root, still trusted during the overlap.
+    #[serde(default)]
+    pub previous_root: Option<CaCertInfo>,
+    /// The staged new root and how far it has reached the agents.
+    #[serde(default)]
+    pub staged: Option<StagedCert>,
+}
+
+/// The answer to a root roll's finalize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRollFinalized {
+    /// The roll as it is now.
+    pub status: CaRollStatus,
+    /// Agents (`name (id)`) that had not acknowledged the new root when a forced finalize
+    /// went ahead.
+    #[serde(default)]
+    pub stranded: Vec<String>,
+    /// How they come back, when there are any.
+    #[serde(default)]
+    pub recovery: Option<String>,
+    /// The listener certificates re-issued and served from the next connection on.
+    #[serde(default)]
+    pub listeners: Vec<ListenerCertStatus>,
 }
 
 /// A staged third-party certificate and how far its root has reached the agents.
@@ -201,6 +256,10 @@ pub struct DeviceSummary {
     /// A renewed certificate is issued and waits for the agent's first use of it.
     #[serde(default)]
     pub cert_renewal_pending: bool,
+    /// The agent holds its persistent connection (a long-poll) to this server now: a task
+    /// reaches it in well under a second instead of at its next check-in.
+    #[serde(default)]
+    pub connected: bool,
 }
 
 /// One device in full.
@@ -392,6 +451,14 @@ pub struct GatewaySummary {
     /// See `pending_devices`.
     #[serde(default)]
     pub pending_total: u64,
+    /// Its platform-issued certificates (identity, server) with expiry and the 30-day
+    /// warning; empty for gateways joined before the server recorded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::GatewayCertStatus>,
+    /// A server-certificate renewal or replacement in progress: "next certificate staged,
+    /// N agents pending".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<String>,
 }
 
 /// A gateway's colour in the console.

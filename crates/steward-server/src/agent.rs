@@ -31,9 +31,14 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(paths::GATEWAY_JOIN, post(gateway_join))
         .route(paths::GATEWAY_REPORT, post(gateway_report))
         .route(paths::GATEWAY_CRL, get(gateway_crl))
+        .route(paths::GATEWAY_RENEW, post(gateway_renew))
         .route(paths::RENEW, post(renew))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            crate::admission::gate,
+        ))
         .with_state(service)
 }
 
@@ -71,6 +76,7 @@ async fn enroll_kerberos(
 async fn checkin(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
+    signed_http: Option<Extension<crate::http_site::SignedHttp>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CheckinResponse>, ApiFailure> {
@@ -79,6 +85,13 @@ async fn checkin(
     let mut req: CheckinRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "check-in", &who).await?;
     req.connection = actual_path(req.connection, via_gateway);
+    // The transport the server saw, not the one the agent claims: a signed request on the
+    // plain-HTTP site is recorded as `lan via http://host:port`.
+    if signed_http.is_some()
+        && let steward_proto::ConnectionPath::Lan { server } = &mut req.connection
+    {
+        *server = format!("http://{server}");
+    }
     Ok(Json(svc.checkin(&device, req).await?))
 }
 
@@ -90,7 +103,8 @@ async fn wait(
 ) -> Result<Response, ApiFailure> {
     let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     let version = config_version_param(query.as_deref())?;
-    Ok(match svc.wait(&device, version).await? {
+    let agent_wait = wait_param(query.as_deref());
+    Ok(match svc.wait(&device, version, agent_wait).await? {
         Some(w) => Json(w).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
@@ -146,6 +160,26 @@ async fn gateway_report(
     Ok(Json(svc.gateway_report(peer.cert.as_deref(), req).await?))
 }
 
+/// A gateway renews its certificates over its current identity (see
+/// [`Service::gateway_renew`]).
+async fn gateway_renew(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<steward_proto::GatewayRenewResponse>, ApiFailure> {
+    let who = peer.addr.to_string();
+    let req: steward_proto::GatewayRenewRequest = read_json(
+        &headers,
+        body,
+        MAX_AGENT_BODY_BYTES,
+        "gateway renewal",
+        &who,
+    )
+    .await?;
+    Ok(Json(svc.gateway_renew(peer.cert.as_deref(), req).await?))
+}
+
 async fn gateway_crl(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
@@ -177,6 +211,14 @@ fn config_version_param(query: Option<&str>) -> Result<Option<u64>, ApiFailure> 
     Ok(None)
 }
 
+/// `wait=SECS` from the query: how long the agent listens for this long-poll's answer (agents
+/// from before it send none; an unreadable value is ignored, as if absent).
+fn wait_param(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("wait=")?.parse().ok())
+}
+
 pub(crate) async fn not_found() -> ApiFailure {
     ApiFailure::not_found("NOT-FOUND", "no such route")
 }
@@ -202,5 +244,8 @@ mod tests {
             Ok(Some(8))
         );
         assert!(config_version_param(Some("config_version=-1")).is_err());
+        assert_eq!(wait_param(Some("config_version=7&wait=58")), Some(58));
+        assert_eq!(wait_param(Some("config_version=7")), None);
+        assert_eq!(wait_param(Some("wait=soon")), None);
     }
 }

@@ -191,6 +191,13 @@ impl std::fmt::Display for ApiFailure {
 
 impl From<StoreError> for ApiFailure {
     fn from(e: StoreError) -> Self {
+        // Overload, not a fault: every database connection stayed busy for the pool's whole
+        // wait. Answered 503 SERVER-BUSY (the agent site adds Retry-After), never a 500.
+        if let StoreError::Database(m) = &e
+            && m.contains("pool timed out")
+        {
+            return crate::admission::pool_busy(m);
+        }
         ApiFailure::internal("using the database", e)
     }
 }

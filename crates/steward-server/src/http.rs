@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,12 +16,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::ApiFailure;
+use crate::admission::Admission;
 use crate::service::PeerCert;
 use crate::tls::SwappableConfig;
 
@@ -121,29 +123,116 @@ pub(crate) async fn serve(
     listener: TcpListener,
     transport: Transport,
     router: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     name: &'static str,
 ) {
+    serve_limited(listener, transport, router, shutdown, name, None).await;
+}
+
+/// Linux's `EMFILE` and `ENFILE`: this process's, or the system's, open-file limit.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+/// The pause after a failed `accept` (the connection stays in the kernel's backlog).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause during a long burst of failures.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// [`serve`], with the agent site's admission control: at most `[limits] max_handshakes` TLS
+/// handshakes at once (the accept loop does not accept while that many are in progress, so
+/// further connections wait in the kernel's backlog rather than in memory), each one counted;
+/// and an accept loop that survives running out of file descriptors (one log line per burst,
+/// naming the limit; a pause that grows to a second; serving goes on).
+pub(crate) async fn serve_limited(
+    listener: TcpListener,
+    transport: Transport,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+    admission: Option<Arc<Admission>>,
+) {
+    let permits = admission.as_ref().map(|a| a.handshake_permits());
     let mut conns = JoinSet::new();
+    // The burst of accept failures in progress: when it began, how many, the current pause.
+    let mut burst: Option<(Instant, u64, Duration)> = None;
     loop {
+        let next = async {
+            let permit = match &permits {
+                Some(p) => p.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            (permit, listener.accept().await)
+        };
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break;
                 }
             }
-            accepted = listener.accept() => match accepted {
+            (permit, accepted) = next => match accepted {
                 Ok((tcp, addr)) => {
+                    if let Some((since, n, _)) = burst.take() {
+                        tracing::info!(
+                            listener = name,
+                            failures = n,
+                            "accepting connections again after {n} failed accept(s) over {:.1} s",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
                     let tls = match &transport {
                         Transport::Plain => None,
                         Transport::SwappableTls(s) => Some(s.get()),
                     };
-                    conns.spawn(connection(tcp, addr, tls, router.clone(), name));
+                    conns.spawn(connection(
+                        tcp,
+                        addr,
+                        tls,
+                        router.clone(),
+                        name,
+                        permit,
+                        admission.clone(),
+                    ));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop(permit);
+                    if let Some(a) = &admission {
+                        a.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let pause = match &mut burst {
+                        Some((_, n, pause)) => {
+                            *n += 1;
+                            *pause = (*pause * 2).min(ACCEPT_PAUSE_MAX);
+                            *pause
+                        }
+                        None => {
+                            // Once per burst: the first failure, with the limit when it is one.
+                            let fd = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
+                            if fd {
+                                tracing::warn!(
+                                    id = "SERVER-FD-LIMIT",
+                                    listener = name,
+                                    error = %e,
+                                    open_connections = conns.len(),
+                                    "cannot accept connections: out of file descriptors \
+                                     (open-files limit: {}); new connections wait in the \
+                                     kernel's backlog until some close. Raise the limit \
+                                     (LimitNOFILE= in the service unit, ulimit -n)",
+                                    crate::admission::nofile_limit()
+                                );
+                            } else {
+                                tracing::warn!(
+                                    id = "SERVER-ACCEPT-FAILED",
+                                    listener = name,
+                                    error = %e,
+                                    "accept failed; pausing and serving on"
+                                );
+                            }
+                            burst = Some((Instant::now(), 1, ACCEPT_PAUSE));
+                            ACCEPT_PAUSE
+                        }
+                    };
+                    // Pause instead of spinning; the open connections are served meanwhile
+                    // by their own tasks.
+                    tokio::time::sleep(pause).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -158,24 +247,33 @@ async fn connection(
     tls: Option<Arc<ServerConfig>>,
     router: Router,
     name: &'static str,
+    permit: Option<OwnedSemaphorePermit>,
+    admission: Option<Arc<Admission>>,
 ) {
     let _ = tcp.set_nodelay(true);
     let Some(cfg) = tls else {
+        drop(permit);
         return http(TokioIo::new(tcp), Peer::new(addr, None), router, name).await;
     };
-    let stream =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                // Unknown CAs, revoked or expired client certificates end here, refused by rustls.
-                tracing::info!(listener = name, peer = %addr, error = %e, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(listener = name, peer = %addr, "TLS handshake timed out");
-                return;
-            }
-        };
+    let handshake =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await;
+    // The handshake is what the bound is for; the connection itself is held on without it.
+    drop(permit);
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Unknown CAs, revoked or expired client certificates end here, refused by rustls.
+            tracing::info!(listener = name, peer = %addr, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(listener = name, peer = %addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    if let Some(a) = &admission {
+        a.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
     let cert = stream
         .get_ref()
         .1

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admission;
 mod agent;
 mod auth;
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod console;
 mod crl;
 mod error;
 mod http;
+mod http_site;
 mod init;
 mod lifecycle;
 mod openapi;
@@ -39,10 +41,14 @@ mod tls;
 mod trust;
 
 pub use admin::request_token;
+pub use admission::{
+    Admission, CONNECTED_GRACE, Connected, HeldGuard, Limits, Resolved as ResolvedLimits,
+    SERVER_BUSY, Slot, Stats,
+};
 pub use auth::{AuthState, ConnAuth, Identity};
 pub use config::{
-    Agents, Auth, Config, Crl, DEFAULT_AGENT_ADDR, DEFAULT_CONSOLE_ADDR, DEFAULT_CRL_ADDR, DataDir,
-    Database, FIRST_ADMIN, Listen, Provider, Role,
+    Agents, Auth, Config, Crl, DEFAULT_AGENT_ADDR, DEFAULT_AGENT_HTTP_ADDR, DEFAULT_CONSOLE_ADDR,
+    DEFAULT_CRL_ADDR, DataDir, Database, FIRST_ADMIN, Listen, Provider, Role,
 };
 pub use config_check::{ConfigReport, Finding, Severity, check_config};
 pub use error::{ApiFailure, ServerError};
@@ -53,6 +59,7 @@ pub use openapi::document as openapi_document;
 pub use password::MIN_PASSWORD_LEN;
 pub use server::{Addresses, RunningServer, SEEN_FLUSH_INTERVAL, Server, ServerOverrides, run};
 pub use service::{
-    AGENT_SETTINGS, AGENT_SETTINGS_KEYS, AdminUser, LOCAL_TOKEN_USER, LOCK_SECS, MAX_FAILED_LOGINS,
-    PeerCert, SESSION_COOKIE, SESSION_SECS, Service, missing_credentials, rfc3339,
+    AGENT_SETTINGS, AGENT_SETTINGS_KEYS, AdminUser, LOCAL_TOKEN_USER, LOCK_SECS, LONG_POLL_MARGIN,
+    MAX_FAILED_LOGINS, PeerCert, SESSION_COOKIE, SESSION_SECS, Service, missing_credentials,
+    rfc3339,
 };

@@ -42,6 +42,39 @@ fn nullable(v: Value) -> Value {
     json!({ "oneOf": [v, { "type": "null" }] })
 }
 
+/// Gateway certificate renewal (issue 5): its messages, and the fields it adds to the gateway
+/// report answer and summary (kept apart: the schema literal is at the macro's recursion limit).
+fn gateway_renewal_schemas(mut schemas: Value) -> Value {
+    schemas["GatewayRenewRequest"] = object(
+        &[],
+        json!({
+            "identity_csr_pem": string(), "server_csr_pem": string(), "external_names": strings()
+        }),
+    );
+    schemas["GatewayRenewResponse"] = object(
+        &["chain_pem"],
+        json!({
+            "identity_cert_pem": string(), "server_cert_pem": string(), "chain_pem": strings(),
+            "identity_not_after": string(), "server_not_after": string()
+        }),
+    );
+    schemas["GatewayCertStatus"] = object(
+        &["role", "serial", "sha256", "not_after"],
+        json!({
+            "role": { "type": "string", "enum": ["identity", "server"] }, "serial": string(),
+            "sha256": string(), "not_after": string(), "next_sha256": string(),
+            "warning": string()
+        }),
+    );
+    let props = &mut schemas["GatewayReportResponse"]["properties"];
+    props["renew_identity"] = json!({ "type": "boolean" });
+    props["renew_server"] = json!({ "type": "boolean" });
+    let props = &mut schemas["GatewaySummary"]["properties"];
+    props["certificates"] = array("GatewayCertStatus");
+    props["renewal"] = string();
+    schemas
+}
+
 fn object(required: &[&str], props: Value) -> Value {
     json!({ "type": "object", "required": required, "properties": props })
 }
@@ -158,7 +191,7 @@ pub fn document() -> Value {
                 "responses": auth_errors(json!({ "200": ok("Policies", array("Policy")) })),
             },
             "post": {
-                "summary": "Create or replace a policy by name (agent-settings keys: checkin_interval_secs, jitter_percent, long_poll_secs, task_output_max_bytes)",
+                "summary": "Create or replace a policy by name (agent-settings keys: checkin_interval_secs, jitter_percent, long_poll_secs, task_output_max_bytes, persistent_connection = true|false)",
                 "security": secured,
                 "requestBody": body("Policy"),
                 "responses": auth_errors(json!({
@@ -263,6 +296,7 @@ pub fn document() -> Value {
                 "401": err("AGENT-CERT-REQUIRED"),
                 "403": err("AGENT-UNKNOWN-DEVICE"),
                 "413": err("REQUEST-TOO-LARGE"),
+                "503": err("SERVER-BUSY (admission control; header Retry-After: seconds)"),
             }
         }}),
     );
@@ -271,10 +305,14 @@ pub fn document() -> Value {
         json!({ "servers": agent_server, "get": {
             "summary": "Long-poll for work (client certificate required)",
             "security": [{ "clientCertificate": [] }],
-            "parameters": [{ "name": "config_version", "in": "query", "required": false, "schema": int() }],
+            "parameters": [
+                { "name": "config_version", "in": "query", "required": false, "schema": int() },
+                { "name": "wait", "in": "query", "required": false, "schema": int(),
+                  "description": "Seconds the agent listens; the server answers 204 two seconds before (or at long_poll_secs, whichever is sooner), so the connection is kept for the next check-in" }
+            ],
             "responses": {
-                "200": ok("Work is waiting: reason `tasks` or `config`", r("WakeUp")),
-                "204": { "description": "Nothing within long_poll_secs" },
+                "200": ok("Work is waiting: reason `tasks`, `config`, or `wake` (woken while the server was busy: check in)", r("WakeUp")),
+                "204": { "description": "Nothing within long_poll_secs (or the agent's wait, less 2 s)" },
                 "401": err("AGENT-CERT-REQUIRED"),
                 "403": err("AGENT-UNKNOWN-DEVICE"),
             }
@@ -320,6 +358,21 @@ pub fn document() -> Value {
     );
 
     paths.insert(
+        agent::GATEWAY_RENEW.to_owned(),
+        json!({ "servers": agent_server, "post": {
+            "summary": "A gateway renews its identity and/or server certificate: CSRs for new keys made on the gateway, over its current identity; the new identity is accepted until its first use, the new server certificate is staged until every agent holds its thumbprint",
+            "security": [{ "clientCertificate": [] }],
+            "requestBody": body("GatewayRenewRequest"),
+            "responses": {
+                "200": ok("The renewed certificates and their chain", r("GatewayRenewResponse")),
+                "400": err("GATEWAY-RENEW-INVALID, GATEWAY-CSR-INVALID, GATEWAY-RENEW-NAMES, GATEWAY-RENEW-KEY-REUSED or REQUEST-MALFORMED"),
+                "401": err("GATEWAY-CERT-REQUIRED"),
+                "403": err("GATEWAY-NOT-TRUSTED"),
+            }
+        }}),
+    );
+
+    paths.insert(
         agent::GATEWAY_CRL.to_owned(),
         json!({ "servers": agent_server, "get": {
             "summary": "The issuing CA's current CRL (DER), for enrolled gateways: fetched over the gateway's authenticated link, so the DMZ needs only the agent-site port",
@@ -330,6 +383,47 @@ pub fn document() -> Value {
                 "403": err("GATEWAY-NOT-TRUSTED"),
                 "503": err("GATEWAY-CRL-NOT-READY"),
             }
+        }}),
+    );
+    paths.insert(
+        admin::SERVER_CA_ROLL.to_owned(),
+        json!({ "get": {
+            "summary": "The platform root CA and a root roll: phase (idle, staged, overlap), the root, the issuing CA, the previous root, and a staged root's distribution (acknowledged, total, pending)",
+            "security": secured,
+            "responses": auth_errors(json!({ "200": { "description": "The roll's status" } })),
+        }}),
+    );
+    paths.insert(
+        admin::SERVER_CA_ROLL_STAGE.to_owned(),
+        json!({ "post": {
+            "summary": "Stage a new platform root: made with the issuing CA's certificate under it, put into the communication profile and the trust bundle; nothing agents must accept is signed by it yet",
+            "security": secured,
+            "responses": auth_errors(json!({
+                "200": { "description": "The roll's status, phase staged" },
+                "409": err("SERVER-CA-ROLL-ALREADY-STAGED"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::SERVER_CA_ROLL_FINALIZE.to_owned(),
+        json!({ "post": {
+            "summary": "Finalize the root roll ({\"force\": bool}): the new root becomes the platform root, the previous one stays trusted, the listener certificates are re-issued and served without a restart; refused while agents have not acknowledged the new root unless forced (the answer names them and how they recover)",
+            "security": secured,
+            "responses": auth_errors(json!({
+                "200": { "description": "The roll's status, stranded agents, recovery, re-issued listeners" },
+                "409": err("SERVER-CA-ROLL-NOT-DISTRIBUTED"),
+            })),
+        }}),
+    );
+    paths.insert(
+        admin::SERVER_CA_ROLL_ROLLBACK.to_owned(),
+        json!({ "post": {
+            "summary": "Roll back a staged root roll (before finalize): the new root leaves the profile and its files are deleted",
+            "security": secured,
+            "responses": auth_errors(json!({
+                "200": { "description": "The roll's status, phase idle" },
+                "409": err("SERVER-CA-ROLL-NOT-STAGED"),
+            })),
         }}),
     );
     paths.insert(
@@ -384,7 +478,8 @@ pub fn document() -> Value {
         "status": { "type": "string", "enum": ["online", "offline"] },
         "last_checkin": nullable(string()), "connection_path": nullable(string()),
         "last_error": nullable(r("AgentError")),
-        "failed_attempts": array("FailedAttempt"), "tags": strings()
+        "failed_attempts": array("FailedAttempt"), "tags": strings(),
+        "connected": { "type": "boolean", "description": "The agent holds its persistent connection (long-poll) now: a task reaches it at once" }
     });
     let failure_kind = json!({ "type": "string",
         "enum": ["dns", "refused", "timeout", "tls", "wrong_peer", "http"] });
@@ -413,7 +508,9 @@ pub fn document() -> Value {
             "task_output_max_bytes",
         ],
         json!({ "checkin_interval_secs": int(), "jitter_percent": int(),
-                "long_poll_secs": int(), "task_output_max_bytes": int() }),
+                "long_poll_secs": int(), "task_output_max_bytes": int(),
+                "persistent_connection": { "type": "boolean", "default": true,
+                    "description": "Hold the long-poll between check-ins (absent: true)" } }),
     );
     let schemas = json!({
         "ApiError": object(&["id", "message"], json!({ "id": string(), "message": string() })),
@@ -501,6 +598,7 @@ pub fn document() -> Value {
         })),
         "WakeUp": object(&["reason"], json!({ "reason": string() })),
     });
+    let schemas = gateway_renewal_schemas(schemas);
     json!({
         "openapi": "3.1.0",
         "info": {

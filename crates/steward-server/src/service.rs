@@ -37,12 +37,16 @@ use crate::secret::{self, pem};
 /// Name of the built-in agent-settings policy.
 pub const AGENT_SETTINGS: &str = "agent-settings";
 /// The keys of the agent-settings policy.
-pub const AGENT_SETTINGS_KEYS: [&str; 4] = [
+pub const AGENT_SETTINGS_KEYS: [&str; 5] = [
     "checkin_interval_secs",
     "jitter_percent",
     "long_poll_secs",
     "task_output_max_bytes",
+    "persistent_connection",
 ];
+/// A long-poll is answered this long before the agent's own deadline (`?wait=SECS`), so the
+/// 204 arrives while the agent still listens and the connection is kept for the check-in.
+pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(2);
 /// Failed logins before an account is locked.
 pub const MAX_FAILED_LOGINS: u32 = 5;
 /// How long a lock lasts.
@@ -193,6 +197,14 @@ fn overlay(
     values: &BTreeMap<String, String>,
 ) -> Result<AgentSettings, String> {
     for (k, v) in values {
+        if k == "persistent_connection" {
+            s.persistent_connection = match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => true,
+                "false" | "no" | "off" | "0" => false,
+                _ => return Err(format!("{k} = {v:?} is not true or false")),
+            };
+            continue;
+        }
         let n: u64 = v
             .trim()
             .parse()
@@ -242,6 +254,8 @@ pub struct Service {
     profile: RwLock<Arc<CommunicationProfile>>,
     policies: RwLock<Arc<Vec<PolicyRecord>>>,
     waiters: Waiters,
+    /// Admission control and the registry of held persistent connections (agent site).
+    admission: Arc<crate::admission::Admission>,
     local_token_hash: Option<String>,
     /// Verifies agent certificates that gateways forward; `None` until the first CRLs load.
     forwarded_verifier: RwLock<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
@@ -264,6 +278,7 @@ impl Service {
         local_token: Option<String>,
     ) -> Result<Self, steward_store::StoreError> {
         let policies = store.policies().await?;
+        let admission = Arc::new(crate::admission::Admission::new(&config.limits));
         Ok(Self {
             store,
             config,
@@ -271,6 +286,7 @@ impl Service {
             profile: RwLock::new(Arc::new(profile)),
             policies: RwLock::new(Arc::new(policies)),
             waiters: Waiters::default(),
+            admission,
             local_token_hash: local_token.map(|t| secret::token_hash(&t)),
             forwarded_verifier: RwLock::new(None),
             issuing_crl: RwLock::new(None),
@@ -278,6 +294,15 @@ impl Service {
             crl_kick: RwLock::new(None),
             listeners: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Admission control, counters and the registry of held persistent connections.
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+
+    pub(crate) fn admission_arc(&self) -> Arc<crate::admission::Admission> {
+        self.admission.clone()
     }
 
     /// The storage.
@@ -376,6 +401,7 @@ impl Service {
             cert_expires_at: None,
             cert_warning: None,
             cert_renewal_pending: false,
+            connected: self.admission.connected.is_connected(&d.id),
         };
         certs::cert_fields(&mut s, d, now);
         s
@@ -620,6 +646,10 @@ impl Service {
                 (
                     "task_output_max_bytes".to_owned(),
                     s.task_output_max_bytes.to_string(),
+                ),
+                (
+                    "persistent_connection".to_owned(),
+                    s.persistent_connection.to_string(),
                 ),
             ]),
         }];
@@ -921,7 +951,7 @@ impl Service {
         Ok(EnrollResponse {
             device_id: id,
             cert_pem: pem("CERTIFICATE", &cert),
-            chain_pem: vec![self.pki.issuing_pem.clone()],
+            chain_pem: vec![self.pki.live_issuing_pem()],
             profile: (*profile).clone(),
         })
     }
@@ -1089,34 +1119,58 @@ impl Service {
         Ok(acked)
     }
 
-    /// Why a device's long-poll should return now, if it should.
+    /// Why a device's long-poll should return now, if it should: a new configuration (no
+    /// database work), or pending tasks (one probe, only when an admission slot is free now;
+    /// after a wake-up without one, an unprobed "wake").
     async fn work_for(
         &self,
         device: &Device,
         config_version: Option<u64>,
+        woken: bool,
     ) -> Result<Option<WakeUp>, ApiFailure> {
-        if self.store.has_pending_tasks(&device.id).await? {
-            return Ok(Some(WakeUp {
-                reason: "tasks".to_owned(),
-            }));
-        }
+        let wake = |reason: &str| {
+            Some(WakeUp {
+                reason: reason.to_owned(),
+            })
+        };
         if let Some(v) = config_version
             && v != self.device_config(device).version
         {
-            return Ok(Some(WakeUp {
-                reason: "config".to_owned(),
-            }));
+            return Ok(wake("config"));
+        }
+        let Some(_slot) = self.admission.try_admit() else {
+            // Busy: the check-in a wake-up prompts finds out what is new, through admission.
+            return Ok(if woken { wake("wake") } else { None });
+        };
+        if self.store.has_pending_tasks(&device.id).await? {
+            return Ok(wake("tasks"));
         }
         Ok(None)
     }
 
-    /// A long-poll: answers at once when tasks are pending or the configuration changed,
-    /// otherwise waits (up to the device's `long_poll_secs`) for a wake-up. `None`: nothing.
+    /// How long a long-poll is held: the device's `long_poll_secs`, and when the agent said
+    /// how long it will listen (`wait`), [`LONG_POLL_MARGIN`] less than that, so the answer
+    /// arrives before the agent gives up on it and the connection survives for the check-in.
+    pub fn long_poll_hold(&self, device: &Device, agent_wait_secs: Option<u64>) -> Duration {
+        let policy = Duration::from_secs(self.settings_for(&device.tags).long_poll_secs);
+        match agent_wait_secs {
+            Some(w) => policy.min(Duration::from_secs(w).saturating_sub(LONG_POLL_MARGIN)),
+            None => policy,
+        }
+    }
+
+    /// A long-poll — the persistent connection: answers at once when tasks are pending or the
+    /// configuration changed, otherwise waits (see [`Service::long_poll_hold`]) for a wake-up.
+    /// `None`: nothing. While it waits the device counts as connected. Its database probes
+    /// never wait for an admission slot: without a free one the first probe is skipped (the
+    /// check-in just before delivered what was pending) and a wake-up is answered unprobed.
     pub async fn wait(
         &self,
         device: &Device,
         config_version: Option<u64>,
+        agent_wait_secs: Option<u64>,
     ) -> Result<Option<WakeUp>, ApiFailure> {
+        let _held = self.admission.connected.hold(&device.id);
         self.store.note_seen(
             &device.id,
             Seen {
@@ -1130,11 +1184,10 @@ impl Service {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(w) = self.work_for(device, config_version).await? {
+        if let Some(w) = self.work_for(device, config_version, false).await? {
             return Ok(Some(w));
         }
-        let secs = self.settings_for(&device.tags).long_poll_secs;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let deadline = tokio::time::Instant::now() + self.long_poll_hold(device, agent_wait_secs);
         loop {
             tokio::select! {
                 () = &mut notified => {}
@@ -1142,7 +1195,7 @@ impl Service {
             }
             notified.set(notify.notified());
             notified.as_mut().enable();
-            if let Some(w) = self.work_for(device, config_version).await? {
+            if let Some(w) = self.work_for(device, config_version, true).await? {
                 return Ok(Some(w));
             }
         }

@@ -193,6 +193,15 @@ fn status_badge(s: DeviceStatus) -> &'static str {
     }
 }
 
+/// Whether the device holds its persistent connection now (a task reaches it at once).
+fn connected_badge(connected: bool) -> &'static str {
+    if connected {
+        "<span class=\"badge online\" title=\"persistent connection held now: tasks reach it at once\">Connected</span>"
+    } else {
+        "<span class=\"muted\" title=\"no persistent connection: tasks wait for its next check-in\">–</span>"
+    }
+}
+
 fn state_badge(s: TaskState) -> &'static str {
     match s {
         TaskState::Pending => "<span class=\"badge pending\">Pending</span>",
@@ -288,16 +297,29 @@ fn device_link(id: &str, name: &str) -> String {
     format!("<a href=\"/devices/{}\">{}</a>", Enc(id), Esc(name))
 }
 
+/// The warning the Devices page shows while `[listen] protocol = "http"` (CONFIG-AGENT-HTTP).
+pub(crate) fn http_warning(http_addr: &str) -> String {
+    format!(
+        "<div class=\"card\" id=\"http-warning\"><strong>CONFIG-AGENT-HTTP: agents on the LAN \
+         use plain HTTP</strong> ({}). Inventory and task output cross the LAN readable by \
+         anyone on it; requests and answers are still signed (identity and integrity hold). \
+         Gateways, agents behind them and enrollment keep using HTTPS.</div>",
+        Esc(http_addr)
+    )
+}
+
 /// The devices table.
 pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
     let online = list
         .iter()
         .filter(|d| d.status == DeviceStatus::Online)
         .count();
+    let connected = list.iter().filter(|d| d.connected).count();
     let mut b = String::new();
     w!(
         b,
-        "<h1>Devices</h1><p class=\"muted\">{} devices, {online} online.</p>",
+        "<h1>Devices</h1><p class=\"muted\">{} devices, {online} online, {connected} holding a \
+         persistent connection.</p>",
         list.len()
     );
     if list.is_empty() {
@@ -327,7 +349,7 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
     }
     b.push_str(
         "<table id=\"devices\"><thead><tr><th>Name</th><th>OS</th><th>Status</th>\
-         <th>Last check-in</th><th>Connection path</th><th>Last error</th>\
+         <th>Connected</th><th>Last check-in</th><th>Connection path</th><th>Last error</th>\
          <th>Failed attempts</th><th>Tags</th></tr>\
          </thead><tbody>",
     );
@@ -335,12 +357,13 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
         w!(
             b,
             "<tr data-device-id=\"{}\"><td class=\"name\">{}</td><td>{}</td>\
-             <td class=\"status\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             </tr>",
+             <td class=\"status\">{}</td><td class=\"connected\">{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
             Esc(&d.id),
             device_link(&d.id, &d.name),
             or_dash(d.os.as_deref()),
             status_badge(d.status),
+            connected_badge(d.connected),
             checkin(d.last_checkin.as_deref(), now),
             or_dash(d.connection_path.as_deref()),
             last_error(d.last_error.as_ref()),
@@ -352,9 +375,73 @@ pub(crate) fn devices(nav: &Nav, list: &[DeviceSummary], now: i64) -> String {
     layout("Devices", Some(nav), false, &b)
 }
 
+/// The platform root CA and a root roll's phase and progress (`steward server ca roll`).
+fn ca_roll(b: &mut String, s: &steward_proto::admin::CaRollStatus) {
+    w!(
+        b,
+        "<div class=\"card\" id=\"ca-roll\"><h2>Platform root CA</h2><dl class=\"facts\">\
+         <dt>Phase</dt><dd id=\"ca-roll-phase\">{}</dd><dt>Root</dt><dd>{}</dd>\
+         <dt>SHA-256</dt><dd><code>{}</code></dd><dt>Valid until</dt><dd>{}</dd>\
+         <dt>Issuing CA</dt><dd>{}</dd>",
+        match s.phase.as_str() {
+            "staged" => "staged: distributing the new root",
+            "overlap" => "finalized: the previous root is still trusted",
+            _ => "idle",
+        },
+        Esc(&s.root.subject),
+        Esc(&s.root.sha256),
+        Esc(&s.root.not_after),
+        Esc(&s.issuing.subject),
+    );
+    if let Some(p) = &s.previous_root {
+        w!(
+            b,
+            "<dt>Previous root</dt><dd>{} (<code>{}</code>)</dd>",
+            Esc(&p.subject),
+            Esc(&p.sha256)
+        );
+    }
+    b.push_str("</dl>");
+    match &s.staged {
+        None => b.push_str(
+            "<p class=\"muted\">No root roll staged (<code>steward server ca roll stage</code>).</p>",
+        ),
+        Some(st) => {
+            let ready = st.acknowledged == st.total;
+            w!(
+                b,
+                "<h3>Staged: distribute</h3><dl class=\"facts\" id=\"staged-ca\">\
+                 <dt>New root</dt><dd>{}</dd><dt>SHA-256</dt><dd><code>{}</code></dd>\
+                 <dt>Staged</dt><dd>{}</dd><dt>Acknowledged</dt>\
+                 <dd class=\"progress\">{} of {} agents (profile version {}){}</dd></dl>",
+                Esc(&st.subject),
+                Esc(&st.sha256),
+                Esc(&st.staged_at),
+                st.acknowledged,
+                st.total,
+                st.profile_version,
+                if ready { " — ready to finalize" } else { "" }
+            );
+            if !st.pending.is_empty() {
+                b.push_str("<p>Not yet acknowledged:</p><ul class=\"pending\">");
+                for p in &st.pending {
+                    w!(b, "<li>{}</li>", Esc(p));
+                }
+                b.push_str("</ul>");
+            }
+        }
+    }
+    b.push_str("</div>");
+}
+
 /// The server's listener certificates: what each serves, and a third-party certificate's
-/// progress through stage → distribute → finalize (who has not acknowledged its root yet).
-pub(crate) fn certificates(nav: &Nav, list: &[ListenerCertStatus]) -> String {
+/// progress through stage → distribute → finalize (who has not acknowledged its root yet);
+/// and the platform root CA with a root roll's progress, when known.
+pub(crate) fn certificates(
+    nav: &Nav,
+    list: &[ListenerCertStatus],
+    roll: Option<&steward_proto::admin::CaRollStatus>,
+) -> String {
     let mut b = String::new();
     b.push_str(
         "<h1>Certificates</h1><p class=\"muted\">The server's listener certificates. Replace one \
@@ -420,6 +507,9 @@ pub(crate) fn certificates(nav: &Nav, list: &[ListenerCertStatus]) -> String {
             }
         }
         b.push_str("</div>");
+    }
+    if let Some(r) = roll {
+        ca_roll(&mut b, r);
     }
     layout("Certificates", Some(nav), false, &b)
 }
@@ -641,6 +731,30 @@ pub(crate) fn gateways(nav: &Nav, list: &[GatewaySummary], now: i64) -> String {
                 a
             },
         );
+        // Certificate expiry (the 30-day warning) and a renewal in progress.
+        let mut address = address;
+        for c in &g.certificates {
+            w!(
+                address,
+                "<br><span class=\"muted gateway-cert\">{} certificate expires {}</span>",
+                Esc(&c.role),
+                Esc(&c.not_after)
+            );
+            if let Some(warning) = &c.warning {
+                w!(
+                    address,
+                    "<br><span class=\"err cert-warning\">{}</span>",
+                    Esc(warning)
+                );
+            }
+        }
+        if let Some(r) = &g.renewal {
+            w!(
+                address,
+                "<br><span class=\"cert-renewal\">{}</span>",
+                Esc(r)
+            );
+        }
         let problems = if g.problems.is_empty() {
             "<span class=\"muted\">none</span>".to_owned()
         } else {
@@ -875,6 +989,7 @@ mod tests {
             cert_expires_at: Some(evil.into()),
             cert_warning: Some(evil.into()),
             cert_renewal_pending: false,
+            connected: false,
         };
         let page = devices(&nav(), &[d], 0);
         assert!(!page.contains("<img"), "{page}");
@@ -912,8 +1027,22 @@ mod tests {
         };
         let mut n = nav();
         n.section = Section::Certificates;
-        let page = certificates(&n, &[s]);
+        let roll = steward_proto::admin::CaRollStatus {
+            phase: "staged".into(),
+            staged: Some(steward_proto::admin::StagedCert {
+                subject: evil.into(),
+                acknowledged: 4,
+                total: 5,
+                profile_version: 9,
+                pending: vec![evil.into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let page = certificates(&n, &[s], Some(&roll));
         assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("staged: distributing the new root"), "{page}");
+        assert!(page.contains("4 of 5 agents (profile version 9)"), "{page}");
         assert!(page.contains("2 of 3 agents (profile version 7)"), "{page}");
         assert!(page.contains("<ul class=\"pending\"><li>&lt;img"), "{page}");
         assert!(
@@ -950,10 +1079,13 @@ mod tests {
             cert_expires_at: None,
             cert_warning: None,
             cert_renewal_pending: false,
+            connected: false,
         };
         let page = devices(&nav(), std::slice::from_ref(&d), 0);
         assert!(!page.contains("<img"), "{page}");
         assert!(page.contains("<th>Failed attempts</th>"));
+        assert!(page.contains("<th>Connected</th>"));
+        assert!(page.contains("0 holding a persistent connection"));
         assert!(page.contains("timeout (filtered)"));
         assert!(page.contains("× 7"));
         d.failed_attempts[0].gateway = None;
@@ -995,6 +1127,8 @@ mod tests {
             }],
             pending_devices: vec![evil.into()],
             pending_total: 3,
+            certificates: vec![],
+            renewal: None,
         };
         let mut nav = nav();
         nav.section = Section::Gateways;

@@ -1,0 +1,327 @@
+//! The persistent connection against the real server, in-process on 127.0.0.1:
+//! - the long-poll is answered before the agent's deadline, so the agent checks in over the
+//!   same kept-alive connection interval after interval: N intervals, one TLS handshake;
+//! - with the policy's `persistent_connection` on, the device shows as connected and a task
+//!   reaches the agent in well under a second; with it off, the agent holds nothing, is not
+//!   connected, and gets the task at its next check-in.
+//!
+//! Bounds are loose on purpose (the machine is shared): these are not timing benchmarks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use steward_agent::{EnrollOptions, RunOptions};
+use steward_proto::admin::{NewPackage, NewTask, Policy, TaskState};
+use steward_server::{AdminUser, InitOptions, RunningServer, Server, ServerOverrides, Service};
+use tokio::sync::oneshot;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn admin() -> AdminUser {
+    AdminUser {
+        username: "persistent".to_owned(),
+    }
+}
+
+/// The agent's `run` on its own thread and current-thread runtime, as the binary runs it.
+struct RunningAgent {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl RunningAgent {
+    fn start(data_dir: PathBuf) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(steward_agent::run(
+                RunOptions {
+                    data_dir,
+                    once: false,
+                    crls: Vec::new(),
+                    gateway_set_aside: None,
+                    gateways_only: false,
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+            .map_err(|e| e.to_string())
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("agent thread").expect("agent run");
+        }
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A server with the agent-settings policy `settings`, and one enrolled agent (not running).
+async fn setup(tmp: &Path, settings: &[(&str, &str)]) -> (RunningServer, PathBuf, String) {
+    let server_dir = tmp.join("server");
+    let mut init = InitOptions::new(server_dir.clone(), vec!["localhost".to_owned()]);
+    init.ip_addrs = vec!["127.0.0.1".parse().expect("ip")];
+    init.admin_password = Some("correct horse battery".to_owned());
+    init.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    steward_server::init(init).await.expect("server init");
+    let server = Server::start(
+        &server_dir,
+        ServerOverrides {
+            agent_addr: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+            console_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            crl_addr: None,
+        },
+    )
+    .await
+    .expect("server starts");
+    let service = server.service();
+    service
+        .put_policy(
+            &admin(),
+            Policy {
+                name: steward_server::AGENT_SETTINGS.to_owned(),
+                target: "all".to_owned(),
+                values: settings
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            },
+        )
+        .await
+        .expect("policy");
+    let package = service
+        .new_package(
+            &admin(),
+            NewPackage {
+                expires_secs: 600,
+                max_uses: 1,
+                tags: vec![],
+            },
+        )
+        .await
+        .expect("package");
+    let pkg_path = tmp.join("agent.pkg");
+    std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
+    let agent_dir = tmp.join("agent");
+    let enrolled = steward_agent::enroll(&EnrollOptions {
+        name: None,
+        package: pkg_path,
+        data_dir: agent_dir.clone(),
+        force: false,
+    })
+    .await
+    .expect("enroll");
+    (server, agent_dir, enrolled.device_id)
+}
+
+async fn connected(service: &Arc<Service>, device: &str) -> bool {
+    service
+        .devices()
+        .await
+        .expect("devices")
+        .iter()
+        .any(|d| d.id == device && d.connected)
+}
+
+/// The device's last check-in (RFC 3339) as the server saw it.
+async fn last_checkin(service: &Arc<Service>, device: &str) -> Option<String> {
+    service.device(device).await.ok()?.summary.last_checkin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_checks_in_interval_after_interval_over_one_connection() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The shortest interval a policy allows, no jitter: three intervals in 16 s. The long-poll
+    // (50 s) is longer than the interval: the server must answer at the agent's `wait`.
+    let (server, agent_dir, device) = setup(
+        tmp.path(),
+        &[("checkin_interval_secs", "5"), ("jitter_percent", "0")],
+    )
+    .await;
+    let service = server.service();
+    let stats = &service.admission().stats;
+    let agent = RunningAgent::start(agent_dir);
+    let first = eventually("the first check-in", Duration::from_secs(30), || {
+        let service = service.clone();
+        let device = device.clone();
+        async move { last_checkin(&service, &device).await }
+    })
+    .await;
+    // Enrollment was one connection, the agent's first check-in another.
+    let handshakes = stats.handshakes.load(Ordering::Relaxed);
+    assert!(handshakes >= 2, "handshakes are counted: {handshakes}");
+    // Three more check-ins (the last-seen time moves on each; it has second resolution, so
+    // each is waited for separately).
+    let mut seen = first;
+    for i in 0..3 {
+        seen = eventually(
+            &format!("check-in {} after the first", i + 1),
+            Duration::from_secs(20),
+            || {
+                let service = service.clone();
+                let device = device.clone();
+                let before = seen.clone();
+                async move {
+                    last_checkin(&service, &device)
+                        .await
+                        .filter(|t| *t != before)
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        stats.handshakes.load(Ordering::Relaxed),
+        handshakes,
+        "every check-in after the first went over the kept-alive connection"
+    );
+    assert!(connected(&service, &device).await);
+    agent.stop();
+    server.shutdown().await.expect("shutdown");
+}
+
+/// The time from the task's creation until the agent has it (running, or already finished).
+async fn delivery(service: &Arc<Service>, device: &str) -> (Duration, Duration) {
+    let created = Instant::now();
+    let task = service
+        .create_task(
+            &admin(),
+            NewTask {
+                command: "true".to_owned(),
+                args: vec![],
+                timeout_secs: 30,
+                target: format!("device:{device}"),
+            },
+        )
+        .await
+        .expect("task");
+    let state = |service: Arc<Service>| async move {
+        let t = service.task(task.id).await.ok()?;
+        t.results.first().map(|r| r.state)
+    };
+    let started = eventually(
+        "the agent to take the task",
+        Duration::from_secs(30),
+        || {
+            let s = state(service.clone());
+            async move { s.await.filter(|s| *s != TaskState::Pending) }
+        },
+    )
+    .await;
+    let took = created.elapsed();
+    if started != TaskState::Succeeded {
+        eventually("the task's result", Duration::from_secs(30), || {
+            let s = state(service.clone());
+            async move { s.await.filter(|s| *s == TaskState::Succeeded) }
+        })
+        .await;
+    }
+    (took, created.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_agent_gets_a_task_at_once_and_an_unconnected_one_at_its_interval() {
+    // On (the default): an interval of a minute, yet the task arrives in well under a second.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (server, agent_dir, device) = setup(tmp.path(), &[("checkin_interval_secs", "60")]).await;
+    let service = server.service();
+    let agent = RunningAgent::start(agent_dir);
+    eventually(
+        "the device to be connected",
+        Duration::from_secs(30),
+        || {
+            let service = service.clone();
+            let device = device.clone();
+            async move { connected(&service, &device).await.then_some(()) }
+        },
+    )
+    .await;
+    let (took, result) = delivery(&service, &device).await;
+    eprintln!("persistent: task taken after {took:?}, result after {result:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a task reached a connected agent after {took:?}"
+    );
+    assert!(result < Duration::from_secs(20), "{result:?}");
+    agent.stop();
+    server.shutdown().await.expect("shutdown");
+
+    // Off: nothing is held; the task waits for the next check-in (interval 10 s).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (server, agent_dir, device) = setup(
+        tmp.path(),
+        &[
+            ("checkin_interval_secs", "10"),
+            ("jitter_percent", "0"),
+            ("persistent_connection", "false"),
+        ],
+    )
+    .await;
+    let service = server.service();
+    let agent = RunningAgent::start(agent_dir);
+    eventually("the first check-in", Duration::from_secs(30), || {
+        let service = service.clone();
+        let device = device.clone();
+        async move { last_checkin(&service, &device).await }
+    })
+    .await;
+    // Held connections would show within a moment; none does.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!connected(&service, &device).await);
+    let detail = service.device(&device).await.expect("device");
+    assert!(
+        detail.applied_policies.iter().any(|p| p
+            .values
+            .get("persistent_connection")
+            .map(String::as_str)
+            == Some("false")),
+        "{:?}",
+        detail.applied_policies
+    );
+    let (took, _) = delivery(&service, &device).await;
+    // At the next check-in: at most one interval (10 s) from now, with some slack; and not
+    // pushed (the check-in is 8 s away at least, give or take the loaded machine).
+    assert!(took < Duration::from_secs(16), "{took:?}");
+    assert!(
+        took > Duration::from_secs(2),
+        "pushed without a held connection? {took:?}"
+    );
+    assert!(!connected(&service, &device).await);
+    agent.stop();
+    server.shutdown().await.expect("shutdown");
+}
