@@ -69,6 +69,14 @@ pub enum GatewayError {
         /// The findings under the `steward` profile.
         report: Box<steward_doctor::CertReport>,
     },
+    /// The server URL is not `https://`: agents that come through a gateway always reach the
+    /// server over mutual TLS, so a plain-HTTP upstream (for example the LAN's
+    /// `protocol = "http"` agent site) is refused before anything is sent.
+    #[error(
+        "{0} is not an https:// URL: a gateway always forwards its agents over mutual TLS; give \
+         the server's HTTPS agent site (the `agent` listener, 4726 by default), never its plain-HTTP one"
+    )]
+    UpstreamNotHttps(String),
     /// Another renewal holds the data directory's renewal lock (the running gateway renewing
     /// while `steward gateway cert renew` runs, or the other way round).
     #[error("another renewal is under way ({0} is locked); try again in a minute")]
@@ -109,6 +117,7 @@ impl GatewayError {
             Self::CertRefused { .. } => "GATEWAY-CERT-REFUSED",
             Self::CertNoRoot { .. } => "GATEWAY-CERT-NO-ROOT",
             Self::RenewBusy(_) => "GATEWAY-RENEW-BUSY",
+            Self::UpstreamNotHttps(_) => "GATEWAY-UPSTREAM-NOT-HTTPS",
         }
     }
 

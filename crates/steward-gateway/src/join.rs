@@ -69,6 +69,9 @@ pub(crate) async fn refused(url: &str, resp: reqwest::Response) -> GatewayError 
 
 /// Joins the gateway to the server and writes its identity into the data directory.
 pub async fn join(opts: &JoinOptions) -> Result<GatewayConfig, GatewayError> {
+    if !opts.server_url.starts_with("https://") {
+        return Err(GatewayError::UpstreamNotHttps(opts.server_url.clone()));
+    }
     let dir = GatewayDir::new(&opts.data_dir);
     if dir.config().exists() {
         return Err(GatewayError::AlreadyJoined(opts.data_dir.clone()));
@@ -178,4 +181,27 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plain_http_upstream_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("gateway");
+        let opts = JoinOptions {
+            // The LAN's plain-HTTP agent site of a server with `protocol = "http"`.
+            server_url: "http://127.0.0.1:4729".to_owned(),
+            token_file: dir.path().join("absent.token"),
+            data_dir: data_dir.clone(),
+            external_name: "gw.example.net".to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        };
+        let err = join(&opts).await.unwrap_err();
+        assert_eq!(err.id(), "GATEWAY-UPSTREAM-NOT-HTTPS", "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:4729"), "{err}");
+        assert!(!data_dir.exists(), "nothing may be written for a refused join");
+    }
 }
