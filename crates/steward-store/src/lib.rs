@@ -14,6 +14,7 @@
 //! - Times are Unix seconds (UTC); the server formats them for the wire.
 #![forbid(unsafe_code)]
 
+mod durable;
 mod seen;
 mod sqlite;
 
