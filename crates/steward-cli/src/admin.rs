@@ -346,13 +346,15 @@ pub(crate) fn devices_list(conn: &Conn, format: Format) -> anyhow::Result<ExitCo
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&devices)?),
         Format::Text => {
-            let rows: Vec<[String; 6]> = devices
+            let rows: Vec<[String; 7]> = devices
                 .iter()
                 .map(|d| {
                     [
                         d.name.clone(),
                         d.os.clone().unwrap_or_else(|| "-".into()),
                         format!("{:?}", d.status),
+                        // Holding its persistent connection now (tasks reach it at once).
+                        if d.connected { "yes" } else { "no" }.to_owned(),
                         d.last_checkin.clone().unwrap_or_else(|| "never".into()),
                         d.connection_path.clone().unwrap_or_else(|| "-".into()),
                         d.last_error
@@ -367,6 +369,7 @@ pub(crate) fn devices_list(conn: &Conn, format: Format) -> anyhow::Result<ExitCo
                     "NAME",
                     "OS",
                     "STATUS",
+                    "CONNECTED",
                     "LAST CHECK-IN",
                     "PATH",
                     "LAST ERROR",

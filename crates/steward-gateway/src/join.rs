@@ -202,6 +202,9 @@ mod tests {
         let err = join(&opts).await.unwrap_err();
         assert_eq!(err.id(), "GATEWAY-UPSTREAM-NOT-HTTPS", "{err}");
         assert!(err.to_string().contains("http://127.0.0.1:4729"), "{err}");
-        assert!(!data_dir.exists(), "nothing may be written for a refused join");
+        assert!(
+            !data_dir.exists(),
+            "nothing may be written for a refused join"
+        );
     }
 }

@@ -433,8 +433,15 @@ impl Connected {
     }
 }
 
-/// The open-files limit of this process, from /proc (for the log line of an `EMFILE`).
+/// The open-files limit of this process, from /proc (for the log line of an `EMFILE`). Read
+/// once, when the accept loop starts: at an `EMFILE` there is no descriptor left to open
+/// /proc/self/limits with, which is exactly when the line needs it.
 pub(crate) fn nofile_limit() -> String {
+    static LIMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LIMIT.get_or_init(read_nofile_limit).clone()
+}
+
+fn read_nofile_limit() -> String {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|t| {

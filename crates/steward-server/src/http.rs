@@ -151,6 +151,8 @@ pub(crate) async fn serve_limited(
     admission: Option<Arc<Admission>>,
 ) {
     let permits = admission.as_ref().map(|a| a.handshake_permits());
+    // Read now, while a descriptor can still be opened (see `nofile_limit`).
+    let _ = crate::admission::nofile_limit();
     let mut conns = JoinSet::new();
     // The burst of accept failures in progress: when it began, how many, the current pause.
     let mut burst: Option<(Instant, u64, Duration)> = None;

@@ -92,6 +92,13 @@ fn auth_errors(mut responses: Value) -> Value {
         "AUTH-PRINCIPAL-UNKNOWN (a Kerberos principal without a role), AUTH-ROLE-FORBIDDEN, \
          AUTH-PASSWORD-DISABLED",
     );
+    // Only when no route-specific 400 is documented: the route's own entry names its cases.
+    if responses.get("400").is_none() {
+        responses["400"] = err(
+            "AUTH-NEGOTIATE-MALFORMED (an Authorization: Negotiate value that is not a GSS-API \
+             token: empty, not base64, oversized)",
+        );
+    }
     responses
 }
 
