@@ -46,7 +46,7 @@ pub struct Limits {
     /// Requests that touch the database running at once (0: 4 per core, at least 8; the
     /// SQLite pool is one writer and four readers).
     pub max_in_flight: u32,
-    /// Requests waiting for one of those slots (0: 4096 per core). A waiting request holds
+    /// Requests waiting for one of those slots (0: 32,768 per core). A waiting request holds
     /// only its connection (already open) and a few hundred bytes: the bound that matters is
     /// the time, `queue_wait_ms`; this one only caps memory. A fan-out wakes every held agent
     /// at once, so it should exceed the agents a server is expected to wake together.
@@ -103,7 +103,7 @@ impl Limits {
         Resolved {
             max_handshakes: auto(self.max_handshakes, 64, 64),
             max_in_flight: auto(self.max_in_flight, 4, 8),
-            max_queued: auto(self.max_queued, 4096, 4096),
+            max_queued: auto(self.max_queued, 32_768, 32_768),
             queue_wait: Duration::from_millis(self.queue_wait_ms),
             retry_after_secs: self.retry_after_secs,
         }
@@ -143,7 +143,7 @@ max_handshakes = {c_hs}
 # (4 per core, at least 8; here {inf})
 max_in_flight = {c_inf}
 # Requests waiting for one of those (a task for every device wakes them all at once); beyond
-# this they are answered 503 at once. Default: 0 (4096 per core; here {q})
+# this they are answered 503 at once. Default: 0 (32768 per core; here {q})
 max_queued = {c_q}
 # Longest wait for a slot in milliseconds before a 503 (at most 60000). Default: {wait}
 queue_wait_ms = {c_wait}
@@ -470,12 +470,12 @@ mod tests {
         let two = d.resolved(2);
         assert_eq!(
             (two.max_handshakes, two.max_in_flight, two.max_queued),
-            (128, 8, 8192)
+            (128, 8, 65_536)
         );
         let eight = d.resolved(8);
         assert_eq!(
             (eight.max_handshakes, eight.max_in_flight, eight.max_queued),
-            (512, 32, 32768)
+            (512, 32, 262_144)
         );
         let set = Limits {
             max_handshakes: 10,

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, checkin_request};
+use steward_proto::admin::{NewTask, TaskCreated, paths as admin};
 use steward_proto::{ApiError, EnrollRequest, paths};
 
 /// The descriptor test lowers this process's limit: the tests take turns.
@@ -91,6 +92,28 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
         w = agent.wait(version) => panic!("the long-poll was answered, not held: {w:?}"),
         c = connected => assert!(c, "a device with an open long-poll shows as connected"),
     }
+
+    // A task created while the server is busy, before the agent's next long-poll: that poll
+    // must still find it at once (its first look reads without a slot). Skipping the look
+    // would lose the wake-up, which fired before the poll registered, and the agent would
+    // hear of the task only at its next interval.
+    let created: TaskCreated = ts
+        .post_admin(
+            admin::TASKS,
+            &NewTask {
+                command: "true".into(),
+                args: Vec::new(),
+                timeout_secs: 30,
+                target: "all".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.targets, 1);
+    let reason = tokio::time::timeout(Duration::from_secs(5), agent.wait(version))
+        .await
+        .expect("a long-poll started after the task was created is answered at once, even busy");
+    assert_eq!(reason.as_deref(), Some("tasks"));
 
     // Free again: served.
     drop(slot);
