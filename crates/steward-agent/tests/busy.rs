@@ -3,17 +3,19 @@
 //! back after that delay plus jitter, and neither reports a failed way nor an error: the
 //! server was reachable and answered. (One test binary: the agent log is process-global.)
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::running::{RunningAgent, eventually};
+use steward_agent::EnrollOptions;
 use steward_agent::events::{self, LogOptions};
-use steward_agent::{EnrollOptions, RunOptions};
 use steward_proto::admin::{NewPackage, Policy};
 use steward_server::{AdminUser, InitOptions, RunningServer, Server, ServerOverrides};
-use tokio::sync::oneshot;
 use tracing_subscriber::filter::LevelFilter;
 
 fn free_port() -> u16 {
@@ -26,65 +28,6 @@ fn free_port() -> u16 {
 fn admin() -> AdminUser {
     AdminUser {
         username: "persistent".to_owned(),
-    }
-}
-
-/// The agent's `run` on its own thread and current-thread runtime, as the binary runs it.
-struct RunningAgent {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl RunningAgent {
-    fn start(data_dir: PathBuf) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(steward_agent::run(
-                RunOptions {
-                    data_dir,
-                    once: false,
-                    crls: Vec::new(),
-                    gateway_set_aside: None,
-                    gateways_only: false,
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            ))
-            .map_err(|e| e.to_string())
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().expect("agent thread").expect("agent run");
-        }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

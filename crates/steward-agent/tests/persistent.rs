@@ -7,6 +7,8 @@
 //!
 //! Bounds are loose on purpose (the machine is shared): these are not timing benchmarks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use steward_agent::{EnrollOptions, RunOptions};
+use common::running::{RunningAgent, eventually};
+use steward_agent::EnrollOptions;
 use steward_proto::admin::{NewPackage, NewTask, Policy, TaskState};
 use steward_server::{AdminUser, InitOptions, RunningServer, Server, ServerOverrides, Service};
-use tokio::sync::oneshot;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,65 +31,6 @@ fn free_port() -> u16 {
 fn admin() -> AdminUser {
     AdminUser {
         username: "persistent".to_owned(),
-    }
-}
-
-/// The agent's `run` on its own thread and current-thread runtime, as the binary runs it.
-struct RunningAgent {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl RunningAgent {
-    fn start(data_dir: PathBuf) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(steward_agent::run(
-                RunOptions {
-                    data_dir,
-                    once: false,
-                    crls: Vec::new(),
-                    gateway_set_aside: None,
-                    gateways_only: false,
-                },
-                async move {
-                    let _ = stopped.await;
-                },
-            ))
-            .map_err(|e| e.to_string())
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().expect("agent thread").expect("agent run");
-        }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

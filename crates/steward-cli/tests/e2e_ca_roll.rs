@@ -24,7 +24,8 @@ use serde_json::Value;
 
 mod procs;
 use procs::{
-    Proc, admin, agent_bin, free_port, init_loopback_server, json, ok, run, steward, wait_for,
+    Proc, StartedGateway, admin, agent_bin, init_loopback_server, json, ok, run, start_gateway,
+    steward, wait_for,
 };
 
 fn log_of(agent: &Path) -> String {
@@ -301,41 +302,16 @@ fn the_platform_root_rolls_while_agents_run() {
 
     // A gateway that refreshes its CRL every 2 s; it knows only the old root (from its
     // token) and is not changed by the roll.
-    let token = tmp.path().join("gateway.token");
-    ok(&mut admin(
+    let StartedGateway {
+        proc: mut gw_proc,
+        log: gw_log,
+        ..
+    } = start_gateway(
+        tmp.path(),
         &server,
-        &["gateway", "token", "--out", token.to_str().unwrap()],
-    ));
-    let gw = tmp.path().join("gateway");
-    let gw_port = free_port("127.0.0.2");
-    ok(Command::new(steward())
-        .args(["gateway", "join", "--server"])
-        .arg(format!("https://127.0.0.1:{agent_port}"))
-        .arg("--token")
-        .arg(&token)
-        .arg("--data-dir")
-        .arg(&gw)
-        .args(["--external-name", "127.0.0.2"])
-        .args(["--listen", &format!("127.0.0.2:{gw_port}")]));
-    let gw_log = tmp.path().join("gateway.log");
-    let mut gw_proc = Proc::spawn(
-        Command::new(steward())
-            .args([
-                "gateway",
-                "run",
-                "--crl-refresh-secs",
-                "2",
-                "--report-interval",
-                "5",
-            ])
-            .arg("--data-dir")
-            .arg(&gw),
-        &gw_log,
+        agent_port,
+        &["--crl-refresh-secs", "2", "--report-interval", "5"],
     );
-    wait_for("the gateway's report", Duration::from_secs(30), || {
-        gw_proc.assert_running("the gateway", &gw_log);
-        (json(&server, &["gateway", "list"])[0]["report"]["listen_port"] == gw_port).then_some(())
-    });
 
     // Three LAN agents and one through the gateway only, running; and a laptop enrolled and
     // then put away before the roll.

@@ -25,7 +25,8 @@ use serde_json::Value;
 
 mod procs;
 use procs::{
-    Proc, admin, agent_bin, free_port, init_loopback_server, json, ok, run, steward, wait_for,
+    Proc, StartedGateway, admin, agent_bin, free_port, init_loopback_server, json, ok, run,
+    start_gateway, steward, wait_for,
 };
 
 fn log_of(agent: &Path) -> String {
@@ -142,34 +143,8 @@ fn agents_follow_https_to_http_and_back_and_the_gateway_agent_stays_on_https() {
     let server_proc = start_server(&server, &server_log);
 
     // A gateway, and agents: three on the LAN, one through the gateway only.
-    let token = tmp.path().join("gateway.token");
-    ok(&mut admin(
-        &server,
-        &["gateway", "token", "--out", token.to_str().unwrap()],
-    ));
-    let gw = tmp.path().join("gateway");
-    let gw_port = free_port("127.0.0.2");
-    ok(Command::new(steward())
-        .args(["gateway", "join", "--server"])
-        .arg(format!("https://127.0.0.1:{agent_port}"))
-        .arg("--token")
-        .arg(&token)
-        .arg("--data-dir")
-        .arg(&gw)
-        .args(["--external-name", "127.0.0.2"])
-        .args(["--listen", &format!("127.0.0.2:{gw_port}")]));
-    let gw_log = tmp.path().join("gateway.log");
-    let mut gw_proc = Proc::spawn(
-        Command::new(steward())
-            .args(["gateway", "run", "--report-interval", "5"])
-            .arg("--data-dir")
-            .arg(&gw),
-        &gw_log,
-    );
-    wait_for("the gateway's report", Duration::from_secs(30), || {
-        gw_proc.assert_running("the gateway", &gw_log);
-        (json(&server, &["gateway", "list"])[0]["report"]["listen_port"] == gw_port).then_some(())
-    });
+    let StartedGateway { proc: _gw_proc, .. } =
+        start_gateway(tmp.path(), &server, agent_port, &["--report-interval", "5"]);
     let package = tmp.path().join("agent-package.json");
     ok(&mut admin(
         &server,

@@ -5,6 +5,8 @@
 // Each test binary uses a different subset of these fixtures.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod running;
+
 use std::sync::Arc;
 use std::time::Duration;
 

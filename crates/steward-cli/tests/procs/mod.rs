@@ -144,3 +144,61 @@ pub(crate) fn json(server: &Path, args: &[&str]) -> serde_json::Value {
     c.args(["--format", "json"]);
     serde_json::from_str(&ok(&mut c)).unwrap()
 }
+
+/// A gateway joined to the server in `server` (its agent site on 127.0.0.1:`agent_port`),
+/// listening on 127.0.0.2, running with `run_args`, its first report in.
+pub(crate) struct StartedGateway {
+    /// The running `steward gateway run`.
+    pub(crate) proc: Proc,
+    /// Its data directory.
+    pub(crate) dir: PathBuf,
+    /// The port it listens on, on 127.0.0.2.
+    pub(crate) port: u16,
+    /// Its log (stderr).
+    pub(crate) log: PathBuf,
+}
+
+/// `steward gateway token`, `join` and `run` (files in `tmp`), then waits until the server
+/// lists the gateway's report.
+pub(crate) fn start_gateway(
+    tmp: &Path,
+    server: &Path,
+    agent_port: u16,
+    run_args: &[&str],
+) -> StartedGateway {
+    let token = tmp.join("gateway.token");
+    ok(&mut admin(
+        server,
+        &["gateway", "token", "--out", token.to_str().unwrap()],
+    ));
+    let dir = tmp.join("gateway");
+    let port = free_port("127.0.0.2");
+    ok(Command::new(steward())
+        .args(["gateway", "join", "--server"])
+        .arg(format!("https://127.0.0.1:{agent_port}"))
+        .arg("--token")
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--external-name", "127.0.0.2"])
+        .args(["--listen", &format!("127.0.0.2:{port}")]));
+    let log = tmp.join("gateway.log");
+    let mut proc = Proc::spawn(
+        Command::new(steward())
+            .args(["gateway", "run"])
+            .args(run_args)
+            .arg("--data-dir")
+            .arg(&dir),
+        &log,
+    );
+    wait_for("the gateway's report", Duration::from_secs(30), || {
+        proc.assert_running("the gateway", &log);
+        (json(server, &["gateway", "list"])[0]["report"]["listen_port"] == port).then_some(())
+    });
+    StartedGateway {
+        proc,
+        dir,
+        port,
+        log,
+    }
+}
