@@ -5,108 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::running::{RunningAgent, eventually};
-use steward_agent::EnrollOptions;
+use common::running::{RunningAgent, eventually, server_with_agent};
 use steward_agent::events::{self, LogOptions};
-use steward_proto::admin::{NewPackage, Policy};
-use steward_server::{AdminUser, InitOptions, RunningServer, Server, ServerOverrides};
 use tracing_subscriber::filter::LevelFilter;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn admin() -> AdminUser {
-    AdminUser {
-        username: "persistent".to_owned(),
-    }
-}
-
-/// A server with the agent-settings policy `settings`, and one enrolled agent (not running).
-async fn setup(tmp: &Path, settings: &[(&str, &str)]) -> (RunningServer, PathBuf, String) {
-    let server_dir = tmp.join("server");
-    let mut init = InitOptions::new(server_dir.clone(), vec!["localhost".to_owned()]);
-    init.ip_addrs = vec!["127.0.0.1".parse().expect("ip")];
-    init.admin_password = Some("correct horse battery".to_owned());
-    init.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
-    steward_server::init(init).await.expect("server init");
-    // One request at a time, one waiting for at most 20 ms, and come back after 1 s.
-    let toml = server_dir.join("steward.toml");
-    let text = std::fs::read_to_string(&toml).expect("steward.toml");
-    let text = text
-        .replace("max_in_flight = 0", "max_in_flight = 1")
-        .replace("max_queued = 0", "max_queued = 1")
-        .replace("queue_wait_ms = 10000", "queue_wait_ms = 20")
-        .replace("retry_after_secs = 5", "retry_after_secs = 1");
-    assert!(text.contains("retry_after_secs = 1\n"), "{text}");
-    std::fs::write(&toml, text).expect("write steward.toml");
-    let server = Server::start(
-        &server_dir,
-        ServerOverrides {
-            agent_addr: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
-            console_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            crl_addr: None,
-        },
-    )
-    .await
-    .expect("server starts");
-    let service = server.service();
-    service
-        .put_policy(
-            &admin(),
-            Policy {
-                name: steward_server::AGENT_SETTINGS.to_owned(),
-                target: "all".to_owned(),
-                values: settings
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<BTreeMap<_, _>>(),
-            },
-        )
-        .await
-        .expect("policy");
-    let package = service
-        .new_package(
-            &admin(),
-            NewPackage {
-                expires_secs: 600,
-                max_uses: 1,
-                tags: vec![],
-            },
-        )
-        .await
-        .expect("package");
-    let pkg_path = tmp.join("agent.pkg");
-    std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
-    let agent_dir = tmp.join("agent");
-    events::init(
-        &agent_dir.join("logs"),
-        &LogOptions {
-            stderr: false,
-            keep_files: 2,
-            level: LevelFilter::INFO,
-        },
-    )
-    .expect("agent log");
-    let enrolled = steward_agent::enroll(&EnrollOptions {
-        name: None,
-        package: pkg_path,
-        data_dir: agent_dir.clone(),
-        force: false,
-    })
-    .await
-    .expect("enroll");
-    (server, agent_dir, enrolled.device_id)
-}
 
 fn log_text(agent_dir: &Path) -> String {
     let mut all = String::new();
@@ -121,7 +26,28 @@ fn log_text(agent_dir: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_server_is_retried_after_retry_after_and_is_no_failed_way() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (server, agent_dir, device) = setup(tmp.path(), &[("checkin_interval_secs", "60")]).await;
+    // The agent's log, read back below, is set up before it enrolls.
+    events::init(
+        &tmp.path().join("agent").join("logs"),
+        &LogOptions {
+            stderr: false,
+            keep_files: 2,
+            level: LevelFilter::INFO,
+        },
+    )
+    .expect("agent log");
+    // One request at a time, one waiting for at most 20 ms, and come back after 1 s.
+    let (server, agent_dir, device) = server_with_agent(
+        tmp.path(),
+        &[("checkin_interval_secs", "60")],
+        &[
+            ("max_in_flight = 0", "max_in_flight = 1"),
+            ("max_queued = 0", "max_queued = 1"),
+            ("queue_wait_ms = 10000", "queue_wait_ms = 20"),
+            ("retry_after_secs = 5", "retry_after_secs = 1"),
+        ],
+    )
+    .await;
     let service = server.service();
     let admission = service.admission();
     // The test takes the only slot: every check-in finds the queue busy.

@@ -9,88 +9,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::running::{RunningAgent, eventually};
-use steward_agent::EnrollOptions;
-use steward_proto::admin::{NewPackage, NewTask, Policy, TaskState};
-use steward_server::{AdminUser, InitOptions, RunningServer, Server, ServerOverrides, Service};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn admin() -> AdminUser {
-    AdminUser {
-        username: "persistent".to_owned(),
-    }
-}
-
-/// A server with the agent-settings policy `settings`, and one enrolled agent (not running).
-async fn setup(tmp: &Path, settings: &[(&str, &str)]) -> (RunningServer, PathBuf, String) {
-    let server_dir = tmp.join("server");
-    let mut init = InitOptions::new(server_dir.clone(), vec!["localhost".to_owned()]);
-    init.ip_addrs = vec!["127.0.0.1".parse().expect("ip")];
-    init.admin_password = Some("correct horse battery".to_owned());
-    init.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
-    steward_server::init(init).await.expect("server init");
-    let server = Server::start(
-        &server_dir,
-        ServerOverrides {
-            agent_addr: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
-            console_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            crl_addr: None,
-        },
-    )
-    .await
-    .expect("server starts");
-    let service = server.service();
-    service
-        .put_policy(
-            &admin(),
-            Policy {
-                name: steward_server::AGENT_SETTINGS.to_owned(),
-                target: "all".to_owned(),
-                values: settings
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<BTreeMap<_, _>>(),
-            },
-        )
-        .await
-        .expect("policy");
-    let package = service
-        .new_package(
-            &admin(),
-            NewPackage {
-                expires_secs: 600,
-                max_uses: 1,
-                tags: vec![],
-            },
-        )
-        .await
-        .expect("package");
-    let pkg_path = tmp.join("agent.pkg");
-    std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
-    let agent_dir = tmp.join("agent");
-    let enrolled = steward_agent::enroll(&EnrollOptions {
-        name: None,
-        package: pkg_path,
-        data_dir: agent_dir.clone(),
-        force: false,
-    })
-    .await
-    .expect("enroll");
-    (server, agent_dir, enrolled.device_id)
-}
+use common::running::{RunningAgent, admin, eventually, server_with_agent};
+use steward_proto::admin::{NewTask, TaskState};
+use steward_server::Service;
 
 async fn connected(service: &Arc<Service>, device: &str) -> bool {
     service
@@ -111,9 +36,10 @@ async fn the_agent_checks_in_interval_after_interval_over_one_connection() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // The shortest interval a policy allows, no jitter: three intervals in 16 s. The long-poll
     // (50 s) is longer than the interval: the server must answer at the agent's `wait`.
-    let (server, agent_dir, device) = setup(
+    let (server, agent_dir, device) = server_with_agent(
         tmp.path(),
         &[("checkin_interval_secs", "5"), ("jitter_percent", "0")],
+        &[],
     )
     .await;
     let service = server.service();
@@ -201,7 +127,8 @@ async fn delivery(service: &Arc<Service>, device: &str) -> (Duration, Duration) 
 async fn a_connected_agent_gets_a_task_at_once_and_an_unconnected_one_at_its_interval() {
     // On (the default): an interval of a minute, yet the task arrives in well under a second.
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (server, agent_dir, device) = setup(tmp.path(), &[("checkin_interval_secs", "60")]).await;
+    let (server, agent_dir, device) =
+        server_with_agent(tmp.path(), &[("checkin_interval_secs", "60")], &[]).await;
     let service = server.service();
     let agent = RunningAgent::start(agent_dir);
     eventually(
@@ -226,13 +153,14 @@ async fn a_connected_agent_gets_a_task_at_once_and_an_unconnected_one_at_its_int
 
     // Off: nothing is held; the task waits for the next check-in (interval 10 s).
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (server, agent_dir, device) = setup(
+    let (server, agent_dir, device) = server_with_agent(
         tmp.path(),
         &[
             ("checkin_interval_secs", "10"),
             ("jitter_percent", "0"),
             ("persistent_connection", "false"),
         ],
+        &[],
     )
     .await;
     let service = server.service();

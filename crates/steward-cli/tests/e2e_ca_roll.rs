@@ -24,26 +24,9 @@ use serde_json::Value;
 
 mod procs;
 use procs::{
-    Proc, StartedGateway, admin, agent_bin, init_loopback_server, json, ok, run, start_gateway,
-    steward, wait_for,
+    Proc, StartedGateway, admin, agent_bin, device, init_loopback_server, json, log_of, ok, run,
+    start_gateway, start_server, steward, wait_for,
 };
-
-fn log_of(agent: &Path) -> String {
-    std::fs::read_dir(agent.join("logs"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn device<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no device {name} in {list}"))
-}
 
 /// `steward server ca roll ACTION --data-dir SERVER ARGS...`.
 fn roll(server: &Path, action: &str, args: &[&str]) -> Command {
@@ -188,25 +171,6 @@ fn bundle_signed_by(server: &Path, dir: &Path, roots: &[PathBuf]) -> bool {
             .status
             .success()
         })
-}
-
-fn start_server(server: &Path, log: &Path) -> Proc {
-    let _ = std::fs::remove_file(server.join("run").join("addresses.json"));
-    let mut p = Proc::spawn(
-        Command::new(steward())
-            .args(["server", "run", "--data-dir"])
-            .arg(server),
-        log,
-    );
-    wait_for("the server to listen", Duration::from_secs(30), || {
-        p.assert_running("the server", log);
-        server
-            .join("run")
-            .join("addresses.json")
-            .exists()
-            .then_some(())
-    });
-    p
 }
 
 /// The CRL at the distribution point `ca` (PEM) names, fetched over HTTP, checked with

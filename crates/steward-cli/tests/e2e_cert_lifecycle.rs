@@ -16,22 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 mod procs;
 use procs::{
-    Proc, StartedGateway, admin, agent_bin, init_loopback_server, json, ok, run, start_gateway,
-    steward, wait_for,
+    Proc, StartedGateway, admin, agent_bin, device, init_loopback_server, json, log_of, ok, run,
+    start_gateway, steward, wait_for,
 };
-
-fn log_of(agent: &Path) -> String {
-    std::fs::read_dir(agent.join("logs"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// SHA-256 (upper-case hex) of the certificate a TLS server on 127.0.0.1:port presents now.
 fn served_sha256(port: u16) -> String {
@@ -45,14 +34,6 @@ fn served_sha256(port: u16) -> String {
         .unwrap()
         .replace(':', "")
         .to_uppercase()
-}
-
-fn device<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no device {name} in {list}"))
 }
 
 #[test]

@@ -25,26 +25,9 @@ use serde_json::Value;
 
 mod procs;
 use procs::{
-    Proc, StartedGateway, admin, agent_bin, free_port, init_loopback_server, json, ok, run,
-    start_gateway, steward, wait_for,
+    Proc, StartedGateway, admin, agent_bin, device, free_port, init_loopback_server, json, log_of,
+    ok, run, start_gateway, start_server, steward, wait_for,
 };
-
-fn log_of(agent: &Path) -> String {
-    std::fs::read_dir(agent.join("logs"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn device<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no device {name} in {list}"))
-}
 
 fn path_of(list: &Value, name: &str) -> String {
     device(list, name)["connection_path"]
@@ -55,25 +38,6 @@ fn path_of(list: &Value, name: &str) -> String {
 
 const LAN: [&str; 3] = ["lan-0", "lan-1", "lan-2"];
 const INTERNET: &str = "internet-0";
-
-fn start_server(server: &Path, log: &Path) -> Proc {
-    let _ = std::fs::remove_file(server.join("run").join("addresses.json"));
-    let mut p = Proc::spawn(
-        Command::new(steward())
-            .args(["server", "run", "--data-dir"])
-            .arg(server),
-        log,
-    );
-    wait_for("the server to listen", Duration::from_secs(30), || {
-        p.assert_running("the server", log);
-        server
-            .join("run")
-            .join("addresses.json")
-            .exists()
-            .then_some(())
-    });
-    p
-}
 
 /// SIGTERM, and wait for a clean stop (the last-seen times are flushed).
 fn stop_server(mut p: Proc) {

@@ -202,3 +202,42 @@ pub(crate) fn start_gateway(
         log,
     }
 }
+
+/// Every log file of the agent whose data directory is `agent`, concatenated.
+pub(crate) fn log_of(agent: &Path) -> String {
+    std::fs::read_dir(agent.join("logs"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The device named `name` in a `steward devices list --format json` answer.
+pub(crate) fn device<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("no device {name} in {list}"))
+}
+
+/// `steward server run --data-dir SERVER` (its log in `log`), once it listens.
+pub(crate) fn start_server(server: &Path, log: &Path) -> Proc {
+    let _ = std::fs::remove_file(server.join("run").join("addresses.json"));
+    let mut p = Proc::spawn(
+        Command::new(steward())
+            .args(["server", "run", "--data-dir"])
+            .arg(server),
+        log,
+    );
+    wait_for("the server to listen", Duration::from_secs(30), || {
+        p.assert_running("the server", log);
+        server
+            .join("run")
+            .join("addresses.json")
+            .exists()
+            .then_some(())
+    });
+    p
+}
