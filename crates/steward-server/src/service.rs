@@ -691,27 +691,22 @@ impl Service {
         }
         let target = parse_target(&task.target, true)
             .map_err(|m| ApiFailure::bad_request("TASK-TARGET-INVALID", m))?;
-        let devices: Vec<Device> = match &target {
-            Target::All => self.store.devices().await?,
-            Target::Tag(t) => self
-                .store
-                .devices()
-                .await?
-                .into_iter()
-                .filter(|d| d.tags.iter().any(|x| x == t))
-                .collect(),
+        let ids: Vec<String> = match &target {
+            // IDs only: the target of a fan-out to 100,000 devices is read in one narrow scan
+            // rather than as 100,000 whole device rows (BENCHMARKS.md, swarm round 5).
+            Target::All => self.store.live_device_ids(None).await?,
+            Target::Tag(t) => self.store.live_device_ids(Some(t)).await?,
             Target::Device(s) => match self.store.device(s).await? {
                 Some(d) => vec![d],
                 // Every device of that name: re-enrolled hosts can share one, and the
                 // returned count shows how many were reached.
                 None => self.store.devices_named(s).await?,
-            },
-        };
-        let ids: Vec<String> = devices
+            }
             .into_iter()
             .filter(|d| !d.revoked)
             .map(|d| d.id)
-            .collect();
+            .collect(),
+        };
         if ids.is_empty() {
             return Err(ApiFailure::bad_request(
                 "TASK-NO-TARGETS",

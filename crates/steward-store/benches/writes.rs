@@ -1,8 +1,9 @@
 //! Write transactions per second through the SQLite store, with 1 and 64 concurrent writers.
 //!
 //! Each write is `Store::save_inventory` of a distinct device (an auto-commit UPDATE of one
-//! row, as a first check-in does) or `Store::commit_results` of one result (a `BEGIN
-//! IMMEDIATE` … `COMMIT` transaction, as a task result does). Both must be on disk before they
+//! row, as a first check-in does), `Store::commit_results` of one result (as a task result
+//! does) or `Store::take_tasks` of one pending task (as the check-in a fan-out's wake-up
+//! prompts does; the writers take at once, one round per timed write). Both must be on disk before they
 //! return, so what this measures is how many commits share one fsync of the WAL: with one
 //! writer, each commit has its own; with 64, as many as commit while one fsync runs.
 //!
@@ -215,6 +216,63 @@ fn writes(c: &mut Criterion) {
             });
         });
         counts.report("commit_results", writers);
+        group.bench_function(BenchmarkId::new("take_tasks", writers), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (store, ids, counts) = (store.clone(), ids.clone(), counts.clone());
+                async move {
+                    // As in a fan-out: a task for every writer's device (outside the timing),
+                    // then every writer takes its one pending task at once, as the woken
+                    // agents' check-ins do; each take is a real change (pending to running).
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters as usize * WRITES_PER_WRITER {
+                        let task = NewTaskRecord {
+                            command: "true".into(),
+                            args: vec![],
+                            timeout_secs: 60,
+                            target: "all".into(),
+                            created_at: 1,
+                            created_by: "bench".into(),
+                        };
+                        let id = store.create_task(&task, &ids[..writers]).await.unwrap();
+                        let syncs = store.wal_syncs();
+                        let started = Instant::now();
+                        let takes: Vec<_> = (0..writers)
+                            .map(|w| {
+                                let (store, ids) = (store.clone(), ids.clone());
+                                tokio::spawn(async move {
+                                    let taken = store.take_tasks(&ids[w], 2, -58).await.unwrap();
+                                    assert_eq!(taken.len(), 1);
+                                })
+                            })
+                            .collect();
+                        for t in takes {
+                            t.await.unwrap();
+                        }
+                        total += started.elapsed();
+                        counts.writes.fetch_add(writers as u64, Ordering::SeqCst);
+                        counts
+                            .syncs
+                            .fetch_add(store.wal_syncs() - syncs, Ordering::SeqCst);
+                        // Finished, outside the timing, as the agents' results would: a
+                        // device's open tasks stay few, as in a fleet that reports back.
+                        for d in &ids[..writers] {
+                            let result = TaskResult {
+                                task_id: id,
+                                outcome: TaskOutcome::Succeeded,
+                                exit_code: Some(0),
+                                output: String::new(),
+                                truncated: false,
+                                started_at: "2026-01-01T00:00:00Z".into(),
+                                finished_at: "2026-01-01T00:00:00Z".into(),
+                            };
+                            store.commit_results(d, &[result], 3).await.unwrap();
+                        }
+                    }
+                    total
+                }
+            });
+        });
+        counts.report("take_tasks", writers);
     }
     group.finish();
     rt.block_on(store.close());

@@ -503,6 +503,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn devices(&self) -> Result<Vec<Device>>;
     /// Devices whose name equals `name` (ASCII case-insensitive).
     async fn devices_named(&self, name: &str) -> Result<Vec<Device>>;
+    /// The IDs of the devices not revoked, all of them or those carrying `tag`: a task's
+    /// targets, without reading whole device rows (a fleet of 100,000 is one narrow scan).
+    async fn live_device_ids(&self, tag: Option<&str>) -> Result<Vec<String>>;
     /// A device's stored inventory.
     async fn device_inventory(&self, id: &str) -> Result<Option<Inventory>>;
     /// Stores a device's inventory and its hash; the device's name follows the host name.

@@ -85,6 +85,16 @@ impl Writer {
         self.durability.wait(committing.committed()).await?;
         Ok(done)
     }
+
+    /// Runs one auto-commit write statement with a `RETURNING` clause and returns its rows
+    /// once the statement's commit is on disk (the statement commits when it has stepped to
+    /// its end, which `fetch_all` does before it returns).
+    async fn fetch_all(&self, query: Query<'_, Sqlite, SqliteArguments>) -> Result<Vec<SqliteRow>> {
+        let committing = self.durability.committing();
+        let rows = query.fetch_all(&self.pool).await?;
+        self.durability.wait(committing.committed()).await?;
+        Ok(rows)
+    }
 }
 
 /// Auto-commit writes: `sqlx::query(..).bind(..).write(&self.writer)`, the counterpart of
@@ -244,6 +254,15 @@ macro_rules! device_from {
 
 /// One device by ID (the check-in's identity look-up).
 const DEVICE_BY_ID: &str = concat!("SELECT ", device_cols!(), device_from!(), " WHERE id = ?");
+/// Hands a device its pending tasks, and again those delivered before the redelivery bound
+/// (binds: now, device, bound): one statement that marks them running and returns them.
+const TAKE_TASKS: &str = "UPDATE task_devices SET state = 'running', delivered_at = ? \
+     WHERE device_id = ? AND state IN ('pending', 'running') \
+        AND (state = 'pending' OR delivered_at <= ?) \
+     RETURNING task_id, \
+        (SELECT command FROM tasks WHERE id = task_id) AS command, \
+        (SELECT args FROM tasks WHERE id = task_id) AS args, \
+        (SELECT timeout_secs FROM tasks WHERE id = task_id) AS timeout_secs";
 /// Whether a task is pending for a device (asked on every check-in and long-poll).
 const HAS_PENDING_TASK: &str =
     "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1";
@@ -473,6 +492,45 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
         next_cert_sha256: row.try_get("next_cert_sha256")?,
         id,
     })
+}
+
+/// A task result's state change: only a task still pending or running for this device takes
+/// it, so a repeated result (its acknowledgement lost) changes nothing.
+fn result_update<'q>(
+    device_id: &'q str,
+    task_id: i64,
+    r: &'q TaskResult,
+    now: i64,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    sqlx::query(
+        "UPDATE task_devices SET state = ?, exit_code = ?, output = ?, truncated = ?, \
+         finished_at = ?, committed_at = ? \
+         WHERE task_id = ? AND device_id = ? AND state IN ('pending', 'running')",
+    )
+    .bind(state_str(TaskState::from(r.outcome)))
+    .bind(r.exit_code.map(i64::from))
+    .bind(&r.output)
+    .bind(i64::from(r.truncated))
+    .bind(&r.finished_at)
+    .bind(now)
+    .bind(task_id)
+    .bind(device_id)
+}
+
+fn warn_impossible_task(device_id: &str, task_id: u64) {
+    tracing::warn!(
+        device = device_id,
+        task = task_id,
+        "result for a task ID that cannot exist; acknowledged and dropped"
+    );
+}
+
+fn warn_never_given(device_id: &str, task_id: u64) {
+    tracing::warn!(
+        device = device_id,
+        task = task_id,
+        "result for a task this device was never given; acknowledged and dropped"
+    );
 }
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
@@ -1257,6 +1315,26 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn live_device_ids(&self, tag: Option<&str>) -> Result<Vec<String>> {
+        let ids = match tag {
+            None => {
+                sqlx::query_scalar("SELECT id FROM devices WHERE revoked = 0")
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            Some(t) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM devices WHERE revoked = 0 \
+                     AND EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE value = ?)",
+                )
+                .bind(t)
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        Ok(ids)
+    }
+
     async fn device_inventory(&self, id: &str) -> Result<Option<Inventory>> {
         let inv: Option<Option<String>> =
             sqlx::query_scalar("SELECT inventory FROM devices WHERE id = ?")
@@ -1451,44 +1529,33 @@ impl Store for SqliteStore {
         now: i64,
         redeliver_before: i64,
     ) -> Result<Vec<TaskAssignment>> {
-        let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "SELECT t.id, t.command, t.args, t.timeout_secs FROM task_devices td \
-             JOIN tasks t ON t.id = td.task_id \
-             WHERE td.device_id = ? AND (td.state = 'pending' \
-                OR (td.state = 'running' AND td.delivered_at <= ?)) ORDER BY t.id",
-        )
-        .bind(device_id)
-        .bind(redeliver_before)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let tasks = rows
+        // One auto-commit statement, not BEGIN … SELECT … UPDATE … COMMIT: each statement is a
+        // round trip to SQLite's worker thread while the single writer connection is held, and
+        // in a fan-out every woken agent takes its task here (BENCHMARKS.md, swarm round 5).
+        // The task's own columns come from scalar sub-queries on its primary key (a task
+        // never changes after it is created); RETURNING's order is unspecified, hence the sort.
+        let rows = self
+            .writer
+            .fetch_all(
+                sqlx::query(TAKE_TASKS)
+                    .bind(now)
+                    .bind(device_id)
+                    .bind(redeliver_before),
+            )
+            .await?;
+        let mut tasks = rows
             .iter()
             .map(|r| {
                 let args: String = r.try_get("args")?;
                 Ok(TaskAssignment {
-                    task_id: u64_col("tasks.id", r.try_get("id")?)?,
+                    task_id: u64_col("tasks.id", r.try_get("task_id")?)?,
                     command: r.try_get("command")?,
                     args: json_col("tasks.args", &args)?,
                     timeout_secs: u64_col("tasks.timeout_secs", r.try_get("timeout_secs")?)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        sqlx::query(
-            "UPDATE task_devices SET state = 'running', delivered_at = ? \
-             WHERE device_id = ? AND (state = 'pending' \
-                OR (state = 'running' AND delivered_at <= ?))",
-        )
-        .bind(now)
-        .bind(device_id)
-        .bind(redeliver_before)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        tasks.sort_by_key(|t| t.task_id);
         Ok(tasks)
     }
 
@@ -1498,6 +1565,34 @@ impl Store for SqliteStore {
         results: &[TaskResult],
         now: i64,
     ) -> Result<Vec<u64>> {
+        // The usual check-in carries one result: one auto-commit statement instead of a
+        // transaction of three round trips on the writer (BENCHMARKS.md, swarm round 5).
+        if let [r] = results {
+            let Ok(task_id) = i64::try_from(r.task_id) else {
+                warn_impossible_task(device_id, r.task_id);
+                return Ok(vec![r.task_id]);
+            };
+            let updated = self
+                .writer
+                .execute(result_update(device_id, task_id, r, now))
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                // Only for the log: a repeat of a committed result is normal (its
+                // acknowledgement was lost), a result for a task never given is not.
+                let exists: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?",
+                )
+                .bind(task_id)
+                .bind(device_id)
+                .fetch_optional(&self.reader)
+                .await?;
+                if exists.is_none() {
+                    warn_never_given(device_id, r.task_id);
+                }
+            }
+            return Ok(vec![r.task_id]);
+        }
         if results.is_empty() {
             return Ok(Vec::new());
         }
@@ -1509,31 +1604,14 @@ impl Store for SqliteStore {
                 continue;
             }
             let Ok(task_id) = i64::try_from(r.task_id) else {
-                tracing::warn!(
-                    device = device_id,
-                    task = r.task_id,
-                    "result for a task ID that cannot exist; acknowledged and dropped"
-                );
+                warn_impossible_task(device_id, r.task_id);
                 acked.push(r.task_id);
                 continue;
             };
-            let state = state_str(TaskState::from(r.outcome));
-            let updated = sqlx::query(
-                "UPDATE task_devices SET state = ?, exit_code = ?, output = ?, truncated = ?, \
-                 finished_at = ?, committed_at = ? \
-                 WHERE task_id = ? AND device_id = ? AND state IN ('pending', 'running')",
-            )
-            .bind(state)
-            .bind(r.exit_code.map(i64::from))
-            .bind(&r.output)
-            .bind(i64::from(r.truncated))
-            .bind(&r.finished_at)
-            .bind(now)
-            .bind(task_id)
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let updated = result_update(device_id, task_id, r, now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if updated == 0 {
                 let exists: Option<i64> = sqlx::query_scalar(
                     "SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?",
@@ -1543,11 +1621,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if exists.is_none() {
-                    tracing::warn!(
-                        device = device_id,
-                        task = r.task_id,
-                        "result for a task this device was never given; acknowledged and dropped"
-                    );
+                    warn_never_given(device_id, r.task_id);
                 }
             }
             acked.push(r.task_id);
@@ -2330,6 +2404,7 @@ mod tests {
         let devices_exists =
             "SEARCH devices EXISTS USING COVERING INDEX sqlite_autoindex_devices_1 (id=?)";
         let seen_pk = "SEARCH device_seen USING PRIMARY KEY (device_id=?) LEFT-JOIN";
+        let tasks_pk = "SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)";
         for (sql, probes) in [
             (DEVICE_BY_ID, vec![devices_pk, seen_pk]),
             (
@@ -2348,6 +2423,18 @@ mod tests {
             ),
             // The upsert's own conflict check is not part of the plan; the guard is.
             (FLUSH_SEEN_ONE, vec![devices_exists]),
+            // Only the device's open rows, not every task it ever had; each task's columns
+            // by its primary key.
+            (
+                TAKE_TASKS,
+                vec![
+                    "SEARCH task_devices USING INDEX task_devices_by_device_state \
+                     (device_id=? AND state=?)",
+                    tasks_pk,
+                    tasks_pk,
+                    tasks_pk,
+                ],
+            ),
         ] {
             let steps = plan(&store, sql).await;
             // Every step that reads a table is one of the expected index probes; other steps

@@ -907,3 +907,78 @@ async fn gateway_entry_since_version_is_kept() {
     assert_eq!(g.report, Some(report));
     assert_eq!(store.gateways().await.unwrap()[0].entry_since_version, 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_taken_in_order_with_their_own_definitions_and_targets_are_live_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store
+        .create_enrollment_token(&token("setup", 10, NOW + 3600))
+        .await
+        .unwrap();
+    for (id, tags) in [("a", vec!["lab"]), ("b", vec!["web", "lab"]), ("c", vec![])] {
+        let mut d = device(id, &format!("host-{id}"));
+        d.tags = tags.into_iter().map(String::from).collect();
+        store.enroll_device("setup", NOW, &d).await.unwrap();
+    }
+    assert!(store.revoke_device("c", NOW).await.unwrap());
+    let mut all = store.live_device_ids(None).await.unwrap();
+    all.sort();
+    assert_eq!(all, ["a", "b"], "a revoked device is no target");
+    assert_eq!(store.live_device_ids(Some("web")).await.unwrap(), ["b"]);
+    let mut lab = store.live_device_ids(Some("lab")).await.unwrap();
+    lab.sort();
+    assert_eq!(lab, ["a", "b"]);
+    assert!(store.live_device_ids(Some("la")).await.unwrap().is_empty());
+
+    let new = |command: &str, arg: &str, timeout_secs: u64| NewTaskRecord {
+        command: command.into(),
+        args: vec![arg.into()],
+        timeout_secs,
+        target: "all".into(),
+        created_at: NOW,
+        created_by: "admin".into(),
+    };
+    let ids = [("echo", "one", 10), ("ls", "two", 20), ("df", "three", 30)];
+    let mut created = Vec::new();
+    for (c, a, t) in ids {
+        created.push(
+            store
+                .create_task(&new(c, a, t), &["a".into()])
+                .await
+                .unwrap(),
+        );
+    }
+    // The second is finished before the agent asks: it is not handed out again.
+    store
+        .commit_results("a", &[result(created[1], TaskOutcome::Succeeded, "")], NOW)
+        .await
+        .unwrap();
+    let taken = store.take_tasks("a", NOW, NOW - 60).await.unwrap();
+    let got: Vec<(u64, &str, &str, u64)> = taken
+        .iter()
+        .map(|t| {
+            (
+                t.task_id,
+                t.command.as_str(),
+                t.args[0].as_str(),
+                t.timeout_secs,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (created[0], "echo", "one", 10),
+            (created[2], "df", "three", 30)
+        ]
+    );
+    assert!(!store.has_pending_tasks("a").await.unwrap());
+    assert!(
+        store
+            .take_tasks("b", NOW, NOW - 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
