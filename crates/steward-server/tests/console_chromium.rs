@@ -228,6 +228,8 @@ impl Chromium {
         let profile = tempfile::tempdir().unwrap();
         let log = log_dir.join("chromium.log");
         let out = std::fs::File::create(&log).unwrap();
+        let scratch = profile.path().join("tmp");
+        std::fs::create_dir(&scratch).unwrap();
         let mut cmd = Command::new(CHROMIUM);
         cmd.args([
             "--headless",
@@ -256,6 +258,10 @@ impl Chromium {
         .arg(format!("--ignore-certificate-errors-spki-list={spki_pin}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank")
+        // Its scratch files (with --disable-dev-shm-usage, its shared memory too) go in the
+        // profile, removed with it, not as org.chromium.Chromium.* in /tmp: the browser is
+        // killed at the end, so it never cleans up after itself.
+        .env("TMPDIR", &scratch)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
