@@ -163,21 +163,46 @@ pub(crate) fn upstream_client(
         .map(|c| Thumbprint::of(c).sha256_hex())
         .unwrap_or_default();
     let key = read_key(&dir.identity_key())?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| GatewayError::Crypto(e.to_string()))?
         .with_root_certificates(roots(anchors_pem)?)
         .with_client_auth_cert(identity, key)
         .map_err(|e| GatewayError::Crypto(format!("the gateway identity: {e}")))?;
+    // HTTP/2 when the server offers it: every agent's requests (their long-polls held for up
+    // to a minute each) ride one connection as streams, so the server holds a descriptor per
+    // gateway, not one per agent. HTTP/1.1 with a server that offers only that. reqwest leaves
+    // a preconfigured rustls configuration as it is, so ALPN is set here or not at all.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
+        // One dead HTTP/2 connection would strand every agent's request on it until the
+        // request timeout (minutes, as long-polls are long): a PING unanswered within
+        // H2_PING_TIMEOUT closes it, and the next requests open a new one.
+        .http2_keep_alive_interval(H2_PING_INTERVAL)
+        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
+        // The connection's receive window is shared by every agent's answer; an agent that
+        // reads slowly holds at most a stream window of it, so the connection window is many
+        // of those. Not adaptive (BDP pings): answers are small JSON on a LAN, and fixed
+        // windows keep the memory a connection may buffer known.
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONN_WINDOW)
         .no_proxy()
         .build()
         .map_err(|e| GatewayError::Crypto(e.to_string()))?;
     Ok((client, sha))
 }
+
+/// HTTP/2 keep-alive of the upstream connection (see `upstream_client`).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upstream HTTP/2 receive windows: per answer, and for the whole connection (32 answers
+/// stalled by slow agents before the others wait).
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
 
 pub(crate) fn read_anchors(dir: &GatewayDir) -> Result<Vec<String>, GatewayError> {
     let anchors =

@@ -1087,7 +1087,10 @@ async fn forward(
             ));
         }
     };
-    // The identity header is set here, never copied from the agent's request.
+    // The identity header is set here, never copied from the agent's request. Nothing else of
+    // the agent's request is copied but its content type: in particular no hop-by-hop header
+    // (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE), which belong to the agent's
+    // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
     let send = |client: reqwest::Client| {
         let mut up = client
             .request(method.clone(), &url)

@@ -213,12 +213,18 @@ async fn both_certificates_renew_while_agents_keep_checking_in() {
         "{:?}",
         read_config(&agents[0]).profile.gateways
     );
-    let s = rig.summary().await;
-    let renewal = s.renewal.clone().unwrap_or_default();
+    // The agents acknowledge the profile one by one: agents[0] having it says nothing of
+    // the others, so the count is awaited, not read once.
     assert!(
-        renewal.contains("next certificate staged") && renewal.contains("1 agent(s) pending"),
-        "{s:?}"
+        eventually(Duration::from_secs(10), || async {
+            let renewal = rig.summary().await.renewal.unwrap_or_default();
+            renewal.contains("next certificate staged") && renewal.contains("1 agent(s) pending")
+        })
+        .await,
+        "{:?}",
+        rig.summary().await
     );
+    let s = rig.summary().await;
     assert!(
         s.certificates
             .iter()

@@ -1,10 +1,11 @@
-//! Serving: one accept loop per listener, TLS via tokio-rustls, HTTP/1.1 via hyper, routing via
-//! axum. Serving each connection ourselves (instead of `axum::serve`) lets the verified client
-//! certificate of the TLS session travel with every request as an extension.
+//! Serving: one accept loop per listener, TLS via tokio-rustls, HTTP/1.1 (and, on the agent
+//! site, HTTP/2 when ALPN chose it) via hyper, routing via axum. Serving each connection
+//! ourselves (instead of `axum::serve`) lets the verified client certificate of the TLS session
+//! travel with every request as an extension.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -12,7 +13,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,12 +26,53 @@ use crate::ApiFailure;
 use crate::admission::Admission;
 use crate::service::PeerCert;
 use crate::tls::SwappableConfig;
+use steward_store::Store;
 
 /// A TLS handshake must finish within this, or the connection is dropped (slow clients must
 /// not hold sockets open).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/2 stream limit (SETTINGS_MAX_CONCURRENT_STREAMS) of a connection authenticated by an
+/// enrolled gateway's identity. Every agent behind it holds a long-poll on it (one stream each,
+/// for up to a minute) and checks in over it, so the limit must exceed its whole fleet: 2^18
+/// is the 100,000-agent target's long-polls plus as many concurrent check-ins, with room for
+/// agents failing over from another gateway. Above it, the gateway queues requests rather
+/// than opening another connection, so too small a limit would delay, not refuse. A stream
+/// costs the server a task and a few hundred bytes of HTTP/2 state, far less than the
+/// connection (socket, TLS buffers) each agent held with HTTP/1.1.
+pub(crate) const GATEWAY_MAX_STREAMS: u32 = 262_144;
+/// HTTP/2 stream limit of any other peer (an agent's own certificate, enrollment without
+/// one): an agent needs two (long-poll and check-in); 100 is the floor RFC 9113 recommends,
+/// and it keeps one peer from holding thousands of handlers (and long-polls) on one socket.
+pub(crate) const OTHER_MAX_STREAMS: u32 = 100;
+/// HTTP/2 keep-alive: a PING after this long without a frame from the peer, and the
+/// connection is closed if its answer takes longer than [`H2_PING_TIMEOUT`]. One dead
+/// gateway connection strands every long-poll riding it, so it is noticed within 40 s instead
+/// of at the kernel's retransmission timeout (minutes).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// An HTTP/2 connection with no request open for this long is closed (GOAWAY; a request the
+/// client already sent completes). For peers other than gateways this is what HTTP/1.1's
+/// header-read timeout does for an idle kept-alive connection: an idle socket is not held.
+const H2_IDLE: Duration = HEADER_TIMEOUT;
+/// The same for a gateway's connection: longer than the gateway's pool idle timeout (reqwest's
+/// 90 s), so normally the gateway closes an unused connection first and a GOAWAY never races
+/// its next request.
+const H2_GATEWAY_IDLE: Duration = Duration::from_secs(300);
+/// A connection whose peer could not be classified (the store failed) gets the small limit and
+/// is closed gracefully after this, so a gateway reconnects and is classified again instead of
+/// being held at the small limit for the connection's whole life.
+const H2_RECLASSIFY_AFTER: Duration = Duration::from_secs(60);
+/// Connection-level receive window of a gateway's HTTP/2 connection. It is shared by all its
+/// streams, and request bodies waiting for the admission queue are not read yet: with hyper's
+/// default (1 MiB) a few hundred queued check-ins would stop every upload on the connection.
+const GATEWAY_CONN_WINDOW: u32 = 32 * 1024 * 1024;
+/// Streams a gateway may reset before the server accepted them, before the connection is
+/// closed as abusive (hyper's default is 20: right for one client, but a gateway resets a
+/// stream whenever one of its agents hangs up, and a GOAWAY would cut off its whole fleet).
+const GATEWAY_MAX_PENDING_RESETS: usize = 4096;
 
 /// Who is on the other end of a request: the TCP peer and, on the agent site, the client
 /// certificate rustls verified during the handshake. Inserted into every request's extensions.
@@ -180,14 +222,15 @@ pub(crate) async fn serve_limited(
                             since.elapsed().as_secs_f64()
                         );
                     }
-                    let tls = match &transport {
-                        Transport::Plain => None,
-                        Transport::SwappableTls(s) => Some(s.get()),
+                    let (tls, gateways) = match &transport {
+                        Transport::Plain => (None, None),
+                        Transport::SwappableTls(s) => (Some(s.get()), s.gateway_lookup()),
                     };
                     conns.spawn(connection(
                         tcp,
                         addr,
                         tls,
+                        gateways,
                         router.clone(),
                         name,
                         permit,
@@ -243,10 +286,12 @@ pub(crate) async fn serve_limited(
     conns.shutdown().await;
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, every argument a different thing
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
+    gateways: Option<Arc<dyn Store>>,
     router: Router,
     name: &'static str,
     permit: Option<OwnedSemaphorePermit>,
@@ -276,14 +321,194 @@ async fn connection(
     if let Some(a) = &admission {
         a.stats.handshakes.fetch_add(1, Ordering::Relaxed);
     }
-    let cert = stream
-        .get_ref()
-        .1
+    let session = stream.get_ref().1;
+    let cert = session
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| PeerCert::from_der(c))
         .map(Arc::new);
-    http(TokioIo::new(stream), Peer::new(addr, cert), router, name).await;
+    // Only a configuration that offers `h2` (the agent site's) can have negotiated it.
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    let peer = Peer::new(addr, cert);
+    if h2 {
+        let class = H2Peer::classify(peer.cert.as_deref(), gateways.as_deref()).await;
+        return http2(TokioIo::new(stream), peer, router, name, class).await;
+    }
+    http(TokioIo::new(stream), peer, router, name).await;
+}
+
+/// Who is on the other end of an HTTP/2 connection, as far as its settings go; decided once,
+/// after the handshake, from the client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum H2Peer {
+    /// An enrolled, unrevoked gateway's current or renewed identity.
+    Gateway,
+    /// Anyone else: an agent's own certificate, or none (enrollment).
+    Other,
+    /// The look-up failed: treated as `Other`, and closed gracefully after
+    /// [`H2_RECLASSIFY_AFTER`] so that it is looked up again.
+    Unknown,
+}
+
+impl H2Peer {
+    /// Looks the certificate up in the gateway registry: one or two indexed reads per HTTP/2
+    /// connection (none for HTTP/1.1 ones), where a certificate convention cannot tell:
+    /// gateway identities and agent certificates are issued alike (clientAuth, CN = a UUID).
+    /// This is `Service::peer_gateway`'s recognition without its side effect (promoting a
+    /// renewed identity), which the connection's first request still performs.
+    pub(crate) async fn classify(cert: Option<&PeerCert>, gateways: Option<&dyn Store>) -> Self {
+        let (Some(cert), Some(store)) = (cert, gateways) else {
+            return Self::Other;
+        };
+        match is_gateway_identity(store, cert).await {
+            Ok(true) => Self::Gateway,
+            Ok(false) => Self::Other,
+            Err(e) => {
+                tracing::warn!(serial = %cert.serial, error = %e, "could not tell whether an HTTP/2 peer is a gateway; serving it with the small stream limit for now");
+                Self::Unknown
+            }
+        }
+    }
+
+    /// SETTINGS_MAX_CONCURRENT_STREAMS for this peer.
+    pub(crate) fn max_streams(self) -> u32 {
+        match self {
+            Self::Gateway => GATEWAY_MAX_STREAMS,
+            Self::Other | Self::Unknown => OTHER_MAX_STREAMS,
+        }
+    }
+
+    fn idle(self) -> Duration {
+        match self {
+            Self::Gateway => H2_GATEWAY_IDLE,
+            Self::Other | Self::Unknown => H2_IDLE,
+        }
+    }
+}
+
+async fn is_gateway_identity(
+    store: &dyn Store,
+    cert: &PeerCert,
+) -> Result<bool, steward_store::StoreError> {
+    let Some(cn) = &cert.common_name else {
+        return Ok(false);
+    };
+    let Some(g) = store.gateway(cn).await?.filter(|g| !g.revoked) else {
+        return Ok(false);
+    };
+    if g.cert_sha256.eq_ignore_ascii_case(&cert.sha256) {
+        return Ok(true);
+    }
+    // A renewed identity before its first use (which promotes it) is a gateway's too.
+    Ok(store
+        .gateway_certs(cn)
+        .await?
+        .next_identity
+        .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&cert.sha256)))
+}
+
+/// Requests open on an HTTP/2 connection, and when the last one ended: what its idle timeout
+/// is measured from.
+#[derive(Debug)]
+struct Activity {
+    open: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing starts meanwhile; a
+    /// connection with requests open is looked at again `idle` from now.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        // A plain instant under the lock: a poisoned one still holds a usable value.
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if self.open.load(Ordering::Acquire) > 0 {
+            Instant::now() + idle
+        } else {
+            last + idle
+        }
+    }
+}
+
+/// Ends one request's share of [`Activity`] when dropped (answered or cancelled).
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves an HTTP/2 connection (agent site, ALPN `h2`) with the same router and `Peer` as
+/// HTTP/1.1; each stream is a request, passing admission control (`admission::gate`) on its
+/// own exactly as a request on its own connection would.
+async fn http2<I>(io: TokioIo<I>, peer: Peer, router: Router, name: &'static str, class: H2Peer)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let activity = Arc::new(Activity::new());
+    let counted = activity.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let guard = counted.begin();
+        let answer = router.clone().oneshot(req);
+        async move {
+            let r = answer.await;
+            drop(guard);
+            r
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(class.max_streams())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    if class == H2Peer::Gateway {
+        builder
+            .initial_connection_window_size(GATEWAY_CONN_WINDOW)
+            .max_pending_accept_reset_streams(GATEWAY_MAX_PENDING_RESETS);
+    }
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let reclassify = (class == H2Peer::Unknown).then(|| Instant::now() + H2_RECLASSIFY_AFTER);
+    let mut closing = false;
+    loop {
+        let mut deadline = activity.idle_deadline(class.idle());
+        if let Some(r) = reclassify {
+            deadline = deadline.min(r);
+        }
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(listener = name, peer = %addr, error = %e, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()), if !closing => {
+                let now = Instant::now();
+                let idle = activity.idle_deadline(class.idle()) <= now;
+                if idle || reclassify.is_some_and(|r| r <= now) {
+                    // GOAWAY: open streams finish, new ones go to a new connection.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }
 
 async fn http<I>(io: TokioIo<I>, peer: Peer, router: Router, name: &'static str)

@@ -235,6 +235,8 @@ impl Server {
         let crls = sign_crls(&pki, store.as_ref(), &cfg).await?;
         let listeners = Arc::new(Listeners::load(&dir, &cfg, pki.clone(), &crls)?);
         let agent_tls = listeners.agent_tls.clone();
+        // HTTP/2 stream limits depend on whether the peer is a gateway (`http::H2Peer`).
+        agent_tls.set_gateway_lookup(store.clone());
         let crl_store = Arc::new(CrlStore::new(&crls));
 
         let agent_l = bind(cfg.listen.agent, "agent site").await?;

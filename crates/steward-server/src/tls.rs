@@ -1,7 +1,7 @@
 //! rustls server configurations for the agent site (client certificates checked against the
 //! platform root and both CRLs) and the console (no client authentication).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -77,7 +77,10 @@ pub(crate) fn agent_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())
         .map_err(|e| ServerError::Tls(format!("the agent-site certificate: {e}")))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: a gateway multiplexes every agent it serves over one connection (one
+    // descriptor here instead of one per held long-poll); agents and older gateways that offer
+    // only HTTP/1.1 get it. `http::connection` serves by what was negotiated.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.session_storage = resumption.sessions.clone();
     cfg.ticketer = resumption.ticketer.clone();
     Ok(Arc::new(cfg))
@@ -116,13 +119,28 @@ pub(crate) fn console_config(cert: &ListenerCert) -> Result<Arc<ServerConfig>, S
 #[derive(Debug)]
 pub(crate) struct SwappableConfig {
     current: RwLock<Arc<ServerConfig>>,
+    /// Where the agent site looks up, once per HTTP/2 connection, whether the client
+    /// certificate is an enrolled gateway's identity (its stream limit depends on it, see
+    /// `http::H2Peer`). Unset on the console, which never negotiates HTTP/2.
+    gateways: OnceLock<Arc<dyn steward_store::Store>>,
 }
 
 impl SwappableConfig {
     pub(crate) fn new(cfg: Arc<ServerConfig>) -> Self {
         Self {
             current: RwLock::new(cfg),
+            gateways: OnceLock::new(),
         }
+    }
+
+    /// Sets the store gateway identities are looked up in (once; later calls change nothing).
+    pub(crate) fn set_gateway_lookup(&self, store: Arc<dyn steward_store::Store>) {
+        let _ = self.gateways.set(store);
+    }
+
+    /// The store gateway identities are looked up in, once set.
+    pub(crate) fn gateway_lookup(&self) -> Option<Arc<dyn steward_store::Store>> {
+        self.gateways.get().cloned()
     }
 
     pub(crate) fn get(&self) -> Arc<ServerConfig> {

@@ -1,0 +1,374 @@
+//! The gateway multiplexes its agents over HTTP/2 to the server: many agents' long-polls held
+//! at the gateway at once ride one (or two) upstream connection(s), so the server holds a
+//! descriptor per gateway rather than per agent; a task wakes them through it; the agent site
+//! gives a gateway's identity a stream limit for its whole fleet and anyone else a small one;
+//! and when the upstream connection dies (the server restarts), the gateway opens a new one.
+//! Real server, gateway and TLS in one process, on loopback.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{capture_logs, fetch, https};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use steward_proto::admin::{NewPackage, NewTask, TaskCreated, paths as admin};
+use steward_proto::{BootstrapPackage, WakeUp, paths};
+use steward_server::{Server, ServerOverrides};
+
+/// Agents holding a long-poll at the gateway at once: more than the small stream limit (100)
+/// a non-gateway peer gets, so the test fails if the gateway's connection were given it (the
+/// polls beyond it would queue at the gateway and never reach the server).
+const AGENTS: usize = 120;
+/// Stream limits the agent site announces (steward-server's `http::GATEWAY_MAX_STREAMS` and
+/// `http::OTHER_MAX_STREAMS`).
+const GATEWAY_MAX_STREAMS: usize = 262_144;
+const OTHER_MAX_STREAMS: usize = 100;
+
+fn agent_identity(data_dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let dir = steward_agent::store::DataDir::new(data_dir);
+    let id = dir.load_identity().unwrap().unwrap();
+    let mut chain = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+    for c in &id.chain_pem {
+        chain.push(CertificateDer::from_pem_slice(c.as_bytes()).unwrap());
+    }
+    let key = PrivatePkcs8KeyDer::from_pem_file(dir.key_path()).unwrap();
+    (chain, PrivateKeyDer::Pkcs8(key))
+}
+
+/// Enrolls `n` agents on the LAN with one package, a few at a time.
+async fn enroll_many(rig: &common::Rig, n: usize) -> Vec<PathBuf> {
+    let pkg: BootstrapPackage = fetch(
+        rig.admin
+            .post(format!("{}{}", rig.server.console_url(), admin::PACKAGES))
+            .bearer_auth(&rig.token)
+            .json(&NewPackage {
+                expires_secs: 600,
+                max_uses: u32::try_from(n).unwrap(),
+                tags: vec![],
+            }),
+    )
+    .await;
+    let file = rig.root.join("fleet.package");
+    std::fs::write(&file, serde_json::to_vec(&pkg).unwrap()).unwrap();
+    let mut dirs = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let data_dir = rig.root.join(format!("agent-{i}"));
+        dirs.push(data_dir.clone());
+        let package = file.clone();
+        set.spawn(async move {
+            steward_agent::enroll(&steward_agent::EnrollOptions {
+                name: Some(format!("pc-{i}")),
+                package,
+                data_dir,
+                force: false,
+            })
+            .await
+            .unwrap();
+        });
+        if set.len() >= 8 {
+            set.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    dirs
+}
+
+/// Established TCP connections whose local end is `port` on this host (IPv4): the server's
+/// side of the connections to its agent site.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let want = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&want) && f[3] == "01"
+        })
+        .count()
+}
+
+fn client_tls(
+    root_pem: &str,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// One HTTP/2 request to the agent site with `cfg`'s identity: the answer's status and the
+/// stream limit the server announced in its SETTINGS.
+async fn h2_get(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> (u16, usize) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(b"h2".as_slice()),
+        "the agent site negotiates HTTP/2"
+    );
+    let (mut send, mut conn) = h2::client::handshake(tls).await.unwrap();
+    let req = hyper::Request::get(format!("https://127.0.0.1:{}{path}", addr.port()))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::select! {
+        r = answer => r.unwrap(),
+        ended = &mut conn => panic!("the HTTP/2 connection ended first: {ended:?}"),
+    };
+    // The server's SETTINGS come first on the connection, so they are in by its answer.
+    (resp.status().as_u16(), conn.max_concurrent_send_streams())
+}
+
+/// An HTTP/2 connection to the agent site with `cfg`'s identity, one ping, then nothing: how
+/// long after the answer the server closed it (at most `limit`).
+async fn h2_idle_close(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> Option<Duration> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // `send` stays alive: the client must not be the one closing the connection.
+    let (mut send, mut conn) = h2::client::handshake(tls).await.unwrap();
+    let req = hyper::Request::get(format!("https://127.0.0.1:{}{}", addr.port(), paths::PING))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::select! {
+        r = answer => r.unwrap(),
+        ended = &mut conn => panic!("the HTTP/2 connection ended first: {ended:?}"),
+    };
+    assert_eq!(resp.status().as_u16(), 200);
+    drop(resp);
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(limit, &mut conn).await.ok();
+    drop(send);
+    closed.map(|_| idle_since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleets_long_polls_ride_one_upstream_connection_and_a_task_wakes_them() {
+    capture_logs();
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, AGENTS).await;
+    let service = rig.server.service();
+    let agent_port = rig.server.agent_addr.port();
+    let handshakes_before = service.admission().stats.handshakes.load(Ordering::Relaxed);
+    let established_before = established_to(agent_port);
+
+    // Every agent holds a long-poll at the gateway, each over its own connection to it.
+    let url = format!(
+        "https://127.0.0.2:{}{}?wait=60",
+        gateway.addr.port(),
+        paths::WAIT
+    );
+    let mut polls = tokio::task::JoinSet::new();
+    for d in &dirs {
+        let client = https(&rig.root_pem, Some(agent_identity(d)));
+        let url = url.clone();
+        polls.spawn(async move {
+            let resp = client.get(url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        });
+    }
+    // Within the 50 s a poll is held, so none can have been answered and replaced meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while service.admission().connected.count() < AGENTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {AGENTS} long-polls reached the server",
+            service.admission().connected.count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // All of them held at the server at once, over at most two new connections.
+    let handshakes =
+        service.admission().stats.handshakes.load(Ordering::Relaxed) - handshakes_before;
+    let established = established_to(agent_port);
+    assert!(
+        handshakes <= 2,
+        "{AGENTS} long-polls through the gateway took {handshakes} new TLS connections"
+    );
+    assert!(
+        established <= established_before + 2,
+        "{established} connections to the agent site with {AGENTS} long-polls held (before: \
+         {established_before})"
+    );
+    // Every device's poll registered, and none answered yet: all of them held at once.
+    assert!(
+        polls.try_join_next().is_none(),
+        "a long-poll was answered before the task"
+    );
+
+    // A task for all of them answers every long-poll through the gateway at once (they are
+    // held for 50 s otherwise).
+    let created: TaskCreated = fetch(
+        rig.admin
+            .post(format!("{}{}", rig.server.console_url(), admin::TASKS))
+            .bearer_auth(&rig.token)
+            .json(&NewTask {
+                command: "true".into(),
+                args: vec![],
+                timeout_secs: 10,
+                target: "all".into(),
+            }),
+    )
+    .await;
+    assert_eq!(created.targets, AGENTS);
+    let woken = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut n = 0;
+        while let Some(r) = polls.join_next().await {
+            let (status, body) = r.unwrap();
+            assert_eq!(status, 200, "{body}");
+            let wake: WakeUp = serde_json::from_str(&body).unwrap();
+            // "wake" when no admission slot was free to look (many woke at once).
+            assert!(["tasks", "wake"].contains(&wake.reason.as_str()), "{body}");
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("every long-poll is woken by the task");
+    assert_eq!(woken, AGENTS);
+
+    // The upstream connection dies with the server; the restarted server is reached over a
+    // new one, with no agent's request failing for it.
+    let common::Rig {
+        _dir,
+        root,
+        server,
+        root_pem,
+        ..
+    } = rig;
+    let agent_addr = server.agent_addr;
+    server.shutdown().await.unwrap();
+    let loopback = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::start(
+        &root.join("server"),
+        ServerOverrides {
+            agent_addr: Some(agent_addr),
+            console_addr: loopback,
+            crl_addr: None,
+        },
+    )
+    .await
+    .unwrap();
+    let client = https(&root_pem, Some(agent_identity(&dirs[0])));
+    let ping = client
+        .get(format!(
+            "https://127.0.0.2:{}{}",
+            gateway.addr.port(),
+            paths::PING
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ping.status().as_u16(),
+        200,
+        "{}",
+        ping.text().await.unwrap()
+    );
+    assert_eq!(
+        server
+            .service()
+            .admission()
+            .stats
+            .handshakes
+            .load(Ordering::Relaxed),
+        1,
+        "the gateway opened one new connection to the restarted server"
+    );
+    gateway.shutdown().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_site_gives_a_gateway_a_large_stream_limit_and_an_agent_a_small_one() {
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let addr = rig.server.agent_addr;
+
+    // An agent's own certificate over HTTP/2: served, with the small limit.
+    let pc = rig.agent("pc").await;
+    let (chain, key) = agent_identity(&pc);
+    let cfg = client_tls(&rig.root_pem, chain, key, &[b"h2"]);
+    let (status, limit) = h2_get(addr, cfg, paths::PING).await;
+    assert_eq!(status, 200);
+    assert_eq!(limit, OTHER_MAX_STREAMS);
+
+    // The gateway's identity: the limit for its whole fleet (its CRL route answers it).
+    let chain = CertificateDer::pem_file_iter(rig.gateway_dir.join("identity.pem"))
+        .unwrap()
+        .chain(CertificateDer::pem_file_iter(rig.gateway_dir.join("chain.pem")).unwrap())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(rig.gateway_dir.join("identity.key")).unwrap();
+    let cfg = client_tls(&rig.root_pem, chain, key, &[b"h2", b"http/1.1"]);
+    let (status, limit) = h2_get(addr, cfg, paths::GATEWAY_CRL).await;
+    assert_eq!(status, 200);
+    assert_eq!(limit, GATEWAY_MAX_STREAMS);
+
+    // An HTTP/1.1-only client still gets HTTP/1.1.
+    let (chain, key) = agent_identity(&pc);
+    let cfg = client_tls(&rig.root_pem, chain, key, &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(b"http/1.1".as_slice())
+    );
+
+    // An idle HTTP/2 connection is not held: closed after the idle time (30 s for a peer
+    // other than a gateway), as HTTP/1.1's header-read timeout closes an idle one.
+    let (chain, key) = agent_identity(&pc);
+    let cfg = client_tls(&rig.root_pem, chain, key, &[b"h2"]);
+    let closed = h2_idle_close(addr, cfg, Duration::from_secs(45)).await;
+    let closed = closed.expect("the server closes an idle HTTP/2 connection");
+    assert!(
+        closed >= Duration::from_secs(25),
+        "closed after {closed:?} idle"
+    );
+    rig.server.shutdown().await.unwrap();
+}
