@@ -53,6 +53,31 @@ pub enum BenchError {
     /// The task for the fan-out could not be created.
     #[error("cannot create the fan-out task: {0}")]
     Task(String),
+    /// A child swarm process could not be started, failed, exited early or sent what is not
+    /// the child protocol (the other children are killed).
+    #[error("swarm process {index} of {of}: {detail}{}", stderr_tail(stderr))]
+    Child {
+        /// Which child (its slice, from 0).
+        index: usize,
+        /// Children in all.
+        of: usize,
+        /// What went wrong.
+        detail: String,
+        /// The last lines it wrote on stderr.
+        stderr: String,
+    },
+    /// (In a child swarm process.) The parent sent what is not the child protocol, or went
+    /// away (its end of stdin closed) before the run was over.
+    #[error("swarm parent: {0}")]
+    Parent(String),
+}
+
+fn stderr_tail(s: &str) -> String {
+    if s.trim().is_empty() {
+        "; nothing on its stderr".into()
+    } else {
+        format!("; its stderr ends with:\n{}", s.trim_end())
+    }
 }
 
 impl BenchError {

@@ -291,6 +291,11 @@ async fn enroll_one(
 
 /// Read the store's metadata and its first `want` identities.
 pub fn load(dir: &Path, want: usize) -> Result<(StoreMeta, Vec<Identity>), BenchError> {
+    load_range(dir, 0..want)
+}
+
+/// Read the store's metadata only.
+pub fn load_meta(dir: &Path) -> Result<StoreMeta, BenchError> {
     let meta_path = dir.join(META);
     let text = std::fs::read(&meta_path).map_err(|e| BenchError::io(&meta_path, e))?;
     let meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| BenchError::BadStore {
@@ -303,18 +308,34 @@ pub fn load(dir: &Path, want: usize) -> Result<(StoreMeta, Vec<Identity>), Bench
             detail: format!("format {:?}, expected {FORMAT:?}", meta.format),
         });
     }
+    Ok(meta)
+}
+
+/// Read the store's metadata and the identities `range` of its lines (a child swarm
+/// process's slice): the lines before the range are skipped without being parsed.
+pub fn load_range(
+    dir: &Path,
+    range: std::ops::Range<usize>,
+) -> Result<(StoreMeta, Vec<Identity>), BenchError> {
+    let meta = load_meta(dir)?;
+    let want = range.end;
     let mut chain_rest = Vec::new();
     for pem in &meta.chain_pem {
         chain_rest.extend(net::certs_from_pem(pem)?);
     }
     let ids_path = dir.join(IDENTITIES);
     let f = std::fs::File::open(&ids_path).map_err(|e| BenchError::io(&ids_path, e))?;
-    let mut out = Vec::with_capacity(want.min(meta.count));
+    let mut out = Vec::with_capacity(range.len().min(meta.count));
+    let mut seen = 0;
     for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
-        if out.len() >= want {
+        if seen >= want {
             break;
         }
         let line = line.map_err(|e| BenchError::io(&ids_path, e))?;
+        seen += 1;
+        if n < range.start {
+            continue;
+        }
         let bad = |detail: String| BenchError::BadStore {
             path: ids_path.clone(),
             detail: format!("line {}: {detail}", n + 1),
@@ -333,10 +354,10 @@ pub fn load(dir: &Path, want: usize) -> Result<(StoreMeta, Vec<Identity>), Bench
             key,
         });
     }
-    if out.len() < want {
+    if seen < want {
         return Err(BenchError::TooFewIdentities {
             dir: dir.to_path_buf(),
-            have: out.len(),
+            have: seen,
             want,
         });
     }

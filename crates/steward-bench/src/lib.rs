@@ -8,7 +8,8 @@
 //! Steward's agent site; [`net`] connects (spread over 127.0.0.0/8 source addresses) and
 //! classifies every failure into an [`net::ErrorKind`]; [`limits`] raises the file limit and
 //! reads a server's RSS and CPU from /proc; [`report`] holds the statistics and renders them as
-//! text or JSON.
+//! text or JSON; [`multi`] spreads one swarm over several processes of the same executable
+//! (each process can hold only as many connections as its open-file limit allows).
 //!
 //! Nothing here is a mock: the server under test is a real `steward server`, and what the
 //! agents send is what `steward-agent` sends (the same `steward-proto` messages, the same
@@ -18,6 +19,7 @@
 pub mod handshake;
 pub mod identity;
 pub mod limits;
+pub mod multi;
 pub mod net;
 pub mod report;
 pub mod swarm;

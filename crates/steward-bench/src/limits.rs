@@ -39,6 +39,35 @@ pub fn raise_nofile() -> NofileLimit {
     NofileLimit { before, now, hard }
 }
 
+/// Descriptors a swarm process keeps for other things than its agents' sockets (the runtime,
+/// stdio, pipes to a parent, a socket being replaced while its successor connects).
+pub const FD_MARGIN: u64 = 1_000;
+
+/// This process's open-file limit as it stands (nothing raised).
+pub fn nofile() -> NofileLimit {
+    let cur = getrlimit(Resource::Nofile);
+    let before = cur.current.unwrap_or(u64::MAX);
+    NofileLimit {
+        before,
+        now: before,
+        hard: cur.maximum.unwrap_or(u64::MAX),
+    }
+}
+
+/// Agents one swarm process can hold a connection for under the hard limit `hard` (a swarm
+/// process raises its soft limit to the hard one): one descriptor each, less [`FD_MARGIN`].
+pub fn agents_per_process(hard: u64) -> usize {
+    usize::try_from(hard.saturating_sub(FD_MARGIN))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Swarm processes `agents` need under the hard limit `hard`: the fewest that keep each
+/// within [`agents_per_process`].
+pub fn processes_for(agents: usize, hard: u64) -> usize {
+    agents.div_ceil(agents_per_process(hard)).max(1)
+}
+
 /// The local ephemeral port range (`net.ipv4.ip_local_port_range`), if readable.
 pub fn ephemeral_ports() -> Option<(u32, u32)> {
     let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -96,4 +125,22 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         threads: field("Threads:"),
         fds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_follow_the_hard_limit() {
+        // This machine: 20,000 hard, so 19,000 agents a process.
+        assert_eq!(agents_per_process(20_000), 19_000);
+        assert_eq!(processes_for(19_000, 20_000), 1);
+        assert_eq!(processes_for(19_001, 20_000), 2);
+        assert_eq!(processes_for(100_000, 20_000), 6);
+        assert_eq!(processes_for(0, 20_000), 1);
+        // No limit, or one below the margin: never zero agents a process.
+        assert_eq!(processes_for(1_000_000, u64::MAX), 1);
+        assert_eq!(agents_per_process(10), 1);
+    }
 }

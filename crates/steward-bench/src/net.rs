@@ -14,7 +14,7 @@ use rustls::client::Resumption;
 use rustls::{ClientConfig, HandshakeKind, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
@@ -27,7 +27,7 @@ const USER_AGENT: &str = concat!("steward-bench/", env!("CARGO_PKG_VERSION"));
 /// What went wrong with one connection or request. The resource kinds ([`Self::FdLimit`],
 /// [`Self::EphemeralPorts`], [`Self::Memory`]) are named apart because they are limits of the
 /// machine running the swarm, not faults of the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// TCP connect refused (nothing listening: a server being restarted).

@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Latency samples in microseconds (u32: 71 minutes at most, far beyond any timeout here).
-#[derive(Debug, Clone, Default)]
+/// Serialized as the raw samples, so that the reports of several swarm processes merge into
+/// exact percentiles of the union.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Latencies(Vec<u32>);
 
 impl Latencies {
@@ -152,6 +155,10 @@ pub struct FanOut {
     pub all_results_s: Option<f64>,
 }
 
+fn one() -> usize {
+    1
+}
+
 /// Everything a swarm run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SwarmReport {
@@ -226,6 +233,10 @@ pub struct SwarmReport {
     pub swarm: Option<ProcUse>,
     /// Agents still running at the hard end and stopped.
     pub aborted: u64,
+    /// Swarm processes the agents were spread over (`--processes`; the file-descriptor limit
+    /// is per process). With more than one, `swarm` is their sum.
+    #[serde(default = "one")]
+    pub processes: usize,
     /// Per second of the run.
     pub timeline: Vec<Second>,
 }
@@ -236,8 +247,13 @@ impl SwarmReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "swarm: {} agents, {} s interval, {} s, {} to {}{}, {} source addresses, fd limit {}",
+            "swarm: {} agents{}, {} s interval, {} s, {} to {}{}, {} source addresses, fd limit {}",
             self.agents,
+            if self.processes > 1 {
+                format!(" in {} processes", self.processes)
+            } else {
+                String::new()
+            },
             self.interval_s,
             self.duration_s,
             if self.persistent {
@@ -330,16 +346,15 @@ impl SwarmReport {
         }
         for (name, p) in [("server", &self.server), ("swarm", &self.swarm)] {
             if let Some(p) = p {
+                let who = if name == "swarm" && self.processes > 1 {
+                    format!("{} processes (sum)", self.processes)
+                } else {
+                    format!("pid {}", p.pid)
+                };
                 let _ = writeln!(
                     s,
-                    "{name:<7}      pid {}: RSS {:.0} MiB (peak {:.0}), CPU {:.1} s = {:.2} cores, {} fds, {} threads",
-                    p.pid,
-                    p.rss_end_mib,
-                    p.rss_peak_mib,
-                    p.cpu_secs,
-                    p.cores,
-                    p.fds_end,
-                    p.threads_end
+                    "{name:<7}      {who}: RSS {:.0} MiB (peak {:.0}), CPU {:.1} s = {:.2} cores, {} fds, {} threads",
+                    p.rss_end_mib, p.rss_peak_mib, p.cpu_secs, p.cores, p.fds_end, p.threads_end
                 );
             }
         }

@@ -1,4 +1,5 @@
-//! N simulated agents in one process (`steward bench swarm`).
+//! N simulated agents in one process (`steward bench swarm`; a swarm spread over several
+//! processes runs a slice of them in each: [`crate::multi`]).
 //!
 //! Each agent behaves as `steward-agent`'s check-in loop does, with its own identity:
 //! - its first check-in holds configuration version 0 and the inventory, so it takes the
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use rustls::HandshakeKind;
+use serde::{Deserialize, Serialize};
 use steward_proto::{
     CheckinRequest, CheckinResponse, ConnectionPath, Disk, Inventory, NetInterface,
     PROTOCOL_VERSION, TaskOutcome, TaskResult, WakeUp, paths,
@@ -51,14 +53,14 @@ const LONG_POLL_MARGIN: Duration = Duration::from_secs(2);
 /// How long past its deadline a long-poll's answer is still awaited (the agent's `POLL_GRACE`).
 const POLL_GRACE: Duration = Duration::from_secs(5);
 /// Agents still busy this long after the end are stopped and counted as aborted.
-const END_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const END_GRACE: Duration = Duration::from_secs(5);
 
 /// The task to create for the fan-out: a future that creates it through the admin API and
 /// returns its ID (it is not polled before it is due).
 pub type TaskLaunch = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
 
 /// Settings of [`run`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmOptions {
     /// Agents (the first N identities of the store).
     pub agents: usize,
@@ -117,11 +119,26 @@ struct Ctx {
     sources: Sources,
     counters: Counters,
     timeline: Vec<SecondCells>,
-    /// When the fan-out task was created (set just before the admin request goes out).
-    task_at: OnceLock<Instant>,
+    /// When the fan-out task was created (set just before the admin request goes out, by this
+    /// process or, in a child swarm process, from the parent's word).
+    task_at: Arc<OnceLock<Instant>>,
 }
 
 impl Ctx {
+    fn progress(&self) -> Progress {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Progress {
+            checked_in: load(&c.checked_in),
+            checkins: load(&c.checkins),
+            errors: load(&c.errors),
+            full: load(&c.full),
+            resumed: load(&c.resumed),
+            woken: load(&c.woken),
+            results: load(&c.results),
+        }
+    }
+
     fn second(&self) -> Option<&SecondCells> {
         let s = self.start.elapsed().as_secs() as usize;
         self.timeline.get(s)
@@ -209,7 +226,444 @@ fn inventory(hostname: &str, i: usize) -> Inventory {
     }
 }
 
-/// Run the swarm. `task` (with `persistent`) is created at `task_after` for the fan-out.
+/// The counters so far, for a progress line (also sent by a child swarm process to its parent
+/// once a second, so that the parent's progress bar shows the whole swarm).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Agents that checked in at least once.
+    pub checked_in: u64,
+    /// Successful check-ins.
+    pub checkins: u64,
+    /// Failures.
+    pub errors: u64,
+    /// Full handshakes.
+    pub full: u64,
+    /// Resumed handshakes.
+    pub resumed: u64,
+    /// Agents given the fan-out task.
+    pub woken: u64,
+    /// Fan-out results acknowledged.
+    pub results: u64,
+}
+
+impl Progress {
+    /// Add another process's counters.
+    pub fn add(&mut self, o: &Progress) {
+        self.checked_in += o.checked_in;
+        self.checkins += o.checkins;
+        self.errors += o.errors;
+        self.full += o.full;
+        self.resumed += o.resumed;
+        self.woken += o.woken;
+        self.results += o.results;
+    }
+
+    /// The progress bar's message, `elapsed_s` into the run.
+    pub fn message(&self, elapsed_s: f64) -> String {
+        format!(
+            "{} in, {} check-ins ({:.0}/s), {} errors, TLS {} full/{} resumed, {} woken, {} results",
+            self.checked_in,
+            self.checkins,
+            self.checkins as f64 / elapsed_s.max(1e-9),
+            self.errors,
+            self.full,
+            self.resumed,
+            self.woken,
+            self.results,
+        )
+    }
+}
+
+/// The final values of the counters.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RawCounters {
+    /// Successful check-ins.
+    pub checkins: u64,
+    /// Failures.
+    pub errors: u64,
+    /// Full handshakes.
+    pub full: u64,
+    /// Resumed handshakes.
+    pub resumed: u64,
+    /// Agents that checked in at least once.
+    pub checked_in: u64,
+    /// Held connections dropped.
+    pub held_dropped: u64,
+    /// Long-polls answered 204.
+    pub polls_empty: u64,
+    /// Check-ins answered 503 SERVER-BUSY.
+    pub busy: u64,
+    /// Agents given the fan-out task.
+    pub woken: u64,
+    /// Fan-out results acknowledged.
+    pub results: u64,
+}
+
+impl RawCounters {
+    fn add(&mut self, o: &RawCounters) {
+        self.checkins += o.checkins;
+        self.errors += o.errors;
+        self.full += o.full;
+        self.resumed += o.resumed;
+        self.checked_in += o.checked_in;
+        self.held_dropped += o.held_dropped;
+        self.polls_empty += o.polls_empty;
+        self.busy += o.busy;
+        self.woken += o.woken;
+        self.results += o.results;
+    }
+}
+
+/// Failures of one kind, with the first one's text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorCount {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// How many.
+    pub count: u64,
+    /// The first one's text.
+    pub example: String,
+}
+
+/// What one swarm process measured, before any statistics: the raw latency samples, counters,
+/// per-second series, outage times. A child swarm process sends it to its parent, which
+/// merges the children's ([`RawReport::merge`]) and makes one [`SwarmReport`] of them
+/// ([`finish`]) exactly as a single process makes its own, so the report means the same
+/// whatever the number of processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RawReport {
+    /// Agents run.
+    pub agents: usize,
+    /// From the start until the last agent stopped, seconds.
+    pub wall_s: f64,
+    /// The counters at the end.
+    pub counters: RawCounters,
+    /// First check-in latencies.
+    pub first: Latencies,
+    /// Unchanged check-in latencies.
+    pub steady: Latencies,
+    /// Check-ins with work.
+    pub work: Latencies,
+    /// From the fan-out task's creation until each agent got it.
+    pub wake: Latencies,
+    /// From the fan-out task's creation until each agent's result was acknowledged.
+    pub result: Latencies,
+    /// The slowest result, seconds, when every agent's result was acknowledged; `None` when
+    /// one was missing.
+    pub all_results_s: Option<f64>,
+    /// Failures by kind, in the order first seen.
+    pub errors: Vec<ErrorCount>,
+    /// Outages (`all_back_after_s` is left to [`finish`]).
+    pub recovery: Recovery,
+    /// The highest configuration version an agent held at the end.
+    pub config_version: Option<u64>,
+    /// Per second from the start.
+    pub timeline: Vec<Second>,
+    /// When the fan-out task was created, seconds from the start.
+    pub task_at_s: Option<f64>,
+    /// This process's use.
+    pub swarm: Option<ProcUse>,
+    /// Agents stopped at the hard end.
+    pub aborted: u64,
+    /// The soft open-file limit the process ran with.
+    pub nofile_limit: u64,
+    /// Source addresses used.
+    pub sources: usize,
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl RawReport {
+    /// One report of several processes' (on the same timeline): counters, per-second series
+    /// and error counts added, latency samples pooled (so percentiles are those of the union),
+    /// the earliest first failure and the latest recovery, the processes' use summed.
+    pub fn merge(parts: Vec<RawReport>) -> RawReport {
+        let mut m = RawReport {
+            all_results_s: Some(0.0),
+            ..RawReport::default()
+        };
+        let mut nofile: Option<u64> = None;
+        let mut swarm: Option<ProcUse> = None;
+        for p in parts {
+            m.agents += p.agents;
+            m.wall_s = m.wall_s.max(p.wall_s);
+            m.counters.add(&p.counters);
+            m.first.extend(p.first);
+            m.steady.extend(p.steady);
+            m.work.extend(p.work);
+            m.wake.extend(p.wake);
+            m.result.extend(p.result);
+            m.all_results_s = match (m.all_results_s, p.all_results_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            for e in p.errors {
+                match m.errors.iter_mut().find(|x| x.kind == e.kind) {
+                    Some(x) => x.count += e.count,
+                    None => m.errors.push(e),
+                }
+            }
+            let (r, q) = (&mut m.recovery, &p.recovery);
+            r.agents_affected += q.agents_affected;
+            r.still_down += q.still_down;
+            r.first_failure_s = min_opt(r.first_failure_s, q.first_failure_s);
+            r.last_recovered_s = max_opt(r.last_recovered_s, q.last_recovered_s);
+            m.config_version = m.config_version.max(p.config_version);
+            if m.timeline.len() < p.timeline.len() {
+                m.timeline.resize(p.timeline.len(), Second::default());
+            }
+            for (s, q) in m.timeline.iter_mut().zip(&p.timeline) {
+                s.checkins += q.checkins;
+                s.full += q.full;
+                s.resumed += q.resumed;
+                s.errors += q.errors;
+            }
+            m.task_at_s = min_opt(m.task_at_s, p.task_at_s);
+            if let Some(u) = p.swarm {
+                let s = swarm.get_or_insert(ProcUse {
+                    pid: u.pid,
+                    ..ProcUse::default()
+                });
+                s.rss_end_mib += u.rss_end_mib;
+                // The sum of each process's peak: an upper bound of the swarm's peak (the
+                // processes need not peak at the same second).
+                s.rss_peak_mib += u.rss_peak_mib;
+                s.cpu_secs += u.cpu_secs;
+                s.cores += u.cores;
+                s.fds_end += u.fds_end;
+                s.threads_end += u.threads_end;
+            }
+            m.aborted += p.aborted;
+            nofile = Some(nofile.map_or(p.nofile_limit, |n| n.min(p.nofile_limit)));
+            m.sources = m.sources.max(p.sources);
+        }
+        m.swarm = swarm;
+        m.nofile_limit = nofile.unwrap_or(0);
+        m
+    }
+}
+
+/// What [`finish`] needs besides the raw measurements.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// Where the agents connected (several gateways: their addresses, comma-separated).
+    pub target: String,
+    /// Through a gateway.
+    pub via_gateway: bool,
+    /// Swarm processes.
+    pub processes: usize,
+    /// The server's use, with `--server-pid`.
+    pub server: Option<ProcUse>,
+    /// The fan-out task's ID and how long its creation took, when it was created.
+    pub fan_out: Option<(u64, Duration)>,
+}
+
+/// The open-file limit, the agents' client configurations and the task clock, ready to run.
+#[derive(Debug)]
+pub struct Swarm {
+    opts: SwarmOptions,
+    target: Target,
+    first_index: usize,
+    agents: Vec<(String, Arc<rustls::ClientConfig>)>,
+    task_at: Arc<OnceLock<Instant>>,
+    nofile: limits::NofileLimit,
+}
+
+/// Where the instant the fan-out task was created is noted, for the agents to measure from.
+#[derive(Debug, Clone)]
+pub struct TaskClock(Arc<OnceLock<Instant>>);
+
+impl TaskClock {
+    /// The fan-out task's create request goes out at `at` (only the first call counts).
+    pub fn mark(&self, at: Instant) {
+        let _ = self.0.set(at);
+    }
+}
+
+/// Reads of a process's RSS and CPU over a run: the first, the peak, the last.
+pub(crate) struct ProcWatch {
+    pid: u32,
+    first: Option<ProcSample>,
+    peak: u64,
+}
+
+impl ProcWatch {
+    pub(crate) fn new(pid: u32) -> Self {
+        let first = limits::sample(pid);
+        Self {
+            pid,
+            first,
+            peak: first.map_or(0, |s| s.rss_bytes),
+        }
+    }
+
+    pub(crate) fn tick(&mut self) {
+        if let Some(s) = limits::sample(self.pid) {
+            self.peak = self.peak.max(s.rss_bytes);
+        }
+    }
+
+    /// The use since [`ProcWatch::new`], over `wall` seconds; `None` when unreadable.
+    pub(crate) fn finish(&self, wall: f64) -> Option<ProcUse> {
+        let now = limits::sample(self.pid)?;
+        let first = self.first?;
+        let cpu = now.cpu.saturating_sub(first.cpu).as_secs_f64();
+        Some(ProcUse {
+            pid: self.pid,
+            rss_end_mib: now.rss_bytes as f64 / 1_048_576.0,
+            rss_peak_mib: self.peak.max(now.rss_bytes) as f64 / 1_048_576.0,
+            cpu_secs: cpu,
+            cores: cpu / wall.max(1e-9),
+            fds_end: now.fds,
+            threads_end: now.threads,
+        })
+    }
+}
+
+impl Swarm {
+    /// Raise the open-file limit and build each agent's client configuration. The agents are
+    /// `identities`, numbered from `first_index` (their place in the store: it seeds their
+    /// jitter and picks their source address, so a slice of the swarm in a child process
+    /// behaves as the same agents in one process).
+    pub fn prepare(
+        identities: Vec<Identity>,
+        first_index: usize,
+        anchors_pem: &[String],
+        target: Target,
+        opts: SwarmOptions,
+    ) -> Result<Self, BenchError> {
+        let nofile = limits::raise_nofile();
+        let roots = Arc::new(net::roots(anchors_pem)?);
+        let mut agents = Vec::with_capacity(identities.len());
+        for id in identities {
+            let config =
+                net::client_config(roots.clone(), Some((id.chain, id.key)), opts.resumption)?;
+            agents.push((id.hostname, config));
+        }
+        Ok(Self {
+            opts,
+            target,
+            first_index,
+            agents,
+            task_at: Arc::new(OnceLock::new()),
+            nofile,
+        })
+    }
+
+    /// Agents in this swarm.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// No agents.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// The handle on which the fan-out task's creation is noted.
+    pub fn task_clock(&self) -> TaskClock {
+        TaskClock(self.task_at.clone())
+    }
+
+    /// Run the agents on the timeline that begins at `start` (it may be slightly ahead: the
+    /// agents wait for it), until every one has stopped. Samples this process, and the
+    /// server's when `server_pid` is given; `tick` is called about once a second with the
+    /// counters and the seconds since the start.
+    pub async fn run(
+        self,
+        start: Instant,
+        server_pid: Option<u32>,
+        mut tick: impl FnMut(Progress, f64) + Send + 'static,
+    ) -> (RawReport, Option<ProcUse>) {
+        let opts = self.opts;
+        let sources = Sources::for_target(&self.target, opts.sources);
+        let secs = opts.duration.as_secs() as usize + 1;
+        let ctx = Arc::new(Ctx {
+            start,
+            deadline: start + opts.duration,
+            target: self.target,
+            sources,
+            counters: Counters::default(),
+            timeline: (0..secs + END_GRACE.as_secs() as usize + 60)
+                .map(|_| SecondCells::default())
+                .collect(),
+            task_at: self.task_at,
+            opts,
+        });
+
+        let count = self.agents.len();
+        let mut agents = tokio::task::JoinSet::new();
+        for (n, (hostname, config)) in self.agents.into_iter().enumerate() {
+            agents.spawn(agent(self.first_index + n, hostname, config, ctx.clone()));
+        }
+
+        // Progress and /proc sampling, once a second, until told to stop.
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let sampler = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let mut server = server_pid.map(ProcWatch::new);
+                let mut own = ProcWatch::new(std::process::id());
+                let mut every = tokio::time::interval(Duration::from_millis(1000));
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        _ = every.tick() => {}
+                    }
+                    if let Some(s) = server.as_mut() {
+                        s.tick();
+                    }
+                    own.tick();
+                    tick(ctx.progress(), ctx.start.elapsed().as_secs_f64());
+                }
+                (server, own)
+            })
+        };
+
+        // This process's agents (`opts.agents` is the whole swarm's in a child process).
+        let mut outcomes = Vec::with_capacity(count);
+        let hard_end = ctx.deadline + ctx.opts.timeout + END_GRACE;
+        let mut aborted = 0u64;
+        loop {
+            match tokio::time::timeout_at(hard_end.into(), agents.join_next()).await {
+                Ok(Some(Ok(o))) => outcomes.push(o),
+                Ok(Some(Err(_))) => aborted += 1,
+                Ok(None) => break,
+                Err(_) => {
+                    aborted += agents.len() as u64;
+                    agents.abort_all();
+                    break;
+                }
+            }
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let _ = stop_tx.send(());
+        let (server, own) = match sampler.await {
+            Ok((server, own)) => (server.and_then(|s| s.finish(wall)), own.finish(wall)),
+            Err(_) => (None, None),
+        };
+        let mut raw = summarise(&ctx, outcomes, wall);
+        raw.aborted = aborted;
+        raw.nofile_limit = self.nofile.now;
+        raw.swarm = own;
+        (raw, server)
+    }
+}
+
+/// Run the swarm in this process. `task` (with `persistent`) is created at `task_after` for
+/// the fan-out.
 pub async fn run(
     identities: Vec<Identity>,
     anchors_pem: &[String],
@@ -219,129 +673,32 @@ pub async fn run(
     task: Option<TaskLaunch>,
     progress: indicatif::ProgressBar,
 ) -> Result<SwarmReport, BenchError> {
-    let nofile = limits::raise_nofile();
-    let roots = Arc::new(net::roots(anchors_pem)?);
-    let sources = Sources::for_target(&target, opts.sources);
+    let label = target.addr.to_string();
+    let swarm = Swarm::prepare(identities, 0, anchors_pem, target, opts.clone())?;
     let start = Instant::now();
-    let secs = opts.duration.as_secs() as usize + 1;
-    let ctx = Arc::new(Ctx {
-        start,
-        deadline: start + opts.duration,
-        target: target.clone(),
-        sources,
-        counters: Counters::default(),
-        timeline: (0..secs + END_GRACE.as_secs() as usize + 60)
-            .map(|_| SecondCells::default())
-            .collect(),
-        task_at: OnceLock::new(),
-        opts: opts.clone(),
-    });
-
-    let mut agents = tokio::task::JoinSet::new();
-    for (i, id) in identities.into_iter().enumerate() {
-        let config = net::client_config(roots.clone(), Some((id.chain, id.key)), opts.resumption)?;
-        let ctx = ctx.clone();
-        agents.spawn(agent(i, id.hostname, config, ctx));
-    }
 
     // Fan-out: created at `task_after`, through the admin API.
+    let clock = swarm.task_clock();
+    let task_after = opts.task_after;
     let fan = task.filter(|_| opts.persistent).map(|launch| {
-        let ctx = ctx.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until((ctx.start + ctx.opts.task_after).into()).await;
+            tokio::time::sleep_until((start + task_after).into()).await;
             let t0 = Instant::now();
-            let _ = ctx.task_at.set(t0);
+            clock.mark(t0);
             let r = launch.await;
             (r, t0.elapsed())
         })
     });
 
-    // Progress and /proc sampling, once a second, until told to stop.
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sampler = {
-        let ctx = ctx.clone();
-        let pids: Vec<u32> = ctx
-            .opts
-            .server_pid
-            .into_iter()
-            .chain(std::iter::once(std::process::id()))
-            .collect();
-        tokio::spawn(async move {
-            let first: Vec<Option<ProcSample>> = pids.iter().map(|&p| limits::sample(p)).collect();
-            let mut peak: Vec<u64> = first.iter().map(|s| s.map_or(0, |s| s.rss_bytes)).collect();
-            let mut tick = tokio::time::interval(Duration::from_millis(1000));
-            loop {
-                tokio::select! {
-                    _ = &mut stop_rx => break,
-                    _ = tick.tick() => {}
-                }
-                for (k, &p) in pids.iter().enumerate() {
-                    if let (Some(s), Some(pk)) = (limits::sample(p), peak.get_mut(k)) {
-                        *pk = (*pk).max(s.rss_bytes);
-                    }
-                }
-                let c = &ctx.counters;
-                let el = ctx.start.elapsed().as_secs_f64();
-                progress.set_position(el.min(ctx.opts.duration.as_secs_f64()) as u64);
-                progress.set_message(format!(
-                    "{} in, {} check-ins ({:.0}/s), {} errors, TLS {} full/{} resumed, {} woken, {} results",
-                    c.checked_in.load(Ordering::Relaxed),
-                    c.checkins.load(Ordering::Relaxed),
-                    c.checkins.load(Ordering::Relaxed) as f64 / el.max(1e-9),
-                    c.errors.load(Ordering::Relaxed),
-                    c.full.load(Ordering::Relaxed),
-                    c.resumed.load(Ordering::Relaxed),
-                    c.woken.load(Ordering::Relaxed),
-                    c.results.load(Ordering::Relaxed),
-                ));
-            }
-            progress.finish_and_clear();
-            pids.into_iter()
-                .zip(first)
-                .zip(peak)
-                .map(|((p, f), k)| (p, f, k))
-                .collect::<Vec<_>>()
+    let bar = progress.clone();
+    let duration = opts.duration.as_secs_f64();
+    let (raw, server) = swarm
+        .run(start, opts.server_pid, move |p, el| {
+            bar.set_position(el.min(duration) as u64);
+            bar.set_message(p.message(el));
         })
-    };
-
-    let mut outcomes = Vec::with_capacity(opts.agents);
-    let hard_end = ctx.deadline + ctx.opts.timeout + END_GRACE;
-    let mut aborted = 0u64;
-    loop {
-        match tokio::time::timeout_at(hard_end.into(), agents.join_next()).await {
-            Ok(Some(Ok(o))) => outcomes.push(o),
-            Ok(Some(Err(_))) => aborted += 1,
-            Ok(None) => break,
-            Err(_) => {
-                aborted += agents.len() as u64;
-                agents.abort_all();
-                break;
-            }
-        }
-    }
-    let wall = start.elapsed().as_secs_f64();
-    let _ = stop_tx.send(());
-    let samples = sampler.await.unwrap_or_default();
-    let mut procs = samples.into_iter().map(|(pid, first, peak)| {
-        let now = limits::sample(pid)?;
-        let first = first?;
-        let cpu = now.cpu.saturating_sub(first.cpu).as_secs_f64();
-        Some(ProcUse {
-            pid,
-            rss_end_mib: now.rss_bytes as f64 / 1_048_576.0,
-            rss_peak_mib: peak.max(now.rss_bytes) as f64 / 1_048_576.0,
-            cpu_secs: cpu,
-            cores: cpu / wall.max(1e-9),
-            fds_end: now.fds,
-            threads_end: now.threads,
-        })
-    });
-    let server = if opts.server_pid.is_some() {
-        procs.next().flatten()
-    } else {
-        None
-    };
-    let swarm = procs.next().flatten();
+        .await;
+    progress.finish_and_clear();
 
     let fan_out = match fan {
         Some(h) => {
@@ -352,13 +709,17 @@ pub async fn run(
         }
         None => None,
     };
-    let mut report = summarise(&ctx, outcomes, wall, fan_out);
-    report.aborted = aborted;
-    report.via_gateway = via_gateway;
-    report.nofile_limit = nofile.now;
-    report.server = server;
-    report.swarm = swarm;
-    Ok(report)
+    Ok(finish(
+        raw,
+        &opts,
+        RunInfo {
+            target: label,
+            via_gateway,
+            processes: 1,
+            server,
+            fan_out,
+        },
+    ))
 }
 
 /// One agent's life until the deadline.
@@ -650,74 +1011,99 @@ async fn checkin(
     })
 }
 
-fn summarise(
-    ctx: &Ctx,
-    outcomes: Vec<Outcome>,
-    wall: f64,
-    fan_out: Option<(u64, Duration)>,
-) -> SwarmReport {
-    let opts = &ctx.opts;
-    let mut first = Latencies::default();
-    let mut steady = Latencies::default();
-    let mut work = Latencies::default();
-    let mut errors: BTreeMap<ErrorKind, u64> = BTreeMap::new();
-    let mut examples = BTreeMap::new();
-    let mut wake = Latencies::default();
-    let mut result = Latencies::default();
-    let mut all_results: Option<Duration> = Some(Duration::ZERO);
-    let mut rec = Recovery::default();
-    let config_version = outcomes
+/// The raw measurements of this process's agents.
+fn summarise(ctx: &Ctx, outcomes: Vec<Outcome>, wall: f64) -> RawReport {
+    let mut raw = RawReport {
+        agents: outcomes.len(),
+        wall_s: wall,
+        all_results_s: Some(0.0),
+        sources: ctx.sources.len(),
+        task_at_s: ctx
+            .task_at
+            .get()
+            .map(|t| t.saturating_duration_since(ctx.start).as_secs_f64()),
+        ..RawReport::default()
+    };
+    raw.config_version = outcomes
         .iter()
         .map(|o| o.config_version)
         .max()
         .filter(|&v| v > 0);
-    for o in outcomes.iter() {
-        for (k, (n, ex)) in &o.errors {
-            *errors.entry(*k).or_insert(0) += n;
-            examples.entry(k.label()).or_insert_with(|| ex.clone());
+    let rec = &mut raw.recovery;
+    for o in outcomes {
+        for (k, (n, ex)) in o.errors {
+            match raw.errors.iter_mut().find(|e| e.kind == k) {
+                Some(e) => e.count += n,
+                None => raw.errors.push(ErrorCount {
+                    kind: k,
+                    count: n,
+                    example: ex,
+                }),
+            }
         }
         if let Some(w) = o.wake {
-            wake.push(w);
+            raw.wake.push(w);
         }
-        match (o.result, &mut all_results) {
+        match (o.result, &mut raw.all_results_s) {
             (Some(r), Some(a)) => {
-                result.push(r);
-                *a = (*a).max(r);
+                raw.result.push(r);
+                *a = a.max(r.as_secs_f64());
             }
-            (Some(r), None) => result.push(r),
+            (Some(r), None) => raw.result.push(r),
             (None, a) => *a = None,
         }
         if let Some((failed, back)) = o.outage {
             rec.agents_affected += 1;
-            rec.first_failure_s = Some(rec.first_failure_s.map_or(failed, |f: f64| f.min(failed)));
+            rec.first_failure_s = min_opt(rec.first_failure_s, Some(failed));
             match back {
-                Some(b) => {
-                    rec.last_recovered_s = Some(rec.last_recovered_s.map_or(b, |l: f64| l.max(b)));
-                }
+                Some(b) => rec.last_recovered_s = max_opt(rec.last_recovered_s, Some(b)),
                 None => rec.still_down += 1,
             }
         }
+        raw.first.extend(o.first);
+        raw.steady.extend(o.steady);
+        raw.work.extend(o.work);
     }
-    for mut o in outcomes {
-        first.extend(std::mem::take(&mut o.first));
-        steady.extend(std::mem::take(&mut o.steady));
-        work.extend(std::mem::take(&mut o.work));
-    }
-    rec.all_back_after_s = match (rec.first_failure_s, rec.last_recovered_s, rec.still_down) {
-        (Some(f), Some(l), 0) => Some(l - f),
-        _ => None,
-    };
     let c = &ctx.counters;
-    let timeline: Vec<Second> = ctx
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    raw.counters = RawCounters {
+        checkins: load(&c.checkins),
+        errors: load(&c.errors),
+        full: load(&c.full),
+        resumed: load(&c.resumed),
+        checked_in: load(&c.checked_in),
+        held_dropped: load(&c.held_dropped),
+        polls_empty: load(&c.polls_empty),
+        busy: load(&c.busy),
+        woken: load(&c.woken),
+        results: load(&c.results),
+    };
+    raw.timeline = ctx
         .timeline
         .iter()
         .take(wall.ceil() as usize)
         .map(|s| Second {
-            checkins: s.checkins.load(Ordering::Relaxed),
-            full: s.full.load(Ordering::Relaxed),
-            resumed: s.resumed.load(Ordering::Relaxed),
-            errors: s.errors.load(Ordering::Relaxed),
+            checkins: load(&s.checkins),
+            full: load(&s.full),
+            resumed: load(&s.resumed),
+            errors: load(&s.errors),
         })
+        .collect();
+    raw
+}
+
+/// The report of a run: the statistics of `raw` (one process's, or several merged).
+pub fn finish(mut raw: RawReport, opts: &SwarmOptions, info: RunInfo) -> SwarmReport {
+    let wall = raw.wall_s;
+    let mut rec = raw.recovery;
+    rec.all_back_after_s = match (rec.first_failure_s, rec.last_recovered_s, rec.still_down) {
+        (Some(f), Some(l), 0) => Some(l - f),
+        _ => None,
+    };
+    let timeline: Vec<Second> = raw
+        .timeline
+        .into_iter()
+        .take(wall.ceil() as usize)
         .collect();
     let ramp = opts.interval.as_secs() as usize;
     let run_secs = opts.duration.as_secs() as usize;
@@ -727,67 +1113,69 @@ fn summarise(
         .skip(ramp)
         .map(|s| s.checkins)
         .sum();
-    let checkins = c.checkins.load(Ordering::Relaxed);
-    let limits_hit = errors
-        .keys()
-        .filter_map(|k| {
-            k.limit()
-                .map(|l| format!("{l}: {} failures", errors.get(k).copied().unwrap_or(0)))
-        })
+    // Sorted by kind, as the single-process report always listed them.
+    raw.errors.sort_by_key(|e| e.kind);
+    let limits_hit = raw
+        .errors
+        .iter()
+        .filter_map(|e| e.kind.limit().map(|l| format!("{l}: {} failures", e.count)))
         .collect();
+    let c = raw.counters;
     SwarmReport {
         agents: opts.agents,
         interval_s: opts.interval.as_secs_f64(),
         duration_s: opts.duration.as_secs_f64(),
         persistent: opts.persistent,
-        target: ctx.target.addr.to_string(),
-        via_gateway: false,
-        sources: ctx.sources.len(),
-        nofile_limit: 0,
-        agents_checked_in: c.checked_in.load(Ordering::Relaxed),
-        checkins,
-        checkins_per_s: checkins as f64 / opts.duration.as_secs_f64().max(1e-9),
+        target: info.target,
+        via_gateway: info.via_gateway,
+        sources: raw.sources,
+        nofile_limit: raw.nofile_limit,
+        agents_checked_in: c.checked_in,
+        checkins: c.checkins,
+        checkins_per_s: c.checkins as f64 / opts.duration.as_secs_f64().max(1e-9),
         steady_checkins_per_s: if run_secs > ramp {
             steady_checkins as f64 / (run_secs - ramp) as f64
         } else {
             0.0
         },
-        first_contact: first.percentiles(),
-        latency: steady.percentiles(),
-        work_latency: work.percentiles(),
-        errors: errors.iter().map(|(k, n)| (k.label(), *n)).collect(),
-        error_examples: examples,
+        first_contact: raw.first.percentiles(),
+        latency: raw.steady.percentiles(),
+        work_latency: raw.work.percentiles(),
+        errors: raw
+            .errors
+            .iter()
+            .map(|e| (e.kind.label(), e.count))
+            .collect(),
+        error_examples: raw
+            .errors
+            .iter()
+            .map(|e| (e.kind.label(), e.example.clone()))
+            .collect(),
         limits_hit,
-        full_handshakes: c.full.load(Ordering::Relaxed),
-        resumed_handshakes: c.resumed.load(Ordering::Relaxed),
-        full_per_s: c.full.load(Ordering::Relaxed) as f64 / wall.max(1e-9),
-        resumed_per_s: c.resumed.load(Ordering::Relaxed) as f64 / wall.max(1e-9),
-        held_dropped: c.held_dropped.load(Ordering::Relaxed),
-        polls_empty: c.polls_empty.load(Ordering::Relaxed),
-        busy: c.busy.load(Ordering::Relaxed),
-        connections_per_agent: (c.full.load(Ordering::Relaxed) + c.resumed.load(Ordering::Relaxed))
-            as f64
-            / (c.checked_in.load(Ordering::Relaxed).max(1)) as f64,
-        fan_out: fan_out.map(|(id, create)| FanOut {
+        full_handshakes: c.full,
+        resumed_handshakes: c.resumed,
+        full_per_s: c.full as f64 / wall.max(1e-9),
+        resumed_per_s: c.resumed as f64 / wall.max(1e-9),
+        held_dropped: c.held_dropped,
+        polls_empty: c.polls_empty,
+        busy: c.busy,
+        connections_per_agent: (c.full + c.resumed) as f64 / (c.checked_in.max(1)) as f64,
+        fan_out: info.fan_out.map(|(id, create)| FanOut {
             task_id: Some(id),
-            created_at_s: ctx
-                .task_at
-                .get()
-                .map_or(0.0, |t| t.duration_since(ctx.start).as_secs_f64()),
+            created_at_s: raw.task_at_s.unwrap_or(0.0),
             create_ms: create.as_secs_f64() * 1000.0,
-            woken: wake.len() as u64,
-            wake_latency: wake.percentiles(),
-            results: result.len() as u64,
-            result_latency: result.percentiles(),
-            all_results_s: all_results
-                .filter(|_| !result.is_empty())
-                .map(|d| d.as_secs_f64()),
+            woken: raw.wake.len() as u64,
+            wake_latency: raw.wake.percentiles(),
+            results: raw.result.len() as u64,
+            result_latency: raw.result.percentiles(),
+            all_results_s: raw.all_results_s.filter(|_| !raw.result.is_empty()),
         }),
         recovery: rec,
-        config_version,
-        server: None,
-        swarm: None,
-        aborted: 0,
+        config_version: raw.config_version,
+        server: info.server,
+        swarm: raw.swarm,
+        aborted: raw.aborted,
+        processes: info.processes.max(1),
         timeline,
     }
 }

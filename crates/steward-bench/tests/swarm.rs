@@ -1,20 +1,25 @@
 //! The bench against a real in-process server on loopback: identities enrolled through the
 //! enrollment route, a small swarm in both modes (with a task fan-out over held connections),
-//! the handshake ceiling's bare server, and the JSON report.
+//! the same swarm spread over two child processes, the handshake ceiling's bare server, and
+//! the JSON report.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use steward_bench::net::Target;
 use steward_bench::report::SwarmReport;
 use steward_bench::swarm::{SwarmOptions, TaskLaunch};
-use steward_bench::{BenchError, ProgressBar, handshake, identity, swarm};
+use steward_bench::{BenchError, ProgressBar, handshake, identity, multi, swarm};
 use steward_proto::admin::{NewPackage, NewTask};
-use steward_server::{AdminUser, DataDir, InitOptions, Server, ServerOverrides};
+use steward_server::{
+    AdminUser, DataDir, InitOptions, RunningServer, Server, ServerOverrides, Service,
+};
 
 const AGENTS: usize = 20;
 
@@ -72,18 +77,16 @@ fn assert_clean(r: &SwarmReport) {
     assert_eq!(r.limits_hit.len(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepare_then_swarm_both_modes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut opts = InitOptions::new(&data, vec!["localhost".into()]);
+/// A server initialised in `data` and started on loopback.
+async fn start_server(data: &Path) -> RunningServer {
+    let mut opts = InitOptions::new(data, vec!["localhost".into()]);
     opts.ip_addrs = vec!["127.0.0.1".parse().unwrap()];
     opts.admin_password = Some("correct horse battery".into());
     opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
     steward_server::init(opts).await.unwrap();
     let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let server = Server::start(
-        &data,
+    Server::start(
+        data,
         ServerOverrides {
             agent_addr: loopback,
             console_addr: loopback,
@@ -91,7 +94,32 @@ async fn prepare_then_swarm_both_modes() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The fan-out task, created through the service as the admin API does.
+fn task_for_all(svc: Arc<Service>) -> TaskLaunch {
+    Box::pin(async move {
+        svc.create_task(
+            &admin(),
+            NewTask {
+                command: "true".into(),
+                args: vec![],
+                timeout_secs: 30,
+                target: "all".into(),
+            },
+        )
+        .await
+        .map(|c| c.id)
+        .map_err(|e| format!("{e:?}"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_then_swarm_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(&data).await;
     let service = server.service();
     let package = service
         .new_package(
@@ -164,21 +192,7 @@ async fn prepare_then_swarm_both_modes() {
     assert!(r.resumed_handshakes > 0, "{r:?}");
 
     // Held connections with the long-poll, and a task for all of them at 2.5 s.
-    let svc = service.clone();
-    let task: TaskLaunch = Box::pin(async move {
-        svc.create_task(
-            &admin(),
-            NewTask {
-                command: "true".into(),
-                args: vec![],
-                timeout_secs: 30,
-                target: "all".into(),
-            },
-        )
-        .await
-        .map(|c| c.id)
-        .map_err(|e| format!("{e:?}"))
-    });
+    let task = task_for_all(service.clone());
     let r = swarm::run(
         ids,
         &meta.trust_anchors_pem,
@@ -243,5 +257,155 @@ async fn prepare_then_swarm_both_modes() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     serving.await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// Set in a child of `swarm_over_two_processes`: what it runs (a [`ChildSpec`] in JSON).
+const CHILD_ENV: &str = "STEWARD_BENCH_TEST_SWARM_CHILD";
+
+#[derive(Serialize, Deserialize)]
+struct ChildSpec {
+    ids: PathBuf,
+    slice: usize,
+    processes: usize,
+    opts: SwarmOptions,
+}
+
+/// Not a test of its own: the child swarm process of `swarm_over_two_processes`, which starts
+/// this test binary again with only this test and CHILD_ENV set, as `steward bench swarm`
+/// starts itself with `--slice K/P`. Without CHILD_ENV it does nothing.
+#[test]
+fn swarm_child_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let spec: ChildSpec = serde_json::from_str(&spec).unwrap();
+    let range = multi::slice(spec.opts.agents, spec.slice, spec.processes);
+    let (meta, ids) = identity::load_range(&spec.ids, range.clone()).unwrap();
+    let at = meta.servers.first().unwrap();
+    let target = Target::resolve(&at.host, at.port).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(multi::run_child(
+        ids,
+        range.start,
+        &meta.trust_anchors_pem,
+        target,
+        spec.opts,
+    ))
+    .unwrap();
+}
+
+/// The persistent swarm with its fan-out, its 40 agents in two child processes of 20: one
+/// report, as if one process had run them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_over_two_processes() {
+    const N: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data")).await;
+    let service = server.service();
+    let package = service
+        .new_package(
+            &admin(),
+            NewPackage {
+                expires_secs: 600,
+                max_uses: N as u32,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let ids_dir = dir.path().join("ids");
+    let enrolled = identity::prepare(
+        &package,
+        &identity::PrepareOptions {
+            agents: N,
+            concurrency: 4,
+            out: ids_dir.clone(),
+            timeout: Duration::from_secs(10),
+        },
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(enrolled.enrolled, N);
+
+    let opts = SwarmOptions {
+        agents: N,
+        ..options(true)
+    };
+    let exe = std::env::current_exe().unwrap();
+    let child_opts = opts.clone();
+    let spawn = move |k: usize| {
+        let spec = ChildSpec {
+            ids: ids_dir.clone(),
+            slice: k,
+            processes: 2,
+            opts: child_opts.clone(),
+        };
+        let mut cmd = std::process::Command::new(&exe);
+        // `--quiet`: the harness would otherwise print "test swarm_child_process ... " at the
+        // start of the line of the child's first protocol message.
+        cmd.args(["swarm_child_process", "--exact", "--quiet", "--nocapture"])
+            .env(CHILD_ENV, serde_json::to_string(&spec).unwrap());
+        cmd
+    };
+    let r = multi::run_parent(
+        spawn,
+        multi::ParentOptions {
+            processes: 2,
+            opts,
+            target: "loopback".into(),
+            via_gateway: false,
+        },
+        Some(task_for_all(service.clone())),
+        ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(r.processes, 2);
+    assert_eq!(r.agents, N);
+    assert!(
+        r.errors.is_empty(),
+        "errors: {:?} {:?}",
+        r.errors,
+        r.error_examples
+    );
+    assert_eq!(r.aborted, 0);
+    // Every agent of both processes checked in, and every check-in is in the per-second
+    // series the children's series were added into.
+    assert_eq!(r.agents_checked_in, N as u64);
+    assert_eq!(r.first_contact.count, N as u64);
+    assert!(
+        r.checkins >= N as u64 && r.checkins <= 8 * N as u64,
+        "{r:?}"
+    );
+    assert_eq!(
+        r.timeline.iter().map(|s| s.checkins).sum::<u64>(),
+        r.checkins
+    );
+    // Held connections: one handshake per agent, over both processes.
+    assert_eq!(r.full_handshakes + r.resumed_handshakes, N as u64, "{r:?}");
+    // The fan-out, created by the parent, measured by the children from the parent's instant:
+    // every agent woken by its long-poll well before its next check-in (at least 3.6 s).
+    let fan = r.fan_out.clone().unwrap();
+    assert!(fan.task_id.is_some());
+    assert_eq!(fan.woken, N as u64, "{fan:?}");
+    assert_eq!(fan.results, N as u64, "{fan:?}");
+    assert_eq!(fan.result_latency.count, N as u64);
+    assert!(fan.wake_latency.max_ms.unwrap() < 2500.0, "{fan:?}");
+    assert!(fan.all_results_s.unwrap() < 3.4, "{fan:?}");
+    assert!((4.4..5.5).contains(&fan.created_at_s), "{fan:?}");
+    // The server sampled by the parent, the swarm's use summed over the children.
+    assert!(r.server.unwrap().rss_end_mib > 1.0);
+    let own = r.swarm.unwrap();
+    assert_eq!(own.pid, std::process::id());
+    // Read after the agents stopped, so no held sockets; two processes' threads at least.
+    assert!(own.rss_end_mib > 1.0 && own.threads_end >= 2, "{own:?}");
+    assert!(r.text().contains("in 2 processes"), "{}", r.text());
     server.shutdown().await.unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use steward_bench::{handshake, identity, net, swarm};
+use steward_bench::{handshake, identity, multi, net, swarm};
 use steward_proto::admin::{NewPackage, NewTask, TaskCreated, paths};
 
 use crate::admin::Conn;
@@ -21,9 +21,11 @@ pub(crate) enum BenchCmd {
     /// one package token from the admin API), measure the enrollment rate, and store them
     /// (keys 0600) for swarms.
     Prepare(PrepareArgs),
-    /// Run N simulated agents in this process, each with its own identity, speaking the real
-    /// protocol over mutual TLS; report check-ins/s, latency, errors by kind, handshakes,
-    /// the fan-out over held connections, and the server's RSS and CPU.
+    /// Run N simulated agents, each with its own identity, speaking the real protocol over
+    /// mutual TLS; report check-ins/s, latency, errors by kind, handshakes, the fan-out over
+    /// held connections, and the server's RSS and CPU. Each agent holds a socket, so when N
+    /// exceeds what one process's open-file limit allows the agents are spread over several
+    /// processes of this command (see --processes), reported as one swarm.
     Swarm(SwarmArgs),
     /// The handshake ceiling: full and resumed mutual-TLS handshakes per second of bare rustls
     /// (in this process, with the agent site's certificate) against Steward's agent site.
@@ -80,9 +82,11 @@ pub(crate) struct SwarmArgs {
     /// With --persistent: no fan-out task.
     #[arg(long)]
     no_task: bool,
-    /// Connect through this gateway (https://host:port) instead of the agent site.
-    #[arg(long, value_name = "URL")]
-    via_gateway: Option<String>,
+    /// Connect through this gateway (https://host:port) instead of the agent site. Several
+    /// (repeated or comma-separated): the agents are split among them in blocks, one per
+    /// process (process K uses gateway K mod G), so there are at least as many processes.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    via_gateway: Vec<String>,
     /// The agent site to use instead of the one the identities' profile names.
     #[arg(long, value_name = "URL")]
     agent_site: Option<String>,
@@ -103,6 +107,17 @@ pub(crate) struct SwarmArgs {
     /// The server's process ID, to report its RSS and CPU (same host only).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Processes to spread the agents over: each holds one socket per agent, and a process may
+    /// not open more files than the hard RLIMIT_NOFILE. The processes share one timeline and
+    /// one report; this one starts them, samples the server and creates the fan-out task
+    /// [default: 1 when the agents fit the hard limit less 1,000, else as many as needed;
+    /// with several gateways, a multiple of their number].
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    processes: Option<u32>,
+    /// (Internal) run as child K of P of a swarm spread over processes: identities
+    /// [K·N/P, (K+1)·N/P), the child protocol on stdin and stdout.
+    #[arg(long, value_name = "K/P", hide = true)]
+    slice: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -207,34 +222,35 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
-    let (meta, ids) = identity::load(&a.identities, a.agents)?;
-    let target = match (&a.via_gateway, &a.agent_site, meta.servers.first()) {
-        (Some(g), _, _) => net::Target::from_url(g)?,
-        (None, Some(s), _) => net::Target::from_url(s)?,
-        (None, None, Some(s)) => net::Target::resolve(&s.host, s.port)?,
-        (None, None, None) => {
+/// The agent site the identities' profile names, or `--agent-site`.
+fn site_target(a: &SwarmArgs, meta: &identity::StoreMeta) -> anyhow::Result<net::Target> {
+    Ok(match (&a.agent_site, meta.servers.first()) {
+        (Some(s), _) => net::Target::from_url(s)?,
+        (None, Some(s)) => net::Target::resolve(&s.host, s.port)?,
+        (None, None) => {
             anyhow::bail!("the identities' profile names no server: give --agent-site URL")
         }
-    };
-    let interval = Duration::from_secs(a.interval.max(1));
-    let duration = Duration::from_secs(a.duration.max(1));
-    let task_at = a
-        .task_at
-        .map(Duration::from_secs_f64)
-        .unwrap_or_else(|| interval.mul_f64(1.15));
-    let fan_out = a.persistent && !a.no_task && task_at + Duration::from_secs(10) <= duration;
-    if a.persistent && !a.no_task && !fan_out {
-        eprintln!(
-            "steward bench: no fan-out task: it would be created at {:.0} s, less than 10 s before the end",
-            task_at.as_secs_f64()
-        );
+    })
+}
+
+/// Where process `k`'s agents connect: gateway `k` mod G, or the agent site.
+fn target_of(a: &SwarmArgs, meta: &identity::StoreMeta, k: usize) -> anyhow::Result<net::Target> {
+    match a.via_gateway.get(k % a.via_gateway.len().max(1)) {
+        Some(g) => Ok(net::Target::from_url(g)?),
+        None => site_target(a, meta),
     }
-    let opts = swarm::SwarmOptions {
+}
+
+fn swarm_options(
+    a: &SwarmArgs,
+    meta: &identity::StoreMeta,
+    task_at: Duration,
+) -> anyhow::Result<swarm::SwarmOptions> {
+    Ok(swarm::SwarmOptions {
         agents: a.agents,
-        interval,
+        interval: Duration::from_secs(a.interval.max(1)),
         jitter_percent: a.jitter.min(100),
-        duration,
+        duration: Duration::from_secs(a.duration.max(1)),
         persistent: a.persistent,
         task_after: task_at,
         sources: a.sources,
@@ -248,6 +264,109 @@ fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         },
+    })
+}
+
+/// How many processes, and why (one line for stderr).
+fn choose_processes(
+    agents: usize,
+    asked: Option<u32>,
+    gateways: usize,
+    hard: u64,
+) -> anyhow::Result<(usize, String)> {
+    use steward_bench::limits::{FD_MARGIN, agents_per_process, processes_for};
+    let budget = agents_per_process(hard);
+    let hard_text = if hard == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        hard.to_string()
+    };
+    let limit = format!(
+        "at most {budget} agents a process (hard RLIMIT_NOFILE {hard_text} less {FD_MARGIN} for other descriptors)"
+    );
+    let (p, why) = match asked {
+        Some(p) => (p as usize, format!("--processes; {limit}")),
+        None => {
+            let need = processes_for(agents, hard);
+            let mut why = if need == 1 {
+                format!("{agents} agents fit in one, {limit}")
+            } else {
+                format!("{agents} agents, {limit}")
+            };
+            let g = gateways.max(1);
+            let p = need.div_ceil(g) * g;
+            if g > 1 {
+                why.push_str(&format!(
+                    "; a multiple of the {g} gateways (process K uses gateway K mod {g})"
+                ));
+            }
+            (p, why)
+        }
+    };
+    if p > agents.max(1) {
+        anyhow::bail!("{p} processes for {agents} agents: at least one agent each");
+    }
+    if gateways > p {
+        anyhow::bail!(
+            "{gateways} gateways need at least as many processes (process K uses gateway K mod {gateways}); give --processes {gateways} or more"
+        );
+    }
+    let per = agents.div_ceil(p);
+    if per > budget {
+        eprintln!(
+            "steward bench: warning: {per} agents a process, more than the {limit}: expect file-descriptor errors"
+        );
+    }
+    let head = if p == 1 {
+        "1 process".to_owned()
+    } else {
+        format!("{p} processes of up to {per} agents")
+    };
+    Ok((p, format!("{head}: {why}")))
+}
+
+/// `--slice K/P`.
+fn parse_slice(s: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = s
+        .split_once('/')
+        .and_then(|(k, p)| Some((k.parse::<usize>().ok()?, p.parse::<usize>().ok()?)));
+    match parsed {
+        Some((k, p)) if k < p => Ok((k, p)),
+        _ => anyhow::bail!("--slice {s:?}: expected K/P with K < P"),
+    }
+}
+
+fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
+    if let Some(s) = a.slice.clone() {
+        return run_swarm_child(&a, &s);
+    }
+    let meta = identity::load_meta(&a.identities)?;
+    let hard = steward_bench::limits::nofile().hard;
+    let (processes, why) = choose_processes(a.agents, a.processes, a.via_gateway.len(), hard)?;
+    eprintln!("steward bench: {why}");
+    let interval = Duration::from_secs(a.interval.max(1));
+    let duration = Duration::from_secs(a.duration.max(1));
+    let task_at = a
+        .task_at
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| interval.mul_f64(1.15));
+    let fan_out = a.persistent && !a.no_task && task_at + Duration::from_secs(10) <= duration;
+    if a.persistent && !a.no_task && !fan_out {
+        eprintln!(
+            "steward bench: no fan-out task: it would be created at {:.0} s, less than 10 s before the end",
+            task_at.as_secs_f64()
+        );
+    }
+    let opts = swarm_options(&a, &meta, task_at)?;
+    let via_gateway = !a.via_gateway.is_empty();
+    let target_label = if a.via_gateway.len() > 1 {
+        let mut addrs = Vec::new();
+        for g in &a.via_gateway {
+            addrs.push(net::Target::from_url(g)?.addr.to_string());
+        }
+        addrs.join(",")
+    } else {
+        target_of(&a, &meta, 0)?.addr.to_string()
     };
     let rt = runtime("bench-agent")?;
     let report = rt.block_on(async {
@@ -273,17 +392,46 @@ fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
             None
         };
         let bar = steward_bench::progress(a.duration, "s", show_progress(a.format));
-        let r = swarm::run(
-            ids,
-            &meta.trust_anchors_pem,
-            target,
-            a.via_gateway.is_some(),
+        if processes == 1 {
+            let (_, ids) = identity::load(&a.identities, a.agents)?;
+            let target = target_of(&a, &meta, 0)?;
+            let r = swarm::run(
+                ids,
+                &meta.trust_anchors_pem,
+                target,
+                via_gateway,
+                opts,
+                task,
+                bar,
+            )
+            .await;
+            return anyhow::Ok(r?);
+        }
+        if meta.count < a.agents {
+            return Err(steward_bench::BenchError::TooFewIdentities {
+                dir: a.identities.clone(),
+                have: meta.count,
+                want: a.agents,
+            }
+            .into());
+        }
+        let exe =
+            std::env::current_exe().context("cannot find this executable to start children")?;
+        let args = child_args(&a);
+        let spawn = |k: usize| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(&args)
+                .arg("--slice")
+                .arg(format!("{k}/{processes}"));
+            cmd
+        };
+        let popts = multi::ParentOptions {
+            processes,
             opts,
-            task,
-            bar,
-        )
-        .await;
-        anyhow::Ok(r?)
+            target: target_label,
+            via_gateway,
+        };
+        anyhow::Ok(multi::run_parent(spawn, popts, task, bar).await?)
     })?;
     if let Some(v) = report.config_version {
         identity::save_config_version(&a.identities, v)?;
@@ -292,6 +440,59 @@ fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => print!("{}", report.text()),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The arguments every child gets (then `--slice K/P`): what its agents need; not the admin
+/// connection, the task, the server or the output format, which are the parent's.
+fn child_args(a: &SwarmArgs) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec!["bench".into(), "swarm".into()];
+    let mut pair = |k: &str, val: std::ffi::OsString| {
+        v.push(k.into());
+        v.push(val);
+    };
+    pair("--identities", a.identities.clone().into_os_string());
+    pair("--agents", a.agents.to_string().into());
+    pair("--interval", a.interval.to_string().into());
+    pair("--jitter", a.jitter.to_string().into());
+    pair("--duration", a.duration.to_string().into());
+    pair("--sources", a.sources.to_string().into());
+    pair("--timeout", a.timeout.to_string().into());
+    if !a.via_gateway.is_empty() {
+        pair("--via-gateway", a.via_gateway.join(",").into());
+    }
+    if let Some(s) = &a.agent_site {
+        pair("--agent-site", s.into());
+    }
+    for (on, flag) in [
+        (a.persistent, "--persistent"),
+        (a.resume, "--resume"),
+        (a.no_resumption, "--no-resumption"),
+    ] {
+        if on {
+            v.push(flag.into());
+        }
+    }
+    v
+}
+
+/// A child of a swarm spread over processes: its slice of the identities, the child protocol
+/// on stdin and stdout (nothing else on stdout).
+fn run_swarm_child(a: &SwarmArgs, slice: &str) -> anyhow::Result<ExitCode> {
+    let (k, p) = parse_slice(slice)?;
+    let range = multi::slice(a.agents, k, p);
+    let (meta, ids) = identity::load_range(&a.identities, range.clone())?;
+    let target = target_of(a, &meta, k)?;
+    // The timeline's task instant comes from the parent; `task_after` is not used here.
+    let opts = swarm_options(a, &meta, Duration::ZERO)?;
+    let rt = runtime("bench-agent")?;
+    rt.block_on(multi::run_child(
+        ids,
+        range.start,
+        &meta.trust_anchors_pem,
+        target,
+        opts,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -395,4 +596,82 @@ fn run_handshake(a: HandshakeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    }
+
+    fn swarm_args(extra: &[&str]) -> SwarmArgs {
+        let mut argv = vec![
+            "bench",
+            "swarm",
+            "--identities",
+            "IDS",
+            "--agents",
+            "100",
+            "--duration",
+            "30",
+        ];
+        argv.extend_from_slice(extra);
+        match Top::try_parse_from(argv).unwrap().cmd {
+            BenchCmd::Swarm(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn gateways_repeat_or_split_on_commas() {
+        let a = swarm_args(&[
+            "--via-gateway",
+            "https://127.0.0.1:1,https://127.0.0.1:2",
+            "--via-gateway",
+            "https://127.0.0.1:3",
+        ]);
+        assert_eq!(a.via_gateway.len(), 3);
+        // The children get the same list and their slice, and parse back to the same swarm.
+        // `steward bench swarm …`: with `Top` standing for `steward bench`, "bench" is argv[0].
+        let mut argv = child_args(&a);
+        assert_eq!(argv.first().map(|s| s.as_os_str()), Some("bench".as_ref()));
+        argv.extend(["--slice".into(), "2/3".into()]);
+        let Top {
+            cmd: BenchCmd::Swarm(c),
+        } = Top::try_parse_from(argv).unwrap()
+        else {
+            panic!("not a swarm");
+        };
+        assert_eq!(c.via_gateway, a.via_gateway);
+        assert_eq!(c.slice.as_deref(), Some("2/3"));
+        assert_eq!((c.agents, c.duration, c.persistent), (100, 30, false));
+        assert!(c.processes.is_none() && c.server_pid.is_none());
+    }
+
+    #[test]
+    fn processes_chosen_from_the_limit_and_gateways() {
+        // This machine: hard limit 20,000.
+        assert_eq!(choose_processes(19_000, None, 0, 20_000).unwrap().0, 1);
+        let (p, why) = choose_processes(100_000, None, 0, 20_000).unwrap();
+        assert_eq!(p, 6, "{why}");
+        assert!(why.contains("at most 19000 agents a process"), "{why}");
+        // Four gateways: a multiple of four.
+        assert_eq!(choose_processes(100_000, None, 4, 20_000).unwrap().0, 8);
+        assert_eq!(choose_processes(100, None, 3, 20_000).unwrap().0, 3);
+        assert_eq!(choose_processes(100, Some(2), 0, 20_000).unwrap().0, 2);
+        assert!(choose_processes(100, Some(2), 3, 20_000).is_err());
+        assert!(choose_processes(2, Some(3), 0, 20_000).is_err());
+        assert_eq!(parse_slice("1/4").unwrap(), (1, 4));
+        for bad in ["4/4", "x/2", "1", "-1/2"] {
+            assert!(parse_slice(bad).is_err(), "{bad}");
+        }
+    }
 }
