@@ -337,6 +337,76 @@ async fn connection(
     http(TokioIo::new(stream), peer, router, name).await;
 }
 
+/// How much of an unread HTTP/2 request body is read after the answer, and for how long.
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// An HTTP/2 request body that, dropped before its end (answered without being read: a 503
+/// from the admission queue, a 401), is read to its end in the background, within
+/// [`DRAIN_MAX_BYTES`] and [`DRAIN_TIME`]. Cut off instead, the stream is reset while the
+/// client is still sending, and clients differ on whether the answer then counts: curl
+/// reports a framing error instead of the 401 it was sent; and each such reset counts
+/// against h2's cap of resets over the connection's life.
+struct DrainOnDrop(Option<Incoming>);
+
+impl DrainOnDrop {
+    fn new(body: Incoming) -> Self {
+        Self(Some(body))
+    }
+}
+
+impl hyper::body::Body for DrainOnDrop {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                let mut read = 0usize;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                    if read > DRAIN_MAX_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
+}
+
 /// Who is on the other end of an HTTP/2 connection, as far as its settings go; decided once,
 /// after the handshake, from the client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +531,8 @@ where
     let addr = peer.addr;
     let activity = Arc::new(Activity::new());
     let counted = activity.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(DrainOnDrop::new);
         req.extensions_mut().insert(peer.clone());
         let guard = counted.begin();
         let answer = router.clone().oneshot(req);
@@ -480,7 +551,16 @@ where
     if class == H2Peer::Gateway {
         builder
             .initial_connection_window_size(GATEWAY_CONN_WINDOW)
-            .max_pending_accept_reset_streams(GATEWAY_MAX_PENDING_RESETS);
+            .max_pending_accept_reset_streams(GATEWAY_MAX_PENDING_RESETS)
+            // No cap on the streams the server itself resets. Every answer given before its
+            // request body was read (a 503 SERVER-BUSY from the admission queue, a refusal)
+            // ends with such a reset, and h2 counts them over the connection's whole life:
+            // at its default (1,024) a gateway's connection was closed with GOAWAY in the
+            // first minute of an overload, failing every long-poll and check-in on it at
+            // once (502 to 37,000 agents; BENCHMARKS.md, swarm round 5). The cap guards
+            // against a peer provoking resets to exhaust the server (RUSTSEC-2024-0003);
+            // this peer is an enrolled gateway authenticated by its certificate.
+            .max_local_error_reset_streams(None);
     }
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
