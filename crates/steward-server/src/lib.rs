@@ -25,6 +25,7 @@ mod config_check;
 mod console;
 mod crl;
 mod error;
+mod forwarded;
 mod http;
 mod http_site;
 mod init;

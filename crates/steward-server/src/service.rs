@@ -101,12 +101,16 @@ impl PeerCert {
     /// Facts of a DER client certificate; `None` if it does not parse (it passed rustls, so
     /// this would be a parser disagreement, treated as no certificate).
     pub fn from_der(der: &[u8]) -> Option<Self> {
-        let f = CertFacts::from_der(der).ok()?;
-        Some(Self {
+        Some(Self::from_facts(&CertFacts::from_der(der).ok()?))
+    }
+
+    /// The facts of a certificate already parsed.
+    pub(crate) fn from_facts(f: &CertFacts) -> Self {
+        Self {
             sha256: f.thumbprint.sha256_hex(),
             serial: f.serial.clone(),
             common_name: f.common_names.first().cloned(),
-        })
+        }
     }
 }
 
@@ -257,8 +261,9 @@ pub struct Service {
     /// Admission control and the registry of held persistent connections (agent site).
     admission: Arc<crate::admission::Admission>,
     local_token_hash: Option<String>,
-    /// Verifies agent certificates that gateways forward; `None` until the first CRLs load.
-    forwarded_verifier: RwLock<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
+    /// Verifies agent certificates that gateways forward (and remembers what it accepted);
+    /// `None` until the first CRLs load.
+    forwarded: RwLock<Option<Arc<crate::forwarded::Forwarded>>>,
     /// The issuing CA's current CRL (DER), served to gateways on the agent site.
     issuing_crl: RwLock<Option<axum::body::Bytes>>,
     /// Serialises profile changes (each stamps the next version).
@@ -288,7 +293,7 @@ impl Service {
             waiters: Waiters::default(),
             admission,
             local_token_hash: local_token.map(|t| secret::token_hash(&t)),
-            forwarded_verifier: RwLock::new(None),
+            forwarded: RwLock::new(None),
             issuing_crl: RwLock::new(None),
             profile_lock: tokio::sync::Mutex::new(()),
             crl_kick: RwLock::new(None),

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
-use base64::Engine;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use steward_pki::{CertFacts, LeafRequest, OffsetDateTime, Thumbprint, Usage};
@@ -388,10 +387,9 @@ impl Service {
     /// Replaces the verifier for agent certificates forwarded by gateways (same anchors and
     /// CRLs as the agent site's TLS layer; rebuilt whenever the CRLs are re-signed).
     pub(crate) fn set_forwarded_verifier(&self, v: Arc<dyn ClientCertVerifier>) {
-        *self
-            .forwarded_verifier
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(v);
+        // A new verifier starts with nothing remembered (crate::forwarded's invariant).
+        *self.forwarded.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(crate::forwarded::Forwarded::new(v)));
     }
 
     /// Replaces the issuing CA's CRL served to gateways (at each re-signing).
@@ -835,29 +833,19 @@ impl Service {
             .ok()
             .filter(|t| t.len() <= MAX_FORWARDED_CERT)
             .ok_or_else(|| invalid("the forwarded agent certificate header is malformed".into()))?;
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|e| {
-                invalid(format!(
-                    "the forwarded agent certificate is not base64: {e}"
-                ))
-            })?;
         let verifier = self
-            .forwarded_verifier
+            .forwarded
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| invalid("no CRL is loaded yet to check it against".into()))?;
-        let leaf = CertificateDer::from(der);
-        verifier
-            .verify_client_cert(
-                &leaf,
+        let agent = verifier
+            .verify(
+                text,
                 std::slice::from_ref(self.pki.issuing.cert()),
                 UnixTime::now(),
             )
-            .map_err(|e| invalid(format!("the forwarded agent certificate is refused: {e}")))?;
-        let agent = PeerCert::from_der(&leaf)
-            .ok_or_else(|| invalid("the forwarded agent certificate does not parse".into()))?;
+            .map_err(invalid)?;
         Ok((self.agent_device(Some(&agent)).await?, Some(gw.id)))
     }
 }

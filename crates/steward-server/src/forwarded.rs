@@ -1,0 +1,236 @@
+//! Agent certificates that gateways forward (`X-Steward-Agent-Cert`), verified once per
+//! certificate rather than on every request.
+//!
+//! Behind a gateway every check-in and every long-poll carries the agent's certificate, and
+//! verifying it (its chain's ECDSA signatures, the CRLs) was the largest single cost of the
+//! server's CPU with 100,000 agents behind gateways (a quarter of its samples; BENCHMARKS.md,
+//! swarm round 5). The verdict for one certificate under one verifier (its roots and CRLs)
+//! only changes with time, so it is remembered with the certificate's expiry.
+//!
+//! **Invariant:** a remembered verdict never outlives the verifier that reached it. The cache
+//! lives inside [`Forwarded`], and a new verifier (every CRL re-signing, a revocation, a root
+//! roll) is a new `Forwarded` with an empty cache. A revoked device is also refused by its
+//! device record, which every request reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use steward_pki::CertFacts;
+
+use crate::service::PeerCert;
+
+/// Remembered verdicts at most; beyond it the cache starts again empty (a fleet larger than
+/// this re-verifies more often, nothing worse).
+const CAPACITY: usize = 262_144;
+
+/// A verifier of forwarded agent certificates and the certificates it has accepted.
+pub(crate) struct Forwarded {
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// SHA-256 of the header's text → the agent it names, and its certificate's expiry.
+    accepted: Mutex<HashMap<[u8; 32], Accepted>>,
+}
+
+#[derive(Clone)]
+struct Accepted {
+    peer: PeerCert,
+    not_after: u64,
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarded")
+            .field("accepted", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarded {
+    /// A verifier with nothing remembered yet.
+    pub(crate) fn new(verifier: Arc<dyn ClientCertVerifier>) -> Self {
+        Self {
+            verifier,
+            accepted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Accepted>> {
+        // Entries are inserted whole: a poisoned map is still consistent.
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent a forwarded certificate header names, if the certificate (base64 DER) chains
+    /// through `intermediates` to the platform root, is for client authentication, is within
+    /// its validity and not revoked. The error is the reason, for the log and the answer.
+    pub(crate) fn verify(
+        &self,
+        header: &str,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<PeerCert, String> {
+        let text = header.trim();
+        let key: [u8; 32] = digest::digest(&digest::SHA256, text.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| "SHA-256 is not 32 bytes".to_owned())?;
+        if let Some(a) = self.lock().get(&key)
+            && now.as_secs() < a.not_after
+        {
+            return Ok(a.peer.clone());
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("the forwarded agent certificate is not base64: {e}"))?;
+        let leaf = CertificateDer::from(der);
+        self.verifier
+            .verify_client_cert(&leaf, intermediates, now)
+            .map_err(|e| format!("the forwarded agent certificate is refused: {e}"))?;
+        let facts = CertFacts::from_der(&leaf)
+            .map_err(|_| "the forwarded agent certificate does not parse".to_owned())?;
+        let peer = PeerCert::from_facts(&facts);
+        let not_after = u64::try_from(facts.not_after.unix_timestamp()).unwrap_or(0);
+        let mut accepted = self.lock();
+        if accepted.len() >= CAPACITY {
+            accepted.clear();
+        }
+        accepted.insert(
+            key,
+            Accepted {
+                peer: peer.clone(),
+                not_after,
+            },
+        );
+        Ok(peer)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::server::danger::ClientCertVerified;
+    use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+    use steward_pki::{LeafRequest, OffsetDateTime, Usage};
+
+    use super::*;
+    use crate::config::DataDir;
+    use crate::pki::Pki;
+    use crate::tls::forwarded_verifier;
+
+    /// The real verifier, counting the certificates it is asked about.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ClientCertVerifier>,
+        calls: AtomicUsize,
+    }
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.inner.root_hint_subjects()
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<ClientCertVerified, rustls::Error> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_is_verified_once_per_verifier_and_never_past_its_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut opts = crate::InitOptions::new(&data, vec!["localhost".into()]);
+        opts.admin_password = Some("correct horse battery".into());
+        crate::init(opts).await.unwrap();
+        let pki = Pki::load(&DataDir::new(&data)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let issued = pki
+            .issuing
+            .issue(&LeafRequest {
+                common_name: "device-1".into(),
+                dns_names: vec![],
+                ip_addrs: vec![],
+                usage: Usage::Client,
+                not_before: now - time::Duration::hours(1),
+                not_after: now + time::Duration::days(30),
+                crl_urls: vec!["http://localhost:4728/crl/issuing.crl".into()],
+                key: steward_pki::KeySpec::EcdsaP256,
+            })
+            .unwrap();
+        let header = base64::engine::general_purpose::STANDARD.encode(issued.cert.as_ref());
+        let serial = CertFacts::from_der(&issued.cert).unwrap().serial;
+        let crls = |revoked: &[(String, i64)]| {
+            pki.sign_crls(revoked, now, time::Duration::hours(1), 1)
+                .unwrap()
+        };
+        let counting = Arc::new(Counting {
+            inner: forwarded_verifier(&pki, &crls(&[])).unwrap(),
+            calls: AtomicUsize::new(0),
+        });
+        let fwd = Forwarded::new(counting.clone());
+        let intermediates = std::slice::from_ref(pki.issuing.cert());
+        let at = |t: OffsetDateTime| {
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                u64::try_from(t.unix_timestamp()).unwrap(),
+            ))
+        };
+
+        // Verified the first time, remembered after (surrounding whitespace is not a new one).
+        let peer = fwd.verify(&header, intermediates, at(now)).unwrap();
+        assert_eq!(peer.common_name.as_deref(), Some("device-1"));
+        assert_eq!(peer.serial, serial);
+        let again = fwd
+            .verify(&format!(" {header}\n"), intermediates, at(now))
+            .unwrap();
+        assert_eq!(again, peer);
+        assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
+
+        // Past its expiry it is asked about again, and refused.
+        let late = now + time::Duration::days(31);
+        let e = fwd.verify(&header, intermediates, at(late)).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        assert_eq!(counting.calls.load(Ordering::SeqCst), 2);
+
+        // A new verifier (the CRL re-signed with the certificate revoked) remembers nothing.
+        let revoked = Forwarded::new(
+            forwarded_verifier(&pki, &crls(&[(serial, now.unix_timestamp() - 60)])).unwrap(),
+        );
+        let e = revoked.verify(&header, intermediates, at(now)).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+
+        // Not base64, and base64 of something that is no certificate.
+        let e = fwd.verify("%%%", intermediates, at(now)).unwrap_err();
+        assert!(e.contains("not base64"), "{e}");
+        let e = fwd.verify("AAAA", intermediates, at(now)).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+    }
+}
