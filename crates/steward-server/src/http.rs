@@ -430,9 +430,9 @@ impl H2Peer {
         let (Some(cert), Some(store)) = (cert, gateways) else {
             return Self::Other;
         };
-        match is_gateway_identity(store, cert).await {
-            Ok(true) => Self::Gateway,
-            Ok(false) => Self::Other,
+        match crate::service::gateway_identity(store, cert).await {
+            Ok(Some(_)) => Self::Gateway,
+            Ok(None) => Self::Other,
             Err(e) => {
                 tracing::warn!(serial = %cert.serial, error = %e, "could not tell whether an HTTP/2 peer is a gateway; serving it with the small stream limit for now");
                 Self::Unknown
@@ -454,27 +454,6 @@ impl H2Peer {
             Self::Other | Self::Unknown => H2_IDLE,
         }
     }
-}
-
-async fn is_gateway_identity(
-    store: &dyn Store,
-    cert: &PeerCert,
-) -> Result<bool, steward_store::StoreError> {
-    let Some(cn) = &cert.common_name else {
-        return Ok(false);
-    };
-    let Some(g) = store.gateway(cn).await?.filter(|g| !g.revoked) else {
-        return Ok(false);
-    };
-    if g.cert_sha256.eq_ignore_ascii_case(&cert.sha256) {
-        return Ok(true);
-    }
-    // A renewed identity before its first use (which promotes it) is a gateway's too.
-    Ok(store
-        .gateway_certs(cn)
-        .await?
-        .next_identity
-        .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&cert.sha256)))
 }
 
 /// Requests open on an HTTP/2 connection, and when the last one ended: what its idle timeout

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 mod certs;
 mod gateway;
 
-pub(crate) use gateway::{actual_path, gateway_entries, stamp_version};
+pub(crate) use gateway::{actual_path, gateway_entries, gateway_identity, stamp_version};
 
 use crate::ApiFailure;
 use crate::config::{Config, validate_settings};

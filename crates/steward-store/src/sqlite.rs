@@ -525,12 +525,26 @@ fn warn_impossible_task(device_id: &str, task_id: u64) {
     );
 }
 
-fn warn_never_given(device_id: &str, task_id: u64) {
-    tracing::warn!(
-        device = device_id,
-        task = task_id,
-        "result for a task this device was never given; acknowledged and dropped"
-    );
+/// For a result that changed nothing, only for the log: a repeat of a committed result is
+/// normal (its acknowledgement was lost), a result for a task never given is not.
+async fn warn_if_never_given<'e, E>(executor: E, device_id: &str, task_id: i64) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?")
+            .bind(task_id)
+            .bind(device_id)
+            .fetch_optional(executor)
+            .await?;
+    if exists.is_none() {
+        tracing::warn!(
+            device = device_id,
+            task = task_id,
+            "result for a task this device was never given; acknowledged and dropped"
+        );
+    }
+    Ok(())
 }
 
 fn task_from_row(row: &SqliteRow) -> Result<TaskRecord> {
@@ -1578,18 +1592,7 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
             if updated == 0 {
-                // Only for the log: a repeat of a committed result is normal (its
-                // acknowledgement was lost), a result for a task never given is not.
-                let exists: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?",
-                )
-                .bind(task_id)
-                .bind(device_id)
-                .fetch_optional(&self.reader)
-                .await?;
-                if exists.is_none() {
-                    warn_never_given(device_id, r.task_id);
-                }
+                warn_if_never_given(&self.reader, device_id, task_id).await?;
             }
             return Ok(vec![r.task_id]);
         }
@@ -1613,16 +1616,7 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
             if updated == 0 {
-                let exists: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM task_devices WHERE task_id = ? AND device_id = ?",
-                )
-                .bind(task_id)
-                .bind(device_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if exists.is_none() {
-                    warn_never_given(device_id, r.task_id);
-                }
+                warn_if_never_given(&mut *tx, device_id, task_id).await?;
             }
             acked.push(r.task_id);
         }

@@ -673,25 +673,16 @@ impl Service {
 
     /// The enrolled, unrevoked gateway a verified client certificate belongs to, if any.
     async fn peer_gateway(&self, peer: &PeerCert) -> Result<Option<GatewayRecord>, ApiFailure> {
+        let g = match gateway_identity(self.store.as_ref(), peer).await? {
+            None => return Ok(None),
+            Some(GatewayIdentity::Current(g)) => return Ok(Some(g)),
+            Some(GatewayIdentity::Renewed(g)) => g,
+        };
         let Some(cn) = &peer.common_name else {
             return Ok(None);
         };
-        let Some(g) = self.store.gateway(cn).await?.filter(|g| !g.revoked) else {
-            return Ok(None);
-        };
-        if g.cert_sha256.eq_ignore_ascii_case(&peer.sha256) {
-            return Ok(Some(g));
-        }
         // Its renewed identity, used for the first time: that use is the confirmation, and
         // retires (revokes) the previous identity.
-        let certs = self.store.gateway_certs(cn).await?;
-        let renewed = certs
-            .next_identity
-            .as_ref()
-            .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&peer.sha256));
-        if !renewed {
-            return Ok(None);
-        }
         if self
             .store
             .promote_gateway_cert(cn, GatewayCertRole::Identity, &peer.sha256, now())
@@ -848,6 +839,37 @@ impl Service {
             .map_err(invalid)?;
         Ok((self.agent_device(Some(&agent)).await?, Some(gw.id)))
     }
+}
+
+/// Which of an enrolled, unrevoked gateway's identities a certificate is.
+pub(crate) enum GatewayIdentity {
+    /// The identity in use.
+    Current(GatewayRecord),
+    /// The renewed identity, not used before (its first use promotes it).
+    Renewed(GatewayRecord),
+}
+
+/// The gateway a client certificate identifies, if any: one or two indexed reads. Recognition
+/// only; promoting a renewed identity is `Service::peer_gateway`'s.
+pub(crate) async fn gateway_identity(
+    store: &dyn Store,
+    cert: &PeerCert,
+) -> Result<Option<GatewayIdentity>, steward_store::StoreError> {
+    let Some(cn) = &cert.common_name else {
+        return Ok(None);
+    };
+    let Some(g) = store.gateway(cn).await?.filter(|g| !g.revoked) else {
+        return Ok(None);
+    };
+    if g.cert_sha256.eq_ignore_ascii_case(&cert.sha256) {
+        return Ok(Some(GatewayIdentity::Current(g)));
+    }
+    let renewed = store
+        .gateway_certs(cn)
+        .await?
+        .next_identity
+        .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&cert.sha256));
+    Ok(renewed.then_some(GatewayIdentity::Renewed(g)))
 }
 
 /// External names as recorded: DNS names lower-case, IP literals as given.
