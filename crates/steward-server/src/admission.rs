@@ -9,8 +9,7 @@
 //!   pass a bounded admission queue ([`Admission::admit`]): `max_in_flight` run at once,
 //!   `max_queued` wait at most `queue_wait_ms`; any more are answered at once with **503
 //!   `SERVER-BUSY` and `Retry-After`**, which agents honour with jitter and do not count as a
-//!   failed way; so is a request whose queue ahead would not be served within the wait at the
-//!   recent pace, told when to come back ([`Admission::admit`]);
+//!   failed way;
 //! - the long-poll never waits for a slot: its database probes use one when one is free and
 //!   otherwise skip the probe (a wake-up is then answered without it), so held connections do
 //!   not compete with check-ins.
@@ -185,55 +184,22 @@ pub struct Admission {
     work: Arc<Semaphore>,
     /// Requests holding or waiting for a `work` slot.
     admitted: AtomicUsize,
-    /// How long a request holds its slot, on average lately: what the queue's wait is
-    /// predicted from.
-    hold: Mutex<HoldTime>,
     /// Counters.
     pub stats: Stats,
     /// Devices holding a long-poll now.
     pub connected: Connected,
 }
 
-/// The moving average of how long requests hold a slot (seconds).
-#[derive(Debug, Default, Clone, Copy)]
-struct HoldTime {
-    mean_secs: f64,
-    samples: u64,
-}
-
-/// Slot releases before the average is trusted for predictions.
-const HOLD_SAMPLES_MIN: u64 = 64;
-/// Weight of each new sample in the moving average: about the last few hundred requests, so
-/// the prediction follows the machine (a CPU shared with a build, a slower disk) within a
-/// fraction of a second at the rates where it matters.
-const HOLD_WEIGHT: f64 = 1.0 / 256.0;
-/// The longest `Retry-After` a predicted wait is turned into (agents add up to as much again).
-const RETRY_AFTER_MAX_SECS: u64 = 60;
-
-impl HoldTime {
-    fn add(&mut self, secs: f64) {
-        self.mean_secs = if self.samples == 0 {
-            secs
-        } else {
-            self.mean_secs + HOLD_WEIGHT * (secs - self.mean_secs)
-        };
-        self.samples += 1;
-    }
-}
-
 /// A request's slot: released when dropped.
 #[derive(Debug)]
 pub struct Slot<'a> {
     _permit: OwnedSemaphorePermit,
-    admission: &'a Admission,
-    since: Instant,
+    admitted: &'a AtomicUsize,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.admission.admitted.fetch_sub(1, Ordering::AcqRel);
-        let held = self.since.elapsed().as_secs_f64();
-        self.admission.hold_lock().add(held);
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -246,7 +212,6 @@ impl Admission {
             handshakes: Arc::new(Semaphore::new(r.max_handshakes.max(1))),
             work: Arc::new(Semaphore::new(r.max_in_flight.max(1))),
             admitted: AtomicUsize::new(0),
-            hold: Mutex::new(HoldTime::default()),
             stats: Stats::default(),
             connected: Connected::default(),
         }
@@ -265,42 +230,15 @@ impl Admission {
     /// A slot for work that touches the database: at once when one is free, after a bounded
     /// wait in the queue otherwise, and `SERVER-BUSY` when the queue is full or the wait ran
     /// out.
-    ///
-    /// A request that would queue is refused at once, not after the wait, when the queue ahead
-    /// of it cannot be served within the wait at the rate slots are being released (its length
-    /// × the recent mean hold time ÷ the slots): under a sustained overload, a queue that only
-    /// times out makes every request wait the whole bound and then fail, so nothing is served
-    /// and the retries come back together. Refused at once, it is told in `Retry-After` when
-    /// the queue ahead will have shrunk enough for it to wait within the bound, which spreads
-    /// the retries over what the server can do.
     pub async fn admit(&self) -> Result<Slot<'_>, ApiFailure> {
         let cap = self.limits.max_in_flight + self.limits.max_queued;
-        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
-        if before >= cap {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= cap {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return Err(self.busy("the admission queue is full", self.limits.retry_after_secs));
+            return Err(self.busy("the admission queue is full"));
         }
         let permit = match self.work.clone().try_acquire_owned() {
             Ok(p) => Ok(p),
             Err(_) => {
-                let ahead = before.saturating_sub(self.limits.max_in_flight) + 1;
-                if let Some(wait) = self.predicted_wait(ahead)
-                    && wait > self.limits.queue_wait
-                {
-                    self.admitted.fetch_sub(1, Ordering::AcqRel);
-                    // Back when the queue ahead will have shrunk to what the wait allows, not
-                    // when it will have drained: a fan-out's wake-ups arrive together and
-                    // should come back as the queue makes room, not all after it emptied.
-                    let secs = wait
-                        .saturating_sub(self.limits.queue_wait)
-                        .as_secs()
-                        .saturating_add(1)
-                        .clamp(self.limits.retry_after_secs, RETRY_AFTER_MAX_SECS);
-                    return Err(self.busy(
-                        "the queue ahead would not be served within the queue wait",
-                        secs,
-                    ));
-                }
                 match tokio::time::timeout(
                     self.limits.queue_wait,
                     self.work.clone().acquire_owned(),
@@ -315,33 +253,13 @@ impl Admission {
         match permit {
             Ok(p) => Ok(Slot {
                 _permit: p,
-                admission: self,
-                since: Instant::now(),
+                admitted: &self.admitted,
             }),
             Err(()) => {
                 self.admitted.fetch_sub(1, Ordering::AcqRel);
-                Err(self.busy(
-                    "no slot came free within the queue wait",
-                    self.limits.retry_after_secs,
-                ))
+                Err(self.busy("no slot came free within the queue wait"))
             }
         }
-    }
-
-    /// How long `ahead` requests take to pass the slots at the recent mean hold time; `None`
-    /// until enough requests have been served to know.
-    fn predicted_wait(&self, ahead: usize) -> Option<Duration> {
-        let hold = *self.hold_lock();
-        if hold.samples < HOLD_SAMPLES_MIN {
-            return None;
-        }
-        let secs = ahead as f64 * hold.mean_secs / self.limits.max_in_flight.max(1) as f64;
-        Duration::try_from_secs_f64(secs).ok()
-    }
-
-    fn hold_lock(&self) -> std::sync::MutexGuard<'_, HoldTime> {
-        // A plain value under the lock: a poisoned one is still usable.
-        self.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A slot only if one is free right now (the long-poll's probes: they may be skipped).
@@ -350,12 +268,11 @@ impl Admission {
         self.admitted.fetch_add(1, Ordering::AcqRel);
         Some(Slot {
             _permit: p,
-            admission: self,
-            since: Instant::now(),
+            admitted: &self.admitted,
         })
     }
 
-    fn busy(&self, why: &str, retry_after_secs: u64) -> ApiFailure {
+    fn busy(&self, why: &str) -> ApiFailure {
         let n = self.stats.busy.fetch_add(1, Ordering::Relaxed);
         // One line per thousand refusals: an overload is a burst of them.
         if n.is_multiple_of(1000) {
@@ -364,10 +281,11 @@ impl Admission {
                 refused = n + 1,
                 in_flight = self.limits.max_in_flight,
                 queued = self.limits.max_queued,
-                "server busy: {why}; answering 503 with Retry-After {retry_after_secs} s ([limits] in steward.toml)",
+                "server busy: {why}; answering 503 with Retry-After {} s ([limits] in steward.toml)",
+                self.limits.retry_after_secs
             );
         }
-        busy_failure(retry_after_secs)
+        busy_failure(self.limits.retry_after_secs)
     }
 
     /// The Retry-After of a busy answer.
@@ -378,16 +296,14 @@ impl Admission {
 
 /// 503 `SERVER-BUSY` (the middleware adds `Retry-After`).
 pub(crate) fn busy_failure(retry_after_secs: u64) -> ApiFailure {
-    let mut f = ApiFailure::new(
+    ApiFailure::new(
         StatusCode::SERVICE_UNAVAILABLE,
         SERVER_BUSY,
         format!(
             "the server is busy; try again in {retry_after_secs} s (Retry-After). Nothing of \
              this request was stored."
         ),
-    );
-    f.retry_after_secs = Some(retry_after_secs);
-    f
+    )
 }
 
 /// 503 `SERVER-BUSY` for a database pool that stayed exhausted (logged once per thousand).
@@ -616,69 +532,6 @@ mod tests {
         assert!(adm.try_admit().is_some());
         assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
         assert!(adm.stats.busy.load(Ordering::Relaxed) >= 2);
-    }
-
-    #[tokio::test]
-    async fn a_queue_that_would_not_drain_in_time_is_refused_at_once_with_when_to_return() {
-        let adm = Arc::new(Admission::new(&Limits {
-            max_in_flight: 1,
-            max_queued: 100,
-            queue_wait_ms: 1000,
-            retry_after_secs: 1,
-            ..Limits::default()
-        }));
-        // Too few requests served to know the pace: a request queues as before.
-        adm.hold_lock().add(0.3);
-        assert_eq!(adm.predicted_wait(10), None);
-        for _ in 1..HOLD_SAMPLES_MIN {
-            adm.hold_lock().add(0.3);
-        }
-        let first = adm.admit().await.unwrap();
-        // Three wait: 0.3, 0.6 and 0.9 s of work ahead of them, within the 1 s wait.
-        let mut waiting = Vec::new();
-        for _ in 0..3 {
-            let a = adm.clone();
-            waiting.push(tokio::spawn(async move { a.admit().await.map(drop) }));
-        }
-        while adm.admitted.load(Ordering::Acquire) < 4 {
-            tokio::task::yield_now().await;
-        }
-        // A fourth would have 1.2 s ahead: refused now, not after waiting 1 s.
-        let t = Instant::now();
-        let refused = adm.admit().await.unwrap_err();
-        assert!(
-            t.elapsed() < Duration::from_millis(100),
-            "{:?}",
-            t.elapsed()
-        );
-        assert_eq!(refused.id, SERVER_BUSY);
-        assert_eq!(refused.retry_after_secs, Some(1));
-        let r = refused.into_response();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
-        // The queued ones are served as slots come free (a hold far shorter than predicted).
-        drop(first);
-        for w in waiting {
-            assert!(w.await.unwrap().is_ok());
-        }
-        assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
-        // Told to come back when the queue will have room within the wait: with 5 s of
-        // work ahead and a 1 s wait, after 4 s (rounded up).
-        *adm.hold_lock() = HoldTime::default();
-        for _ in 0..HOLD_SAMPLES_MIN {
-            adm.hold_lock().add(5.0);
-        }
-        let held = adm.admit().await.unwrap();
-        let refused = adm.admit().await.unwrap_err();
-        assert_eq!(refused.retry_after_secs, Some(5));
-        drop(held);
-        // A far longer predicted wait is capped.
-        for _ in 0..4096 {
-            adm.hold_lock().add(500.0);
-        }
-        let _held = adm.admit().await.unwrap();
-        let refused = adm.admit().await.unwrap_err();
-        assert_eq!(refused.retry_after_secs, Some(RETRY_AFTER_MAX_SECS));
     }
 
     #[test]

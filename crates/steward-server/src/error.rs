@@ -142,8 +142,6 @@ pub struct ApiFailure {
     pub id: &'static str,
     /// What went wrong, for people.
     pub message: String,
-    /// `Retry-After` in seconds, for a 503 that knows when to come back (admission control).
-    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiFailure {
@@ -153,7 +151,6 @@ impl ApiFailure {
             status,
             id,
             message: message.into(),
-            retry_after_secs: None,
         }
     }
 
@@ -207,13 +204,6 @@ impl From<StoreError> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(self.body())).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(secs),
-            );
-        }
-        r
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
