@@ -115,38 +115,47 @@ fn task_for_all(svc: Arc<Service>) -> TaskLaunch {
     })
 }
 
+/// `steward bench prepare` of `n` identities into `out`, from one package of the server's.
+async fn prepare(
+    service: &steward_server::Service,
+    out: &std::path::Path,
+    n: usize,
+) -> identity::PrepareReport {
+    let package = service
+        .new_package(
+            &admin(),
+            NewPackage {
+                expires_secs: 600,
+                max_uses: n as u32,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    identity::prepare(
+        &package,
+        &identity::PrepareOptions {
+            agents: n,
+            concurrency: 4,
+            out: out.to_path_buf(),
+            timeout: Duration::from_secs(10),
+        },
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_then_swarm_both_modes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start_server(&data).await;
     let service = server.service();
-    let package = service
-        .new_package(
-            &admin(),
-            NewPackage {
-                expires_secs: 600,
-                max_uses: AGENTS as u32,
-                tags: vec![],
-            },
-        )
-        .await
-        .unwrap();
 
     // prepare: every identity enrolled, the private keys readable by the owner only.
     let ids_dir = dir.path().join("ids");
-    let report = identity::prepare(
-        &package,
-        &identity::PrepareOptions {
-            agents: AGENTS,
-            concurrency: 4,
-            out: ids_dir.clone(),
-            timeout: Duration::from_secs(10),
-        },
-        &ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let report = prepare(&service, &ids_dir, AGENTS).await;
     assert_eq!(report.enrolled, AGENTS, "{report:?}");
     assert!(report.errors.is_empty());
     assert!(report.rate_per_sec > 0.0);
@@ -307,30 +316,8 @@ async fn swarm_over_two_processes() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(&dir.path().join("data")).await;
     let service = server.service();
-    let package = service
-        .new_package(
-            &admin(),
-            NewPackage {
-                expires_secs: 600,
-                max_uses: N as u32,
-                tags: vec![],
-            },
-        )
-        .await
-        .unwrap();
     let ids_dir = dir.path().join("ids");
-    let enrolled = identity::prepare(
-        &package,
-        &identity::PrepareOptions {
-            agents: N,
-            concurrency: 4,
-            out: ids_dir.clone(),
-            timeout: Duration::from_secs(10),
-        },
-        &ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let enrolled = prepare(&service, &ids_dir, N).await;
     assert_eq!(enrolled.enrolled, N);
 
     let opts = SwarmOptions {

@@ -96,6 +96,32 @@ fn established_to(port: u16) -> usize {
         .count()
 }
 
+/// The gateway's identity certificate chain and key, as its data directory holds them.
+fn gateway_identity(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let chain = CertificateDer::pem_file_iter(dir.join("identity.pem"))
+        .unwrap()
+        .chain(CertificateDer::pem_file_iter(dir.join("chain.pem")).unwrap())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("identity.key")).unwrap();
+    (chain, key)
+}
+
+/// A TLS connection to the agent site at `addr` with `cfg`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 fn client_tls(
     root_pem: &str,
     chain: Vec<CertificateDer<'static>>,
@@ -125,12 +151,7 @@ async fn h2_get(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> (u16, usize) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, cfg).await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(b"h2".as_slice()),
@@ -156,12 +177,7 @@ async fn h2_idle_close(
     cfg: Arc<rustls::ClientConfig>,
     limit: Duration,
 ) -> Option<Duration> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, cfg).await;
     // `send` stays alive: the client must not be the one closing the connection.
     let (mut send, mut conn) = h2::client::handshake(tls).await.unwrap();
     let req = hyper::Request::get(format!("https://127.0.0.1:{}{}", addr.port(), paths::PING))
@@ -333,12 +349,7 @@ async fn the_agent_site_gives_a_gateway_a_large_stream_limit_and_an_agent_a_smal
     assert_eq!(limit, OTHER_MAX_STREAMS);
 
     // The gateway's identity: the limit for its whole fleet (its CRL route answers it).
-    let chain = CertificateDer::pem_file_iter(rig.gateway_dir.join("identity.pem"))
-        .unwrap()
-        .chain(CertificateDer::pem_file_iter(rig.gateway_dir.join("chain.pem")).unwrap())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(rig.gateway_dir.join("identity.key")).unwrap();
+    let (chain, key) = gateway_identity(&rig.gateway_dir);
     let cfg = client_tls(&rig.root_pem, chain, key, &[b"h2", b"http/1.1"]);
     let (status, limit) = h2_get(addr, cfg, paths::GATEWAY_CRL).await;
     assert_eq!(status, 200);
@@ -347,14 +358,7 @@ async fn the_agent_site_gives_a_gateway_a_large_stream_limit_and_an_agent_a_smal
     // An HTTP/1.1-only client still gets HTTP/1.1.
     let (chain, key) = agent_identity(&pc);
     let cfg = client_tls(&rig.root_pem, chain, key, &[b"http/1.1"]);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, cfg).await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(b"http/1.1".as_slice())
@@ -401,21 +405,9 @@ async fn a_gateway_connection_survives_the_streams_the_server_resets() {
     const GOAWAY: u8 = 7;
     let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
     let addr = rig.server.agent_addr;
-    let chain = CertificateDer::pem_file_iter(rig.gateway_dir.join("identity.pem"))
-        .unwrap()
-        .chain(CertificateDer::pem_file_iter(rig.gateway_dir.join("chain.pem")).unwrap())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(rig.gateway_dir.join("identity.key")).unwrap();
+    let (chain, key) = gateway_identity(&rig.gateway_dir);
     let cfg = client_tls(&rig.root_pem, chain, key, &[b"h2"]);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(
-            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, cfg).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     // Raw frames, because a well-behaved client library cannot be made to do what provokes
     // the server: each stream announces a 5-byte body and sends 1, which the server refuses by
