@@ -224,8 +224,14 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
 enum Wake {
     Shutdown,
     TaskDone(Option<Joined>),
-    Work { fast: bool },
-    PollEnded { fast: bool },
+    /// A wake-up; `tasks` are those it carried (already handed out to this agent).
+    Work {
+        fast: bool,
+        tasks: Vec<TaskAssignment>,
+    },
+    PollEnded {
+        fast: bool,
+    },
     PollFailed(Option<Fault>),
     Due,
 }
@@ -475,7 +481,10 @@ impl Agent {
                         Wake::TaskDone(done)
                     }
                     r = long_poll(&mut self.conn, config_version, remaining), if poll => match r {
-                        Ok(Some(_)) => Wake::Work { fast: started.elapsed() < MIN_LONG_POLL },
+                        Ok(Some(w)) => Wake::Work {
+                            fast: started.elapsed() < MIN_LONG_POLL,
+                            tasks: w.tasks,
+                        },
                         Ok(None) => Wake::PollEnded { fast: started.elapsed() < MIN_LONG_POLL },
                         Err(f) => Wake::PollFailed(f),
                     },
@@ -488,7 +497,15 @@ impl Agent {
                         // Deliver the result now rather than at the next interval.
                         break;
                     }
-                    Wake::Work { fast } => {
+                    Wake::Work { tasks, .. } if !tasks.is_empty() => {
+                        // The tasks came with the wake-up: no check-in to fetch them. They
+                        // run now; their completion wakes this loop to deliver the results.
+                        self.fast_wakes = 0;
+                        self.poll_health.succeeded();
+                        self.accept_tasks(&tasks);
+                        self.save_state();
+                    }
+                    Wake::Work { fast, .. } => {
                         self.fast_wakes = if fast { self.fast_wakes + 1 } else { 0 };
                         self.poll_health.succeeded();
                         break;

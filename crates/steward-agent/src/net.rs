@@ -870,10 +870,12 @@ impl Connection {
     ) -> Result<Option<WakeUp>, Fault> {
         // `wait`: how long this agent listens, so the server answers (204) before then and
         // the connection stays usable for the next check-in (servers before it ignore it).
+        // `tasks=carry`: pending tasks come in the wake-up itself, without a check-in for them.
         let path = format!(
-            "{}?config_version={config_version}&wait={}",
+            "{}?config_version={config_version}&wait={}&{}",
             steward_proto::paths::WAIT,
-            wait.as_secs()
+            wait.as_secs(),
+            steward_proto::WAIT_CARRY_TASKS
         );
         let url = format!("{}{}", self.base_url, path);
         let (status, body) = self.request(Method::GET, &path, None, timeout).await?;

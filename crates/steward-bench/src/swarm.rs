@@ -874,9 +874,10 @@ async fn agent(
             }
             let started = Instant::now();
             let path = format!(
-                "{}?config_version={config_version}&wait={}",
+                "{}?config_version={config_version}&wait={}&{}",
                 paths::WAIT,
-                (remaining + LONG_POLL_MARGIN).as_secs()
+                (remaining + LONG_POLL_MARGIN).as_secs(),
+                steward_proto::WAIT_CARRY_TASKS
             );
             match c
                 .request(Method::GET, &path, None, remaining + POLL_GRACE)
@@ -889,12 +890,22 @@ async fn agent(
                     }
                 }
                 Ok((s, body))
-                    if s.is_success() && serde_json::from_slice::<WakeUp>(&body).is_ok() =>
+                    if let Some(w) = s
+                        .is_success()
+                        .then(|| serde_json::from_slice::<WakeUp>(&body).ok())
+                        .flatten() =>
                 {
                     let now = Instant::now();
                     if let (Some(t0), None) = (ctx.task_at.get(), out.wake) {
                         out.wake = Some(now.duration_since(*t0));
                         ctx.counters.woken.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Tasks carried by the wake-up run at once (as in the agent); the check-in
+                    // that follows delivers their results.
+                    for t in &w.tasks {
+                        if executed.insert(t.task_id) {
+                            results.push(succeeded(t.task_id));
+                        }
                     }
                     fast_polls = if started.elapsed() < MIN_LONG_POLL {
                         fast_polls + 1

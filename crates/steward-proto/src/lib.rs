@@ -37,8 +37,9 @@ pub mod paths {
     pub const ENROLL_KERBEROS: &str = "/agent/v1/enroll/kerberos";
     /// POST [`crate::CheckinRequest`] → [`crate::CheckinResponse`].
     pub const CHECKIN: &str = "/agent/v1/checkin";
-    /// GET `?config_version=N` → 200 [`crate::WakeUp`] when there is work, 204 after the
-    /// long-poll period otherwise. Lets a task reach an online agent within seconds.
+    /// GET `?config_version=N&wait=SECS[&tasks=carry]` → 200 [`crate::WakeUp`] when there is
+    /// work (with the tasks in it when `tasks=carry`, see [`crate::WAIT_CARRY_TASKS`]), 204
+    /// after the long-poll period otherwise. Lets a task reach an online agent within seconds.
     pub const WAIT: &str = "/agent/v1/wait";
     /// GET → [`crate::Pong`]: proves the whole path (TLS, client certificate, and through a
     /// gateway the gateway's link to the server) without side effects; `steward-agent doctor`.
@@ -735,9 +736,20 @@ pub struct RenewResponse {
 /// Answer to a long-poll when there is something to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeUp {
-    /// Why: `tasks`, `config`.
+    /// Why: `tasks`, `config`, or `wake` (woken while the server was busy: check in).
     pub reason: String,
+    /// The tasks themselves, already handed out as a check-in would hand them out, when the
+    /// agent asked for them ([`WAIT_CARRY_TASKS`] in the long-poll's query) and the server
+    /// had an admission slot free. The agent runs them without checking in first; a wake-up
+    /// with reason `tasks` and none carried means "check in to fetch them".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskAssignment>,
 }
+
+/// Query parameter of a long-poll ([`paths::WAIT`]) by which an agent asks for its tasks in
+/// the wake-up itself (saving the check-in that would fetch them). Servers before it ignore
+/// it, and an agent that does not send it is only ever told to check in.
+pub const WAIT_CARRY_TASKS: &str = "tasks=carry";
 
 /// Error body of every non-2xx answer from the agent site and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,7 +104,8 @@ async fn wait(
     let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     let version = config_version_param(query.as_deref())?;
     let agent_wait = wait_param(query.as_deref());
-    Ok(match svc.wait(&device, version, agent_wait).await? {
+    let carry = carry_param(query.as_deref());
+    Ok(match svc.wait(&device, version, agent_wait, carry).await? {
         Some(w) => Json(w).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
@@ -219,6 +220,11 @@ fn wait_param(query: Option<&str>) -> Option<u64> {
         .find_map(|p| p.strip_prefix("wait=")?.parse().ok())
 }
 
+/// Whether the agent asked for its tasks in the wake-up ([`steward_proto::WAIT_CARRY_TASKS`]).
+fn carry_param(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p == steward_proto::WAIT_CARRY_TASKS))
+}
+
 pub(crate) async fn not_found() -> ApiFailure {
     ApiFailure::not_found("NOT-FOUND", "no such route")
 }
@@ -247,5 +253,9 @@ mod tests {
         assert_eq!(wait_param(Some("config_version=7&wait=58")), Some(58));
         assert_eq!(wait_param(Some("config_version=7")), None);
         assert_eq!(wait_param(Some("wait=soon")), None);
+        assert!(carry_param(Some("config_version=7&wait=58&tasks=carry")));
+        assert!(!carry_param(Some("config_version=7&wait=58")));
+        assert!(!carry_param(Some("tasks=carryall")));
+        assert!(!carry_param(None));
     }
 }

@@ -315,7 +315,9 @@ pub fn document() -> Value {
             "parameters": [
                 { "name": "config_version", "in": "query", "required": false, "schema": int() },
                 { "name": "wait", "in": "query", "required": false, "schema": int(),
-                  "description": "Seconds the agent listens; the server answers 204 two seconds before (or at long_poll_secs, whichever is sooner), so the connection is kept for the next check-in" }
+                  "description": "Seconds the agent listens; the server answers 204 two seconds before (or at long_poll_secs, whichever is sooner), so the connection is kept for the next check-in" },
+                { "name": "tasks", "in": "query", "required": false, "schema": { "type": "string", "enum": ["carry"] },
+                  "description": "`carry`: pending tasks come in the wake-up itself (handed out as a check-in would), when an admission slot is free; otherwise reason `tasks` means check in to fetch them" }
             ],
             "responses": {
                 "200": ok("Work is waiting: reason `tasks`, `config`, or `wake` (woken while the server was busy: check in)", r("WakeUp")),
@@ -597,13 +599,17 @@ pub fn document() -> Value {
                 "version": int(), "profile": r("CommunicationProfile"), "settings": r("AgentSettings"),
                 "policies": array("AppliedPolicy")
             }))),
-            "tasks": { "type": "array", "items": object(&["task_id", "command", "args", "timeout_secs"], json!({
-                "task_id": int(), "command": string(), "args": strings(), "timeout_secs": int()
-            })) },
+            "tasks": array("TaskAssignment"),
             "acked_results": { "type": "array", "items": int() },
             "send_inventory": { "type": "boolean" }
         })),
-        "WakeUp": object(&["reason"], json!({ "reason": string() })),
+        "TaskAssignment": object(&["task_id", "command", "args", "timeout_secs"], json!({
+            "task_id": int(), "command": string(), "args": strings(), "timeout_secs": int()
+        })),
+        "WakeUp": object(&["reason"], json!({
+            "reason": string(),
+            "tasks": array("TaskAssignment")
+        })),
     });
     let schemas = gateway_renewal_schemas(schemas);
     json!({

@@ -114,10 +114,29 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
         .await
         .expect("a long-poll started after the task was created is answered at once, even busy");
     assert_eq!(reason.as_deref(), Some("tasks"));
+    // Asked to carry the tasks while busy, the poll only says "tasks": taking them is a write,
+    // and writes wait for a slot (the check-in that follows queues for one).
+    let busy_wake = tokio::time::timeout(Duration::from_secs(5), agent.wait_carry(version))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(busy_wake.reason, "tasks");
+    assert!(busy_wake.tasks.is_empty(), "{busy_wake:?}");
 
-    // Free again: served.
+    // Free again: the poll carries the task, and the check-in has nothing left to hand out.
     drop(slot);
-    agent.checkin(&checkin_request(version)).await.unwrap();
+    let carried = agent.wait_carry(version).await.unwrap();
+    assert_eq!(carried.reason, "tasks");
+    let ids: Vec<u64> = carried.tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!(ids, vec![created.id]);
+    assert!(
+        agent
+            .checkin(&checkin_request(version))
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

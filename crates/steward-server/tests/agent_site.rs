@@ -31,6 +31,113 @@ fn inventory(host: &str) -> Inventory {
     }
 }
 
+/// An agent that asks (`tasks=carry`) gets its tasks in the wake-up itself, handed out as a
+/// check-in would hand them out: once, marked running, with nothing left for the check-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_that_asks_carries_its_tasks() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 5, &["lab"]).await;
+    let agent = ts.enroll(&pkg.token, "carry-1").await.unwrap();
+    let version = agent
+        .checkin(&checkin_request(0))
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .version;
+    let new_task = |arg: &str| NewTask {
+        command: "echo".into(),
+        args: vec![arg.into()],
+        timeout_secs: 30,
+        target: "tag:lab".into(),
+    };
+
+    // Held, then woken by a new task: the task is in the answer.
+    let waiter = {
+        let http = agent.http.clone();
+        let url = format!(
+            "{}{}?config_version={version}&{}",
+            agent.base,
+            paths::WAIT,
+            steward_proto::WAIT_CARRY_TASKS
+        );
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first: TaskCreated = ts.post_admin(admin::TASKS, &new_task("one")).await.unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let woke: steward_proto::WakeUp = serde_json::from_slice(&body).unwrap();
+    assert_eq!(woke.reason, "tasks");
+    assert_eq!(woke.tasks.len(), 1, "{woke:?}");
+    assert_eq!(woke.tasks[0].task_id, first.id);
+    assert_eq!(woke.tasks[0].args, vec!["one".to_owned()]);
+    let detail: TaskDetail = ts
+        .get_admin(&format!("/api/v1/tasks/{}", first.id))
+        .await
+        .unwrap();
+    assert_eq!(detail.results[0].state, TaskState::Running);
+
+    // Two tasks created before the next poll: both carried at once, and neither is handed
+    // out again, by a check-in or a later poll.
+    let second: TaskCreated = ts.post_admin(admin::TASKS, &new_task("two")).await.unwrap();
+    let third: TaskCreated = ts
+        .post_admin(admin::TASKS, &new_task("three"))
+        .await
+        .unwrap();
+    let both = tokio::time::timeout(Duration::from_secs(5), agent.wait_carry(version))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ids: Vec<u64> = both.tasks.iter().map(|t| t.task_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![second.id, third.id]);
+    assert!(
+        agent
+            .checkin(&checkin_request(version))
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+    let query = format!(
+        "config_version={version}&wait=3&{}",
+        steward_proto::WAIT_CARRY_TASKS
+    );
+    let quiet = agent.long_poll(&query);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), quiet)
+            .await
+            .unwrap()
+            .is_none(),
+        "tasks already carried wake no one"
+    );
+
+    // The results come back by check-in, as for tasks a check-in handed out.
+    let mut req = checkin_request(version);
+    req.results = [first.id, second.id, third.id]
+        .into_iter()
+        .map(|task_id| TaskResult {
+            task_id,
+            outcome: TaskOutcome::Succeeded,
+            exit_code: Some(0),
+            output: String::new(),
+            truncated: false,
+            started_at: "2027-01-01T00:00:00Z".into(),
+            finished_at: "2027-01-01T00:00:01Z".into(),
+        })
+        .collect();
+    let mut acked = agent.checkin(&req).await.unwrap().acked_results;
+    acked.sort_unstable();
+    assert_eq!(acked, vec![first.id, second.id, third.id]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_checkin_config_tasks_and_results() {
     let ts = TestServer::start().await;

@@ -289,19 +289,31 @@ impl Agent {
 
     /// A long-poll: `Some(reason)` on 200, `None` on 204.
     pub async fn wait(&self, config_version: u64) -> Option<String> {
+        self.long_poll(&format!("config_version={config_version}"))
+            .await
+            .map(|w| w.reason)
+    }
+
+    /// A long-poll asking for its tasks in the wake-up (`tasks=carry`).
+    pub async fn wait_carry(&self, config_version: u64) -> Option<steward_proto::WakeUp> {
+        self.long_poll(&format!(
+            "config_version={config_version}&{}",
+            steward_proto::WAIT_CARRY_TASKS
+        ))
+        .await
+    }
+
+    /// A long-poll with this query: the wake-up on 200, `None` on 204.
+    pub async fn long_poll(&self, query: &str) -> Option<steward_proto::WakeUp> {
         let resp = self
             .http
-            .get(format!(
-                "{}{}?config_version={config_version}",
-                self.base,
-                paths::WAIT
-            ))
+            .get(format!("{}{}?{query}", self.base, paths::WAIT))
             .send()
             .await
             .unwrap();
         match resp.status().as_u16() {
             204 => None,
-            200 => Some(resp.json::<steward_proto::WakeUp>().await.unwrap().reason),
+            200 => Some(resp.json().await.unwrap()),
             s => panic!(
                 "wait answered {s}: {}",
                 resp.text().await.unwrap_or_default()
