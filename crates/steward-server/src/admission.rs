@@ -194,12 +194,19 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Slot<'a> {
     _permit: OwnedSemaphorePermit,
-    admitted: &'a AtomicUsize,
+    _counted: Counted<'a>,
 }
 
-impl Drop for Slot<'_> {
+/// One request counted in `admitted` (waiting or running), uncounted when dropped. A guard
+/// rather than a decrement at the end of [`Admission::admit`]: a request whose client goes
+/// away while it waits in the queue has its future dropped mid-wait, and a lost decrement
+/// would shrink the queue for good (after enough of them, every request is refused).
+#[derive(Debug)]
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,12 +239,13 @@ impl Admission {
     /// out.
     pub async fn admit(&self) -> Result<Slot<'_>, ApiFailure> {
         let cap = self.limits.max_in_flight + self.limits.max_queued;
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= cap {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+        let over = self.admitted.fetch_add(1, Ordering::AcqRel) >= cap;
+        let counted = Counted(&self.admitted);
+        if over {
             return Err(self.busy("the admission queue is full"));
         }
         let permit = match self.work.clone().try_acquire_owned() {
-            Ok(p) => Ok(p),
+            Ok(p) => p,
             Err(_) => {
                 match tokio::time::timeout(
                     self.limits.queue_wait,
@@ -245,21 +253,24 @@ impl Admission {
                 )
                 .await
                 {
-                    Ok(Ok(p)) => Ok(p),
-                    _ => Err(()),
+                    Ok(Ok(p)) => p,
+                    _ => return Err(self.busy("no slot came free within the queue wait")),
                 }
             }
         };
-        match permit {
-            Ok(p) => Ok(Slot {
-                _permit: p,
-                admitted: &self.admitted,
-            }),
-            Err(()) => {
-                self.admitted.fetch_sub(1, Ordering::AcqRel);
-                Err(self.busy("no slot came free within the queue wait"))
-            }
-        }
+        Ok(Slot {
+            _permit: permit,
+            _counted: counted,
+        })
+    }
+
+    /// [`Admission::admit`], giving up at `deadline` as well (`None`): for a woken long-poll,
+    /// whose agent stops listening then.
+    pub async fn admit_until(&self, deadline: tokio::time::Instant) -> Option<Slot<'_>> {
+        tokio::time::timeout_at(deadline, self.admit())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// A slot only if one is free right now (the long-poll's probes: they may be skipped).
@@ -268,7 +279,7 @@ impl Admission {
         self.admitted.fetch_add(1, Ordering::AcqRel);
         Some(Slot {
             _permit: p,
-            admitted: &self.admitted,
+            _counted: Counted(&self.admitted),
         })
     }
 
@@ -532,6 +543,37 @@ mod tests {
         assert!(adm.try_admit().is_some());
         assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
         assert!(adm.stats.busy.load(Ordering::Relaxed) >= 2);
+    }
+
+    /// A request whose client goes away while it waits in the queue is dropped mid-wait: it
+    /// must leave the queue as it was, or the queue shrinks for good.
+    #[tokio::test]
+    async fn a_wait_abandoned_in_the_queue_gives_its_place_back() {
+        let adm = Admission::new(&Limits {
+            max_in_flight: 1,
+            max_queued: 1,
+            queue_wait_ms: 10_000,
+            ..Limits::default()
+        });
+        let running = adm.admit().await.unwrap();
+        for _ in 0..3 {
+            // Waits in the queue, then is dropped (as hyper drops a handler whose connection
+            // closed): the only queue place is free again each time.
+            let abandoned = tokio::time::timeout(Duration::from_millis(20), adm.admit()).await;
+            assert!(abandoned.is_err(), "still waiting when dropped");
+            assert_eq!(adm.admitted.load(Ordering::Acquire), 1);
+        }
+        // The same through the long-poll's deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert!(adm.admit_until(deadline).await.is_none());
+        assert_eq!(adm.admitted.load(Ordering::Acquire), 1);
+        drop(running);
+        assert!(
+            adm.admit_until(tokio::time::Instant::now() + Duration::from_secs(1))
+                .await
+                .is_some()
+        );
+        assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
     }
 
     #[test]
