@@ -1118,15 +1118,19 @@ impl Service {
 
     /// Why a device's long-poll should return now, if it should: a new configuration (no
     /// database work), or pending tasks (one probe, only when an admission slot is free now;
-    /// after a wake-up without one, an unprobed "wake"). With `carry` and a free slot the
-    /// pending tasks are taken and sent in the answer, saving the check-in that would fetch
-    /// them: in a fan-out that is one request of three per agent.
+    /// after a wake-up without one, an unprobed "wake").
+    ///
+    /// With `carry` the pending tasks are taken and sent in the answer, saving the check-in
+    /// that would fetch them (in a fan-out, one request of three per agent). Taking is a
+    /// write, so it waits for a slot in the admission queue, as that check-in would have,
+    /// until the poll's `deadline`; a woken poll that gets none by then says "wake".
     async fn work_for(
         &self,
         device: &Device,
         config_version: Option<u64>,
         woken: bool,
         carry: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Option<WakeUp>, ApiFailure> {
         let wake = |reason: &str| {
             Some(WakeUp {
@@ -1139,10 +1143,17 @@ impl Service {
         {
             return Ok(wake("config"));
         }
-        let slot = self.admission.try_admit();
+        let mut slot = self.admission.try_admit();
         if slot.is_none() && woken {
-            // Busy: the check-in a wake-up prompts finds out what is new, through admission.
-            return Ok(wake("wake"));
+            if !carry {
+                // Busy: the check-in a wake-up prompts finds out what is new, through
+                // admission.
+                return Ok(wake("wake"));
+            }
+            slot = self.admission.admit_until(deadline).await;
+            if slot.is_none() {
+                return Ok(wake("wake"));
+            }
         }
         // Not woken (the poll's first look): look even without a slot, one indexed read.
         // Skipping it would lose a wake-up that fired before this poll registered (a task
@@ -1152,7 +1163,13 @@ impl Service {
         if !self.store.has_pending_tasks(&device.id).await? {
             return Ok(None);
         }
-        if !(carry && slot.is_some()) {
+        if !carry {
+            return Ok(wake("tasks"));
+        }
+        if slot.is_none() {
+            slot = self.admission.admit_until(deadline).await;
+        }
+        if slot.is_none() {
             return Ok(wake("tasks"));
         }
         // The probe is a read, the take a write: probing first keeps polls without work off
@@ -1215,10 +1232,13 @@ impl Service {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(w) = self.work_for(device, config_version, false, carry).await? {
+        let deadline = tokio::time::Instant::now() + self.long_poll_hold(device, agent_wait_secs);
+        if let Some(w) = self
+            .work_for(device, config_version, false, carry, deadline)
+            .await?
+        {
             return Ok(Some(w));
         }
-        let deadline = tokio::time::Instant::now() + self.long_poll_hold(device, agent_wait_secs);
         loop {
             tokio::select! {
                 () = &mut notified => {}
@@ -1226,7 +1246,10 @@ impl Service {
             }
             notified.set(notify.notified());
             notified.as_mut().enable();
-            if let Some(w) = self.work_for(device, config_version, true, carry).await? {
+            if let Some(w) = self
+                .work_for(device, config_version, true, carry, deadline)
+                .await?
+            {
                 return Ok(Some(w));
             }
         }

@@ -39,7 +39,7 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
         &[
             ("max_in_flight = 0", "max_in_flight = 1"),
             ("max_queued = 0", "max_queued = 1"),
-            ("queue_wait_ms = 10000", "queue_wait_ms = 100"),
+            ("queue_wait_ms = 10000", "queue_wait_ms = 1000"),
             ("retry_after_secs = 5", "retry_after_secs = 7"),
         ],
     );
@@ -114,8 +114,9 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
         .await
         .expect("a long-poll started after the task was created is answered at once, even busy");
     assert_eq!(reason.as_deref(), Some("tasks"));
-    // Asked to carry the tasks while busy, the poll only says "tasks": taking them is a write,
-    // and writes wait for a slot (the check-in that follows queues for one).
+    // Asked to carry the tasks while busy, the poll queues for a slot (taking them is a
+    // write) and, with none within the queue wait, only says "tasks": the check-in fetches
+    // them.
     let busy_wake = tokio::time::timeout(Duration::from_secs(5), agent.wait_carry(version))
         .await
         .unwrap()
@@ -137,6 +138,41 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
             .tasks
             .is_empty()
     );
+
+    // A held poll woken while busy queues for a slot rather than answering "check in now",
+    // and carries the task once one comes free within the queue wait.
+    let slot = admission.admit().await.unwrap();
+    let held = tokio::spawn({
+        let query = format!(
+            "config_version={version}&{}",
+            steward_proto::WAIT_CARRY_TASKS
+        );
+        let agent = agent.clone();
+        async move { agent.long_poll(&query).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued: TaskCreated = ts
+        .post_admin(
+            admin::TASKS,
+            &NewTask {
+                command: "true".into(),
+                args: Vec::new(),
+                timeout_secs: 30,
+                target: "all".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!held.is_finished(), "a woken poll waits for a slot");
+    drop(slot);
+    let woke = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ids: Vec<u64> = woke.tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!((woke.reason.as_str(), ids), ("tasks", vec![queued.id]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

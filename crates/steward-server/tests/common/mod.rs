@@ -235,6 +235,7 @@ impl TestServer {
 }
 
 /// An enrolled fake agent.
+#[derive(Clone)]
 pub struct Agent {
     pub id: String,
     pub enrolled: EnrollResponse,
