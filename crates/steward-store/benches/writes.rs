@@ -3,9 +3,11 @@
 //! Each write is `Store::save_inventory` of a distinct device (an auto-commit UPDATE of one
 //! row, as a first check-in does), `Store::commit_results` of one result (as a task result
 //! does) or `Store::take_tasks` of one pending task (as the check-in a fan-out's wake-up
-//! prompts does; the writers take at once, one round per timed write). Both must be on disk before they
-//! return, so what this measures is how many commits share one fsync of the WAL: with one
-//! writer, each commit has its own; with 64, as many as commit while one fsync runs.
+//! prompts does; the writers take at once, one round per timed write). All must be on disk
+//! before they return, so what this measures is how many commits share one fsync of the WAL:
+//! with one writer, each commit has its own; with 64, as many as commit while one fsync runs.
+//! Results and takes of concurrent writers also share commits (`combine.rs`): with 64 writers
+//! one commit carries as many of them as were waiting.
 //!
 //! The database lives under Cargo's target directory, not in `/tmp`, which may be a tmpfs
 //! whose fsync costs nothing. Each sample times a fixed batch of `WRITES_PER_WRITER` writes per

@@ -241,6 +241,12 @@ impl Durability {
         }
     }
 
+    /// Commits noted so far (each [`Committing`] takes one number): tests count commits.
+    #[cfg(test)]
+    pub(crate) fn commits(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
     /// Fsyncs completed so far.
     pub(crate) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)

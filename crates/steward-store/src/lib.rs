@@ -14,6 +14,7 @@
 //! - Times are Unix seconds (UTC); the server formats them for the wire.
 #![forbid(unsafe_code)]
 
+mod combine;
 mod durable;
 mod seen;
 mod sqlite;
@@ -58,6 +59,10 @@ pub enum StoreError {
     /// An insert collided with an existing row (an admin of that name already exists).
     #[error("{0} already exists")]
     Exists(String),
+    /// The store's writer task has stopped (the runtime is shutting down): the write was not
+    /// made, or its outcome is unknown.
+    #[error("the database writer has stopped")]
+    Closed,
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -8,7 +8,8 @@
 //! may be acknowledged to agents at once (task results dropped from their outbox), which the
 //! product promises never happens before they are on disk. The barrier is structural: the
 //! writer pool is reachable only through [`Writer::begin`], whose [`WriteTx::commit`] waits for
-//! it, and [`Writer::execute`] for auto-commit statements.
+//! it, [`Writer::execute`] for auto-commit statements, and the combined writes of
+//! [`crate::combine`], whose callers wait for the commit that included theirs.
 //!
 //! Concurrency: one writer connection (SQLite has one writer at a time anyway; serialising in
 //! the pool avoids busy-waiting between our own connections) and a small pool of readers, which
@@ -36,6 +37,7 @@ use steward_proto::{
     AgentError, FailedAttempt, GatewayReport, Inventory, TaskAssignment, TaskResult,
 };
 
+use crate::combine::{Combiner, Done, Op};
 use crate::durable::Durability;
 use crate::{
     Admin, Device, DeviceCert, DeviceFailures, GatewayRecord, ImportedDevice, NewDevice,
@@ -52,18 +54,22 @@ const READERS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: Writer,
+    /// The hot single-statement writes (task takes, single results), combined into shared
+    /// commits ([`crate::combine`]).
+    combiner: Combiner,
     reader: SqlitePool,
     seen: Arc<SeenBuffer>,
     path: PathBuf,
 }
 
 /// The writer connection, reachable only through writes that pass the durability barrier:
-/// [`Writer::begin`] (its [`WriteTx::commit`] waits for the barrier) and [`Writer::execute`]
-/// (auto-commit statements). It is deliberately not an `Executor`.
+/// [`Writer::begin`] (its [`WriteTx::commit`] waits for the barrier), [`Writer::execute`]
+/// (auto-commit statements) and [`crate::combine`] (whose callers wait for the barrier). It is
+/// deliberately not an `Executor`.
 #[derive(Debug, Clone)]
-struct Writer {
-    pool: SqlitePool,
-    durability: Arc<Durability>,
+pub(crate) struct Writer {
+    pub(crate) pool: SqlitePool,
+    pub(crate) durability: Arc<Durability>,
 }
 
 impl Writer {
@@ -84,16 +90,6 @@ impl Writer {
         let done = query.execute(&self.pool).await?;
         self.durability.wait(committing.committed()).await?;
         Ok(done)
-    }
-
-    /// Runs one auto-commit write statement with a `RETURNING` clause and returns its rows
-    /// once the statement's commit is on disk (the statement commits when it has stepped to
-    /// its end, which `fetch_all` does before it returns).
-    async fn fetch_all(&self, query: Query<'_, Sqlite, SqliteArguments>) -> Result<Vec<SqliteRow>> {
-        let committing = self.durability.committing();
-        let rows = query.fetch_all(&self.pool).await?;
-        self.durability.wait(committing.committed()).await?;
-        Ok(rows)
     }
 }
 
@@ -256,7 +252,7 @@ macro_rules! device_from {
 const DEVICE_BY_ID: &str = concat!("SELECT ", device_cols!(), device_from!(), " WHERE id = ?");
 /// Hands a device its pending tasks, and again those delivered before the redelivery bound
 /// (binds: now, device, bound): one statement that marks them running and returns them.
-const TAKE_TASKS: &str = "UPDATE task_devices SET state = 'running', delivered_at = ? \
+pub(crate) const TAKE_TASKS: &str = "UPDATE task_devices SET state = 'running', delivered_at = ? \
      WHERE device_id = ? AND state IN ('pending', 'running') \
         AND (state = 'pending' OR delivered_at <= ?) \
      RETURNING task_id, \
@@ -331,6 +327,7 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         Ok(Self {
+            combiner: Combiner::start(writer.clone()),
             writer,
             reader,
             seen: Arc::new(SeenBuffer::new()),
@@ -496,7 +493,7 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
 
 /// A task result's state change: only a task still pending or running for this device takes
 /// it, so a repeated result (its acknowledgement lost) changes nothing.
-fn result_update<'q>(
+pub(crate) fn result_update<'q>(
     device_id: &'q str,
     task_id: i64,
     r: &'q TaskResult,
@@ -1543,20 +1540,20 @@ impl Store for SqliteStore {
         now: i64,
         redeliver_before: i64,
     ) -> Result<Vec<TaskAssignment>> {
-        // One auto-commit statement, not BEGIN … SELECT … UPDATE … COMMIT: each statement is a
-        // round trip to SQLite's worker thread while the single writer connection is held, and
-        // in a fan-out every woken agent takes its task here (BENCHMARKS.md, swarm round 5).
-        // The task's own columns come from scalar sub-queries on its primary key (a task
-        // never changes after it is created); RETURNING's order is unspecified, hence the sort.
-        let rows = self
-            .writer
-            .fetch_all(
-                sqlx::query(TAKE_TASKS)
-                    .bind(now)
-                    .bind(device_id)
-                    .bind(redeliver_before),
-            )
-            .await?;
+        // One statement, not BEGIN … SELECT … UPDATE … COMMIT: each statement is a round trip
+        // to SQLite's worker thread while the single writer connection is held, and in a
+        // fan-out every woken agent takes its task here (BENCHMARKS.md, swarm round 5); the
+        // takes of concurrent agents share a commit ([`crate::combine`]). The task's own
+        // columns come from scalar sub-queries on its primary key (a task never changes after
+        // it is created); RETURNING's order is unspecified, hence the sort.
+        let op = Op::Take {
+            device_id: device_id.to_owned(),
+            now,
+            redeliver_before,
+        };
+        let Done::Taken(rows) = self.combiner.write(&self.writer, op).await? else {
+            return Err(corrupt("task_devices", "a take returned no rows"));
+        };
         let mut tasks = rows
             .iter()
             .map(|r| {
@@ -1579,18 +1576,23 @@ impl Store for SqliteStore {
         results: &[TaskResult],
         now: i64,
     ) -> Result<Vec<u64>> {
-        // The usual check-in carries one result: one auto-commit statement instead of a
-        // transaction of three round trips on the writer (BENCHMARKS.md, swarm round 5).
+        // The usual check-in carries one result: one statement instead of a transaction of
+        // three round trips on the writer (BENCHMARKS.md, swarm round 5), sharing a commit with
+        // the other writes waiting ([`crate::combine`]).
         if let [r] = results {
             let Ok(task_id) = i64::try_from(r.task_id) else {
                 warn_impossible_task(device_id, r.task_id);
                 return Ok(vec![r.task_id]);
             };
-            let updated = self
-                .writer
-                .execute(result_update(device_id, task_id, r, now))
-                .await?
-                .rows_affected();
+            let op = Op::Result {
+                device_id: device_id.to_owned(),
+                task_id,
+                result: Box::new(r.clone()),
+                now,
+            };
+            let Done::Updated(updated) = self.combiner.write(&self.writer, op).await? else {
+                return Err(corrupt("task_devices", "a result's update returned rows"));
+            };
             if updated == 0 {
                 warn_if_never_given(&self.reader, device_id, task_id).await?;
             }
@@ -2011,6 +2013,122 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(store.wal_syncs(), syncs + 2);
         store.writer.durability.set_hook(None);
+        store.close().await;
+    }
+
+    /// Takes and results of many devices at once share commits ([`crate::combine`]), each
+    /// returns only after a sync that covers its commit, and each device gets exactly its own
+    /// rows back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_takes_and_results_share_commits() {
+        const DEVICES: usize = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let ids: Vec<String> = (0..DEVICES).map(|i| format!("d{i:02}")).collect();
+        let fleet: Vec<ImportedDevice> = ids
+            .iter()
+            .map(|id| ImportedDevice {
+                device: NewDevice {
+                    id: id.clone(),
+                    name: id.clone(),
+                    cert_serial: format!("S{id}"),
+                    cert_sha256: format!("H{id}"),
+                    tags: vec![],
+                    created_at: 1,
+                    profile_version: 0,
+                    cert_not_after: None,
+                },
+                config_version_acked: 0,
+                profile_version_acked: 0,
+                inventory: None,
+                inventory_at: None,
+                last_seen: None,
+                connection_path: None,
+            })
+            .collect();
+        store.import_devices(&fleet).await.unwrap();
+        let task = NewTaskRecord {
+            command: "true".into(),
+            args: vec!["x".into()],
+            timeout_secs: 5,
+            target: "all".into(),
+            created_by: "admin".into(),
+            created_at: 1,
+        };
+        let task_id = store.create_task(&task, &ids).await.unwrap();
+        // Every sync waits for the test's go-ahead, so the writes pile up behind the first.
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = std::sync::Mutex::new(go_rx);
+        store.writer.durability.set_hook(Some(Arc::new(move || {
+            let _ = go_rx.lock().unwrap().recv();
+        })));
+        let commits = store.writer.durability.commits();
+        let takes: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, id) = (store.clone(), id.clone());
+                tokio::spawn(async move { store.take_tasks(&id, 10, 0).await })
+            })
+            .collect();
+        // Every take is committed (visible to a reader), and none has returned: no sync done.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.has_pending_tasks(ids.last().unwrap()).await.unwrap()
+                || store.has_pending_tasks(&ids[0]).await.unwrap()
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            takes.iter().all(|t| !t.is_finished()),
+            "a take returned before a sync covered its commit"
+        );
+        for _ in 0..DEVICES * 2 {
+            let _ = go.send(());
+        }
+        for t in takes {
+            let taken = t.await.unwrap().unwrap();
+            assert_eq!(taken.len(), 1);
+            assert_eq!(
+                (taken[0].task_id, taken[0].args.clone()),
+                (task_id, vec!["x".to_owned()])
+            );
+        }
+        let take_commits = store.writer.durability.commits() - commits;
+        assert!(
+            take_commits < DEVICES as u64 / 2,
+            "{take_commits} commits for {DEVICES} concurrent takes: they are not combined"
+        );
+
+        // Results, likewise; then each device's row holds its own result.
+        let results: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let (store, id) = (store.clone(), id.clone());
+                let result = TaskResult {
+                    task_id,
+                    outcome: steward_proto::TaskOutcome::Succeeded,
+                    exit_code: Some(0),
+                    output: format!("out {n}"),
+                    truncated: false,
+                    started_at: "2027-01-01T00:00:00Z".into(),
+                    finished_at: "2027-01-01T00:00:01Z".into(),
+                };
+                tokio::spawn(async move { store.commit_results(&id, &[result], 11).await })
+            })
+            .collect();
+        for _ in 0..DEVICES * 2 {
+            let _ = go.send(());
+        }
+        for r in results {
+            assert_eq!(r.await.unwrap().unwrap(), vec![task_id]);
+        }
+        store.writer.durability.set_hook(None);
+        let states = store.device_tasks(&ids[7], 10).await.unwrap();
+        assert_eq!(states[0].output.as_deref(), Some("out 7"));
         store.close().await;
     }
 
