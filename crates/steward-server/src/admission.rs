@@ -43,8 +43,10 @@ pub const SERVER_BUSY: &str = "SERVER-BUSY";
 pub struct Limits {
     /// TLS handshakes on the agent site at once (0: 64 per core).
     pub max_handshakes: u32,
-    /// Requests that touch the database running at once (0: 4 per core, at least 8; the
-    /// SQLite pool is one writer and four readers).
+    /// Requests that touch the database running at once (0: 32 per core). Most of a write's
+    /// time in its slot is spent waiting for the group commit's fsync, and only writes in
+    /// flight together can share a commit and an fsync (`steward_store`'s `combine`): with 8
+    /// a fan-out to 19,000 agents took 4.4-5.9 s, with 64 3.6-3.7 s (BENCHMARKS.md, round 6).
     pub max_in_flight: u32,
     /// Requests waiting for one of those slots (0: 32,768 per core). A waiting request holds
     /// only its connection (already open) and a few hundred bytes: the bound that matters is
@@ -102,7 +104,7 @@ impl Limits {
         };
         Resolved {
             max_handshakes: auto(self.max_handshakes, 64, 64),
-            max_in_flight: auto(self.max_in_flight, 4, 8),
+            max_in_flight: auto(self.max_in_flight, 32, 32),
             max_queued: auto(self.max_queued, 32_768, 32_768),
             queue_wait: Duration::from_millis(self.queue_wait_ms),
             retry_after_secs: self.retry_after_secs,
@@ -139,8 +141,8 @@ impl Limits {
 # TLS handshakes at once; more connections wait in the kernel's backlog. Default: 0 (64 per
 # core; here {hs})
 max_handshakes = {c_hs}
-# Requests that touch the database running at once (enrollment, check-in, renewal). Default: 0
-# (4 per core, at least 8; here {inf})
+# Requests that touch the database running at once (enrollment, check-in, renewal); writes in
+# flight together share a commit and its fsync. Default: 0 (32 per core; here {inf})
 max_in_flight = {c_inf}
 # Requests waiting for one of those (a task for every device wakes them all at once); beyond
 # this they are answered 503 at once. Default: 0 (32768 per core; here {q})
@@ -481,12 +483,12 @@ mod tests {
         let two = d.resolved(2);
         assert_eq!(
             (two.max_handshakes, two.max_in_flight, two.max_queued),
-            (128, 8, 65_536)
+            (128, 64, 65_536)
         );
         let eight = d.resolved(8);
         assert_eq!(
             (eight.max_handshakes, eight.max_in_flight, eight.max_queued),
-            (512, 32, 262_144)
+            (512, 256, 262_144)
         );
         let set = Limits {
             max_handshakes: 10,
