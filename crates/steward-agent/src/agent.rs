@@ -1645,7 +1645,7 @@ pub fn backoff_delay(failures: u32, cap_secs: u64, r: f64) -> Duration {
 }
 
 /// A uniform random number in [0, 1), for jitter (not for secrets).
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let mut b = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         return 0.5;

@@ -18,6 +18,10 @@ use crate::net::{self, ClientIdentity, Connector, Fault};
 use crate::package::{self, PackageError};
 use crate::store::{self, DataDir, Identity, PRIVATE, PUBLIC, StoreError};
 
+/// How long enrollment waits out a busy server (503 `SERVER-BUSY`, retried after its
+/// `Retry-After` plus jitter) before it gives up and reports the refusal.
+pub const ENROLL_BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What `enroll` needs.
 #[derive(Debug, Clone)]
 pub struct EnrollOptions {
@@ -215,44 +219,73 @@ async fn enroll_inner(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, En
     let mut kerberos_faults: Vec<String> = Vec::new();
     let _ = proof;
     let mut answer = None;
-    for server in &pkg.profile.servers {
-        #[cfg(feature = "kerberos")]
-        let kerberos = match proof {
-            Proof::Token => None,
-            // A token per server: the SPN is HTTP/<that server's name>. GSSAPI blocks while
-            // it gets the host's ticket; enrollment runs nothing else meanwhile.
-            Proof::Kerberos => match steward_kerberos::initiate_as_host(&server.host) {
-                Ok(init) => Some(steward_proto::KerberosEnrollRequest {
-                    negotiate_token: init.token,
-                    csr_pem: request.csr_pem.clone(),
-                    agent_version: request.agent_version.clone(),
-                }),
-                Err(e) => {
-                    tracing::error!(
-                        id = ENROLL_KERBEROS,
-                        "no Kerberos token for HTTP/{} as this host: {e}",
-                        server.host
-                    );
-                    kerberos_faults.push(format!("HTTP/{}: {e}", server.host));
-                    continue;
-                }
-            },
-        };
-        let result = async {
-            let mut conn = connector.connect(server).await?;
+    // A busy server (503 SERVER-BUSY: admission control, before the token is looked at) is
+    // waited out, as a check-in is: a fleet enrolling at once must not fail for it.
+    let busy_until = std::time::Instant::now() + ENROLL_BUSY_PATIENCE;
+    'servers: for server in &pkg.profile.servers {
+        let result = loop {
             #[cfg(feature = "kerberos")]
-            if let Some(k) = &kerberos {
-                let resp: EnrollResponse = conn
-                    .post_json(paths::ENROLL_KERBEROS, k, connector.timeouts.request)
-                    .await?;
-                return Ok::<_, Fault>((conn.base_url().to_owned(), resp));
-            }
-            let resp: EnrollResponse = conn
+            let kerberos = match proof {
+                Proof::Token => None,
+                // A token per server and attempt: the SPN is HTTP/<that server's name>, and a
+                // token's authenticator is valid for minutes only. GSSAPI blocks while it gets
+                // the host's ticket; enrollment runs nothing else meanwhile.
+                Proof::Kerberos => match steward_kerberos::initiate_as_host(&server.host) {
+                    Ok(init) => Some(steward_proto::KerberosEnrollRequest {
+                        negotiate_token: init.token,
+                        csr_pem: request.csr_pem.clone(),
+                        agent_version: request.agent_version.clone(),
+                    }),
+                    Err(e) => {
+                        tracing::error!(
+                            id = ENROLL_KERBEROS,
+                            "no Kerberos token for HTTP/{} as this host: {e}",
+                            server.host
+                        );
+                        kerberos_faults.push(format!("HTTP/{}: {e}", server.host));
+                        continue 'servers;
+                    }
+                },
+            };
+            let mut conn = match connector.connect(server).await {
+                Ok(c) => c,
+                Err(f) => break Err(f),
+            };
+            #[cfg(feature = "kerberos")]
+            let sent = match &kerberos {
+                Some(k) => {
+                    conn.post_json(paths::ENROLL_KERBEROS, k, connector.timeouts.request)
+                        .await
+                }
+                None => {
+                    conn.post_json(paths::ENROLL, &request, connector.timeouts.request)
+                        .await
+                }
+            };
+            #[cfg(not(feature = "kerberos"))]
+            let sent = conn
                 .post_json(paths::ENROLL, &request, connector.timeouts.request)
-                .await?;
-            Ok::<_, Fault>((conn.base_url().to_owned(), resp))
-        }
-        .await;
+                .await;
+            match sent {
+                Ok(resp) => {
+                    break Ok::<(String, EnrollResponse), Fault>((conn.base_url().to_owned(), resp));
+                }
+                Err(f) if net::is_server_busy(&f) && std::time::Instant::now() < busy_until => {
+                    let retry = conn
+                        .retry_after()
+                        .unwrap_or(std::time::Duration::from_secs(10));
+                    let delay = crate::agent::busy_delay(retry, crate::agent::random_unit());
+                    tracing::info!(
+                        id = ids::SERVER_BUSY,
+                        "the server is busy (503 SERVER-BUSY, Retry-After {} s); enrolling again in {:.1} s",
+                        retry.as_secs(),
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(f) => break Err(f),
+            }
+        };
         match result {
             Ok(r) => {
                 answer = Some(r);

@@ -94,5 +94,50 @@ async fn a_busy_server_is_retried_after_retry_after_and_is_no_failed_way() {
     );
     assert_eq!(state.consecutive_failures, 0);
     agent.stop();
+
+    // Enrollment meets the same queue: a busy answer is waited out (it comes before the
+    // token is looked at, so no use of it is spent), and the agent enrolls once let in.
+    let slot = admission.admit().await.expect("the only slot");
+    let package = service
+        .new_package(
+            &common::running::admin(),
+            steward_proto::admin::NewPackage {
+                expires_secs: 600,
+                max_uses: 1,
+                tags: vec![],
+            },
+        )
+        .await
+        .expect("package");
+    let pkg_path = tmp.path().join("second.pkg");
+    std::fs::write(&pkg_path, serde_json::to_vec(&package).expect("json")).expect("write");
+    let busy_before = admission.stats.busy.load(Ordering::Relaxed);
+    let opts = steward_agent::EnrollOptions {
+        name: Some("second".to_owned()),
+        package: pkg_path,
+        data_dir: tmp.path().join("second"),
+        force: false,
+    };
+    let enrolling = tokio::spawn(async move { steward_agent::enroll(&opts).await });
+    eventually(
+        "a busy answer to the enrollment",
+        Duration::from_secs(10),
+        || {
+            let n = admission.stats.busy.load(Ordering::Relaxed);
+            async move { (n > busy_before).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !enrolling.is_finished(),
+        "enrollment gave up on a busy server"
+    );
+    drop(slot);
+    let enrolled = tokio::time::timeout(Duration::from_secs(15), enrolling)
+        .await
+        .expect("enrolled within Retry-After plus jitter")
+        .expect("task")
+        .expect("enrolled");
+    assert!(service.device(&enrolled.device_id).await.is_ok());
     server.shutdown().await.expect("shutdown");
 }
