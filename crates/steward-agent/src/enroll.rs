@@ -268,7 +268,10 @@ async fn enroll_inner(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, En
                 .await;
             match sent {
                 Ok(resp) => {
-                    break Ok::<(String, EnrollResponse), Fault>((conn.base_url().to_owned(), resp));
+                    break Ok::<(String, EnrollResponse), Fault>((
+                        conn.base_url().to_owned(),
+                        resp,
+                    ));
                 }
                 Err(f) if net::is_server_busy(&f) && std::time::Instant::now() < busy_until => {
                     let retry = conn

@@ -16,12 +16,14 @@
 //! A batch that fails (a statement error, `SQLITE_BUSY` from another process) is rolled back
 //! and every write in it is run again alone: one bad write fails only itself.
 
+use std::collections::{BTreeMap, HashMap};
+
 use sqlx::sqlite::{SqliteQueryResult, SqliteRow};
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{Executor, Row, Sqlite, SqliteConnection};
 use steward_proto::TaskResult;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sqlite::{TAKE_TASKS, Writer, result_update};
+use crate::sqlite::{TAKE_TASKS, TAKE_TASKS_MANY, Writer, result_update};
 use crate::{Result, StoreError};
 
 /// The most writes committed together. Large enough that a fan-out's burst becomes a few
@@ -123,12 +125,58 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Every write in one transaction: their outcomes, in order, and the commit's sequence number.
+/// The takes go in one statement per (time, redelivery bound) — in practice one — over every
+/// device of the batch ([`TAKE_TASKS_MANY`]): a round trip to SQLite's thread per device was
+/// the server's largest cost in a fan-out (waking that thread, BENCHMARKS.md round 6).
 async fn together(writer: &Writer, jobs: &[Job]) -> Result<(Vec<Done>, u64)> {
     let mut tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut done = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        done.push(apply(&mut tx, &job.op).await?);
+    let mut done: Vec<Option<Done>> = jobs.iter().map(|_| None).collect();
+    let mut takes: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
+    for (i, job) in jobs.iter().enumerate() {
+        match &job.op {
+            Op::Take {
+                now,
+                redeliver_before,
+                ..
+            } => takes.entry((*now, *redeliver_before)).or_default().push(i),
+            Op::Result { .. } => done[i] = Some(apply(&mut tx, &job.op).await?),
+        }
     }
+    for ((now, bound), members) in takes {
+        // A device taken twice in one batch: the first take gets its rows and the later ones
+        // none, as if they had run one after the other.
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for &i in &members {
+            if let Op::Take { device_id, .. } = &jobs[i].op {
+                first.entry(device_id.as_str()).or_insert(i);
+            }
+            done[i] = Some(Done::Taken(Vec::new()));
+        }
+        let ids: Vec<&str> = first.keys().copied().collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt {
+            what: "task_devices.device_id",
+            reason: e.to_string(),
+        })?;
+        let rows = tx
+            .fetch_all(
+                sqlx::query::<Sqlite>(TAKE_TASKS_MANY)
+                    .bind(now)
+                    .bind(ids)
+                    .bind(bound),
+            )
+            .await?;
+        for row in rows {
+            let device: String = row.try_get("device_id")?;
+            if let Some(Some(Done::Taken(mine))) = first.get(device.as_str()).map(|&i| &mut done[i])
+            {
+                mine.push(row);
+            }
+        }
+    }
+    let done = done
+        .into_iter()
+        .map(|d| d.ok_or_else(|| StoreError::Database("a combined write lost its outcome".into())))
+        .collect::<Result<Vec<_>>>()?;
     let committing = writer.durability.committing();
     tx.commit().await?;
     Ok((done, committing.committed()))
@@ -143,7 +191,6 @@ async fn alone(writer: &Writer, op: &Op) -> Result<(Done, u64)> {
 }
 
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Done> {
-    use sqlx::Executor;
     Ok(match op {
         Op::Take {
             device_id,
@@ -170,4 +217,96 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Done> {
             Done::Updated(r.rows_affected())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ImportedDevice, NewDevice, NewTaskRecord, SqliteStore, Store};
+
+    fn job(op: Op) -> (Job, oneshot::Receiver<Result<(Done, u64)>>) {
+        let (reply, rx) = oneshot::channel();
+        (Job { op, reply }, rx)
+    }
+
+    fn take(device: &str) -> Op {
+        Op::Take {
+            device_id: device.to_owned(),
+            now: 10,
+            redeliver_before: 0,
+        }
+    }
+
+    fn task_ids(d: &Done) -> Vec<i64> {
+        match d {
+            Done::Taken(rows) => {
+                let mut ids: Vec<i64> = rows.iter().map(|r| r.get("task_id")).collect();
+                ids.sort_unstable();
+                ids
+            }
+            Done::Updated(_) => panic!("not a take"),
+        }
+    }
+
+    /// One batch, one statement for its takes: each device gets its own rows, a device taken
+    /// twice gets them once (the first take), and a device with nothing gets nothing.
+    #[tokio::test]
+    async fn a_batch_of_takes_gives_each_device_its_own_rows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let fleet: Vec<ImportedDevice> = ["a", "b", "idle"]
+            .iter()
+            .map(|id| ImportedDevice {
+                device: NewDevice {
+                    id: (*id).to_owned(),
+                    name: (*id).to_owned(),
+                    cert_serial: format!("S{id}"),
+                    cert_sha256: format!("H{id}"),
+                    tags: vec![],
+                    created_at: 1,
+                    profile_version: 0,
+                    cert_not_after: None,
+                },
+                config_version_acked: 0,
+                profile_version_acked: 0,
+                inventory: None,
+                inventory_at: None,
+                last_seen: None,
+                connection_path: None,
+            })
+            .collect();
+        store.import_devices(&fleet).await.unwrap();
+        let task = |target: &str| NewTaskRecord {
+            command: "true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            target: target.into(),
+            created_by: "admin".into(),
+            created_at: 1,
+        };
+        let both = i64::try_from(
+            store
+                .create_task(&task("all"), &["a".into(), "b".into()])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let only_b = i64::try_from(
+            store
+                .create_task(&task("device:b"), &["b".into()])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let (jobs, _rx): (Vec<Job>, Vec<_>) = [take("a"), take("b"), take("a"), take("idle")]
+            .into_iter()
+            .map(job)
+            .unzip();
+        let (done, _) = together(store.writer(), &jobs).await.unwrap();
+        let got: Vec<Vec<i64>> = done.iter().map(task_ids).collect();
+        assert_eq!(got, vec![vec![both], vec![both, only_b], vec![], vec![]]);
+        assert!(!store.has_pending_tasks("a").await.unwrap());
+        assert!(!store.has_pending_tasks("b").await.unwrap());
+        store.close().await;
+    }
 }

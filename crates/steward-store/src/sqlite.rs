@@ -259,6 +259,17 @@ pub(crate) const TAKE_TASKS: &str = "UPDATE task_devices SET state = 'running', 
         (SELECT command FROM tasks WHERE id = task_id) AS command, \
         (SELECT args FROM tasks WHERE id = task_id) AS args, \
         (SELECT timeout_secs FROM tasks WHERE id = task_id) AS timeout_secs";
+/// [`TAKE_TASKS`] for many devices at once (binds: now, a JSON array of device IDs, bound),
+/// returning each row's device: one statement for a combined batch of takes
+/// ([`crate::combine`]), so a batch costs one round trip to SQLite's thread, not one per device.
+pub(crate) const TAKE_TASKS_MANY: &str = "UPDATE task_devices SET state = 'running', \
+        delivered_at = ?1 \
+     WHERE device_id IN (SELECT value FROM json_each(?2)) \
+        AND state IN ('pending', 'running') AND (state = 'pending' OR delivered_at <= ?3) \
+     RETURNING device_id, task_id, \
+        (SELECT command FROM tasks WHERE id = task_id) AS command, \
+        (SELECT args FROM tasks WHERE id = task_id) AS args, \
+        (SELECT timeout_secs FROM tasks WHERE id = task_id) AS timeout_secs";
 /// Whether a task is pending for a device (asked on every check-in and long-poll).
 const HAS_PENDING_TASK: &str =
     "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1";
@@ -333,6 +344,12 @@ impl SqliteStore {
             seen: Arc::new(SeenBuffer::new()),
             path: path.to_owned(),
         })
+    }
+
+    /// The writer, for the combined writes' tests.
+    #[cfg(test)]
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// The database file.
@@ -2542,6 +2559,18 @@ mod tests {
                 vec![
                     "SEARCH task_devices USING INDEX task_devices_by_device_state \
                      (device_id=? AND state=?)",
+                    tasks_pk,
+                    tasks_pk,
+                    tasks_pk,
+                ],
+            ),
+            // The same probe once per device of the batch (the IN list is the JSON array).
+            (
+                TAKE_TASKS_MANY,
+                vec![
+                    "SEARCH task_devices USING INDEX task_devices_by_device_state \
+                     (device_id=? AND state=?)",
+                    "SCAN json_each VIRTUAL TABLE INDEX 1:",
                     tasks_pk,
                     tasks_pk,
                     tasks_pk,
