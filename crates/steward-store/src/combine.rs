@@ -23,13 +23,20 @@ use sqlx::{Executor, Row, Sqlite, SqliteConnection};
 use steward_proto::TaskResult;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sqlite::{TAKE_TASKS, TAKE_TASKS_MANY, Writer, result_update};
+use crate::sqlite::{RESULTS_MANY, TAKE_TASKS, TAKE_TASKS_MANY, Writer, result_update};
+use crate::state_str;
 use crate::{Result, StoreError};
+use steward_proto::admin::TaskState;
 
 /// The most writes committed together. Large enough that a fan-out's burst becomes a few
 /// commits; small enough that a batch holds the writer connection for milliseconds, not
 /// longer (other writes wait for it).
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Task output carried in one batch's results statement, at most (then the rest of the batch's
+/// results run as statements of their own): a burst of large outputs is not copied into one
+/// huge JSON text.
+const MAX_BATCH_OUTPUT: usize = 4 << 20;
 
 /// Writes waiting for the writer task; a caller beyond this waits to enqueue (the admission
 /// queue in front of the server bounds how many can be waiting anyway).
@@ -125,13 +132,16 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Every write in one transaction: their outcomes, in order, and the commit's sequence number.
-/// The takes go in one statement per (time, redelivery bound) — in practice one — over every
-/// device of the batch ([`TAKE_TASKS_MANY`]): a round trip to SQLite's thread per device was
-/// the server's largest cost in a fan-out (waking that thread, BENCHMARKS.md round 6).
+/// The takes go in one statement per (time, redelivery bound) over every device of the batch
+/// ([`TAKE_TASKS_MANY`]), the results in one per time ([`RESULTS_MANY`]) — in practice one
+/// or two statements a batch: a round trip to SQLite's thread per write was the server's
+/// largest cost in a fan-out (waking that thread, BENCHMARKS.md round 6).
 async fn together(writer: &Writer, jobs: &[Job]) -> Result<(Vec<Done>, u64)> {
     let mut tx = writer.pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut done: Vec<Option<Done>> = jobs.iter().map(|_| None).collect();
     let mut takes: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
+    let mut results: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    let mut output_bytes = 0;
     for (i, job) in jobs.iter().enumerate() {
         match &job.op {
             Op::Take {
@@ -139,7 +149,54 @@ async fn together(writer: &Writer, jobs: &[Job]) -> Result<(Vec<Done>, u64)> {
                 redeliver_before,
                 ..
             } => takes.entry((*now, *redeliver_before)).or_default().push(i),
+            // Outputs are copied into the statement's JSON: past a bound, the rest run alone.
+            Op::Result { result, now, .. } if output_bytes < MAX_BATCH_OUTPUT => {
+                output_bytes += result.output.len();
+                results.entry(*now).or_default().push(i);
+            }
             Op::Result { .. } => done[i] = Some(apply(&mut tx, &job.op).await?),
+        }
+    }
+    for (now, members) in results {
+        // The same result twice in one batch (a resent copy): the first is stored and the
+        // later ones change nothing, as if they had run one after the other.
+        let mut first: HashMap<(&str, i64), usize> = HashMap::new();
+        let mut rows = Vec::with_capacity(members.len());
+        for &i in &members {
+            done[i] = Some(Done::Updated(0));
+            if let Op::Result {
+                device_id,
+                task_id,
+                result,
+                ..
+            } = &jobs[i].op
+                && !first.contains_key(&(device_id.as_str(), *task_id))
+            {
+                first.insert((device_id.as_str(), *task_id), i);
+                rows.push(serde_json::json!([
+                    device_id,
+                    task_id,
+                    state_str(TaskState::from(result.outcome)),
+                    result.exit_code,
+                    result.output,
+                    i64::from(result.truncated),
+                    result.finished_at,
+                ]));
+            }
+        }
+        let rows = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt {
+            what: "task_devices.output",
+            reason: e.to_string(),
+        })?;
+        let changed = tx
+            .fetch_all(sqlx::query::<Sqlite>(RESULTS_MANY).bind(now).bind(rows))
+            .await?;
+        for row in changed {
+            let device: String = row.try_get(0)?;
+            let task: i64 = row.try_get(1)?;
+            if let Some(&i) = first.get(&(device.as_str(), task)) {
+                done[i] = Some(Done::Updated(1));
+            }
         }
     }
     for ((now, bound), members) in takes {
@@ -251,7 +308,7 @@ mod tests {
     /// One batch, one statement for its takes: each device gets its own rows, a device taken
     /// twice gets them once (the first take), and a device with nothing gets nothing.
     #[tokio::test]
-    async fn a_batch_of_takes_gives_each_device_its_own_rows_once() {
+    async fn a_batch_gives_each_take_and_result_its_own_outcome_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let fleet: Vec<ImportedDevice> = ["a", "b", "idle"]
@@ -307,6 +364,57 @@ mod tests {
         assert_eq!(got, vec![vec![both], vec![both, only_b], vec![], vec![]]);
         assert!(!store.has_pending_tasks("a").await.unwrap());
         assert!(!store.has_pending_tasks("b").await.unwrap());
+
+        // One batch, one statement for its results: each changes its own row, a second copy
+        // changes nothing (the first is kept), a result for a task never given changes nothing.
+        let result =
+            |device: &str, task_id: i64, output: &str, exit_code: Option<i32>| Op::Result {
+                device_id: device.to_owned(),
+                task_id,
+                result: Box::new(TaskResult {
+                    task_id: u64::try_from(task_id).unwrap(),
+                    outcome: if exit_code == Some(0) {
+                        steward_proto::TaskOutcome::Succeeded
+                    } else {
+                        steward_proto::TaskOutcome::Failed
+                    },
+                    exit_code,
+                    output: output.to_owned(),
+                    truncated: exit_code.is_none(),
+                    started_at: "2027-01-01T00:00:00Z".into(),
+                    finished_at: "2027-01-01T00:00:01Z".into(),
+                }),
+                now: 11,
+            };
+        let (jobs, _rx): (Vec<Job>, Vec<_>) = [
+            result("a", both, "first \"quoted\" ü", Some(0)),
+            result("b", both, "", None),
+            result("a", both, "second copy", Some(0)),
+            result("idle", both, "never given", Some(0)),
+            take("b"),
+        ]
+        .into_iter()
+        .map(job)
+        .unzip();
+        let (done, _) = together(store.writer(), &jobs).await.unwrap();
+        let changed: Vec<Option<u64>> = done
+            .iter()
+            .map(|d| match d {
+                Done::Updated(n) => Some(*n),
+                Done::Taken(_) => None,
+            })
+            .collect();
+        assert_eq!(changed, vec![Some(1), Some(1), Some(0), Some(0), None]);
+        let a = store.device_tasks("a", 10).await.unwrap();
+        assert_eq!(a[0].output.as_deref(), Some("first \"quoted\" ü"));
+        assert_eq!(a[0].exit_code, Some(0));
+        let b = store.device_tasks("b", 10).await.unwrap();
+        let b_both = b
+            .iter()
+            .find(|t| t.task_id == u64::try_from(both).unwrap())
+            .unwrap();
+        assert_eq!((b_both.exit_code, b_both.truncated), (None, true));
+        assert_eq!(b_both.state, steward_proto::admin::TaskState::Failed);
         store.close().await;
     }
 }

@@ -270,6 +270,18 @@ pub(crate) const TAKE_TASKS_MANY: &str = "UPDATE task_devices SET state = 'runni
         (SELECT command FROM tasks WHERE id = task_id) AS command, \
         (SELECT args FROM tasks WHERE id = task_id) AS args, \
         (SELECT timeout_secs FROM tasks WHERE id = task_id) AS timeout_secs";
+/// Many single results at once (binds: now, a JSON array of `[device, task, state, exit code,
+/// output, truncated, finished at]`): the [`result_update`] of each, in one statement, returning
+/// the (device, task) pairs it changed. Each element probes the primary key (EXPLAIN test).
+pub(crate) const RESULTS_MANY: &str = "UPDATE task_devices SET state = v.state, \
+        exit_code = v.exit_code, output = v.output, truncated = v.truncated, \
+        finished_at = v.finished_at, committed_at = ?1 \
+     FROM (SELECT value ->> 0 AS device_id, value ->> 1 AS task_id, value ->> 2 AS state, \
+        value ->> 3 AS exit_code, value ->> 4 AS output, value ->> 5 AS truncated, \
+        value ->> 6 AS finished_at FROM json_each(?2)) AS v \
+     WHERE task_devices.task_id = v.task_id AND task_devices.device_id = v.device_id \
+        AND task_devices.state IN ('pending', 'running') \
+     RETURNING task_devices.device_id, task_devices.task_id";
 /// Whether a task is pending for a device (asked on every check-in and long-poll).
 const HAS_PENDING_TASK: &str =
     "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1";
@@ -2562,6 +2574,15 @@ mod tests {
                     tasks_pk,
                     tasks_pk,
                     tasks_pk,
+                ],
+            ),
+            // One primary-key probe per result of the batch.
+            (
+                RESULTS_MANY,
+                vec![
+                    "SCAN json_each VIRTUAL TABLE INDEX 1:",
+                    "SEARCH task_devices USING INDEX sqlite_autoindex_task_devices_1 \
+                     (task_id=? AND device_id=?)",
                 ],
             ),
             // The same probe once per device of the batch (the IN list is the JSON array).
