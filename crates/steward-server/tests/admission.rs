@@ -20,6 +20,16 @@ use steward_proto::{ApiError, EnrollRequest, paths};
 /// The descriptor test lowers this process's limit: the tests take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `true` on every device.
+fn task_for_all() -> NewTask {
+    NewTask {
+        command: "true".into(),
+        args: Vec::new(),
+        timeout_secs: 30,
+        target: "all".into(),
+    }
+}
+
 fn set_limits(ts: &TestServer, lines: &[(&str, &str)]) {
     let toml = ts.data_dir().join("steward.toml");
     let mut text = std::fs::read_to_string(&toml).unwrap();
@@ -97,18 +107,7 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
     // must still find it at once (its first look reads without a slot). Skipping the look
     // would lose the wake-up, which fired before the poll registered, and the agent would
     // hear of the task only at its next interval.
-    let created: TaskCreated = ts
-        .post_admin(
-            admin::TASKS,
-            &NewTask {
-                command: "true".into(),
-                args: Vec::new(),
-                timeout_secs: 30,
-                target: "all".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let created: TaskCreated = ts.post_admin(admin::TASKS, &task_for_all()).await.unwrap();
     assert_eq!(created.targets, 1);
     let reason = tokio::time::timeout(Duration::from_secs(5), agent.wait(version))
         .await
@@ -151,18 +150,7 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
         async move { agent.long_poll(&query).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let queued: TaskCreated = ts
-        .post_admin(
-            admin::TASKS,
-            &NewTask {
-                command: "true".into(),
-                args: Vec::new(),
-                timeout_secs: 30,
-                target: "all".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let queued: TaskCreated = ts.post_admin(admin::TASKS, &task_for_all()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!held.is_finished(), "a woken poll waits for a slot");
     drop(slot);

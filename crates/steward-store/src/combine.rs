@@ -279,7 +279,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Done> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ImportedDevice, NewDevice, NewTaskRecord, SqliteStore, Store};
+    use crate::{NewTaskRecord, SqliteStore, Store};
 
     fn job(op: Op) -> (Job, oneshot::Receiver<Result<(Done, u64)>>) {
         let (reply, rx) = oneshot::channel();
@@ -305,34 +305,17 @@ mod tests {
         }
     }
 
-    /// One batch, one statement for its takes: each device gets its own rows, a device taken
-    /// twice gets them once (the first take), and a device with nothing gets nothing.
+    /// One batch, one statement for its takes and one for its results: each device gets its
+    /// own rows, a device taken twice gets them once (the first take), a device with nothing
+    /// gets nothing; each result changes its own row, a second copy changes nothing.
     #[tokio::test]
     async fn a_batch_gives_each_take_and_result_its_own_outcome_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        let fleet: Vec<ImportedDevice> = ["a", "b", "idle"]
-            .iter()
-            .map(|id| ImportedDevice {
-                device: NewDevice {
-                    id: (*id).to_owned(),
-                    name: (*id).to_owned(),
-                    cert_serial: format!("S{id}"),
-                    cert_sha256: format!("H{id}"),
-                    tags: vec![],
-                    created_at: 1,
-                    profile_version: 0,
-                    cert_not_after: None,
-                },
-                config_version_acked: 0,
-                profile_version_acked: 0,
-                inventory: None,
-                inventory_at: None,
-                last_seen: None,
-                connection_path: None,
-            })
-            .collect();
-        store.import_devices(&fleet).await.unwrap();
+        store
+            .import_devices(&crate::sqlite::bare_fleet(&["a", "b", "idle"]))
+            .await
+            .unwrap();
         let task = |target: &str| NewTaskRecord {
             command: "true".into(),
             args: vec![],

@@ -1870,6 +1870,34 @@ impl Store for SqliteStore {
     }
 }
 
+/// Devices with these IDs and nothing else (no inventory, never seen), for tests.
+#[cfg(test)]
+pub(crate) fn bare_fleet<S: AsRef<str>>(ids: &[S]) -> Vec<ImportedDevice> {
+    ids.iter()
+        .map(|id| {
+            let id = id.as_ref();
+            ImportedDevice {
+                device: NewDevice {
+                    id: id.to_owned(),
+                    name: id.to_owned(),
+                    cert_serial: format!("S{id}"),
+                    cert_sha256: format!("H{id}"),
+                    tags: vec![],
+                    created_at: 1,
+                    profile_version: 0,
+                    cert_not_after: None,
+                },
+                config_version_acked: 0,
+                profile_version_acked: 0,
+                inventory: None,
+                inventory_at: None,
+                last_seen: None,
+                connection_path: None,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2054,28 +2082,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let ids: Vec<String> = (0..DEVICES).map(|i| format!("d{i:02}")).collect();
-        let fleet: Vec<ImportedDevice> = ids
-            .iter()
-            .map(|id| ImportedDevice {
-                device: NewDevice {
-                    id: id.clone(),
-                    name: id.clone(),
-                    cert_serial: format!("S{id}"),
-                    cert_sha256: format!("H{id}"),
-                    tags: vec![],
-                    created_at: 1,
-                    profile_version: 0,
-                    cert_not_after: None,
-                },
-                config_version_acked: 0,
-                profile_version_acked: 0,
-                inventory: None,
-                inventory_at: None,
-                last_seen: None,
-                connection_path: None,
-            })
-            .collect();
-        store.import_devices(&fleet).await.unwrap();
+        store.import_devices(&bare_fleet(&ids)).await.unwrap();
         let task = NewTaskRecord {
             command: "true".into(),
             args: vec!["x".into()],
