@@ -869,7 +869,19 @@ pub(crate) async fn gateway_identity(
         .await?
         .next_identity
         .is_some_and(|n| n.sha256.eq_ignore_ascii_case(&cert.sha256));
-    Ok(renewed.then_some(GatewayIdentity::Renewed(g)))
+    if renewed {
+        return Ok(Some(GatewayIdentity::Renewed(g)));
+    }
+    // The two reads above are not one snapshot: the renewed identity's promotion (its first
+    // use, by another request) may have committed between them, moving it from "next" to
+    // "current" after the first read looked at "current". A request with the new identity
+    // would then match neither and be refused (seen in CI: an agent's check-in through a
+    // gateway answered 403 GATEWAY-NOT-TRUSTED right at its identity switch). Promotion is
+    // one transaction, so a fresh look at "current" sees it.
+    let again = store.gateway(cn).await?.filter(|g| !g.revoked);
+    Ok(again
+        .filter(|g| g.cert_sha256.eq_ignore_ascii_case(&cert.sha256))
+        .map(GatewayIdentity::Current))
 }
 
 /// External names as recorded: DNS names lower-case, IP literals as given.
