@@ -129,25 +129,14 @@ async fn a_full_queue_is_answered_503_with_retry_after_at_once() {
     assert_eq!(carried.reason, "tasks");
     let ids: Vec<u64> = carried.tasks.iter().map(|t| t.task_id).collect();
     assert_eq!(ids, vec![created.id]);
-    assert!(
-        agent
-            .checkin(&checkin_request(version))
-            .await
-            .unwrap()
-            .tasks
-            .is_empty()
-    );
+    assert!(agent.tasks_handed_out(version).await.is_empty());
 
     // A held poll woken while busy queues for a slot rather than answering "check in now",
     // and carries the task once one comes free within the queue wait.
     let slot = admission.admit().await.unwrap();
     let held = tokio::spawn({
-        let query = format!(
-            "config_version={version}&{}",
-            steward_proto::WAIT_CARRY_TASKS
-        );
         let agent = agent.clone();
-        async move { agent.long_poll(&query).await }
+        async move { agent.wait_carry(version).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let queued: TaskCreated = ts.post_admin(admin::TASKS, &task_for_all()).await.unwrap();

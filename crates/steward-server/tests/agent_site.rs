@@ -53,27 +53,17 @@ async fn a_long_poll_that_asks_carries_its_tasks() {
     };
 
     // Held, then woken by a new task: the task is in the answer.
-    let waiter = {
-        let http = agent.http.clone();
-        let url = format!(
-            "{}{}?config_version={version}&{}",
-            agent.base,
-            paths::WAIT,
-            steward_proto::WAIT_CARRY_TASKS
-        );
-        tokio::spawn(async move {
-            let r = http.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        })
-    };
+    let waiter = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.wait_carry(version).await }
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first: TaskCreated = ts.post_admin(admin::TASKS, &new_task("one")).await.unwrap();
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiter)
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let woke: steward_proto::WakeUp = serde_json::from_slice(&body).unwrap();
+        .unwrap()
+        .expect("200 with a wake-up, not 204");
     assert_eq!(woke.reason, "tasks");
     assert_eq!(woke.tasks.len(), 1, "{woke:?}");
     assert_eq!(woke.tasks[0].task_id, first.id);
@@ -98,14 +88,7 @@ async fn a_long_poll_that_asks_carries_its_tasks() {
     let mut ids: Vec<u64> = both.tasks.iter().map(|t| t.task_id).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![second.id, third.id]);
-    assert!(
-        agent
-            .checkin(&checkin_request(version))
-            .await
-            .unwrap()
-            .tasks
-            .is_empty()
-    );
+    assert!(agent.tasks_handed_out(version).await.is_empty());
     let query = format!(
         "config_version={version}&wait=3&{}",
         steward_proto::WAIT_CARRY_TASKS

@@ -288,6 +288,17 @@ impl Agent {
         .await
     }
 
+    /// The tasks an otherwise unchanged check-in hands out.
+    pub async fn tasks_handed_out(
+        &self,
+        config_version: u64,
+    ) -> Vec<steward_proto::TaskAssignment> {
+        self.checkin(&checkin_request(config_version))
+            .await
+            .unwrap()
+            .tasks
+    }
+
     /// A long-poll: `Some(reason)` on 200, `None` on 204.
     pub async fn wait(&self, config_version: u64) -> Option<String> {
         self.long_poll(&format!("config_version={config_version}"))
