@@ -23,6 +23,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: the server, the gateway and the swarm allocate per
+/// request from many threads, and glibc's arenas cost 15 % of all CPU in the 100,000-agent run
+/// (BENCHMARKS.md, round 7). The agent (its own binary) keeps the system allocator: its target
+/// is a small idle footprint, not throughput.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.run() {
