@@ -170,6 +170,8 @@ async fn enroll_with(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, Enr
     outcome
 }
 
+// Only the Kerberos path leaves the loop over servers from inside the retry loop.
+#[cfg_attr(not(feature = "kerberos"), allow(unused_labels))]
 async fn enroll_inner(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, EnrollError> {
     let pkg = package::read_package(&opts.package).map_err(|source| EnrollError::Package {
         path: opts.package.display().to_string(),
