@@ -29,6 +29,12 @@ pub enum ServerError {
          server from this one"
     )]
     AlreadyInitialised(PathBuf),
+    /// Another server runs on this data directory (it holds `run/server.lock`).
+    #[error(
+        "SERVER-ALREADY-RUNNING: a Steward server already runs on {0} (it holds run/server.lock); \
+         stop it first, or give this one its own --data-dir"
+    )]
+    AlreadyRunning(PathBuf),
     /// The directory holds no initialised server (no steward.toml).
     #[error(
         "SERVER-NOT-INITIALISED: {0} holds no Steward server (no steward.toml); run \
@@ -101,6 +107,7 @@ impl ServerError {
         match self {
             ServerError::AlreadyInitialised(_) => "SERVER-ALREADY-INITIALISED",
             ServerError::NotInitialised(_) => "SERVER-NOT-INITIALISED",
+            ServerError::AlreadyRunning(_) => "SERVER-ALREADY-RUNNING",
             ServerError::Config { .. } | ServerError::InvalidOptions(_) => "SERVER-CONFIG-INVALID",
             ServerError::Io { .. } => "SERVER-IO",
             ServerError::Pki { .. } => "SERVER-PKI",

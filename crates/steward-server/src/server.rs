@@ -98,6 +98,8 @@ pub struct RunningServer {
     sqlite: Arc<SqliteStore>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// `run/server.lock`, locked while this server runs (see [`lock_data_dir`]).
+    _lock: std::fs::File,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
@@ -184,6 +186,30 @@ fn write_addresses(dir: &DataDir, a: &Addresses) -> Result<(), ServerError> {
     std::fs::rename(&tmp, dir.addresses()).map_err(|e| ServerError::io(dir.addresses(), e))
 }
 
+/// Locks `run/server.lock` for as long as the returned file is open: one server per data
+/// directory. The store caches what agents read on the premise that it is the database's only
+/// writer (`steward_store`'s cache), so a second server on the same database would serve
+/// stale devices, a revoked one among them. The lock is the kernel's, released with the
+/// process however it ends.
+fn lock_data_dir(dir: &DataDir) -> Result<std::fs::File, ServerError> {
+    let run = dir.run();
+    std::fs::create_dir_all(&run).map_err(|e| ServerError::io(&run, e))?;
+    let path = run.join("server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServerError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::AlreadyRunning(dir.root().to_owned()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(ServerError::io(&path, e)),
+    }
+}
+
 impl Server {
     /// Checks the configuration (refusing to start on an error), opens the database, binds
     /// the three listeners and starts serving. Returns once everything listens.
@@ -220,6 +246,7 @@ impl Server {
             cfg.listen.crl = a;
         }
 
+        let lock = lock_data_dir(&dir)?;
         let pki = Arc::new(Pki::load(&dir)?);
         let sqlite = Arc::new(SqliteStore::open(&dir.database(&cfg)).await?);
         let store: Arc<dyn Store> = sqlite.clone();
@@ -409,6 +436,7 @@ impl Server {
             sqlite,
             shutdown_tx,
             tasks,
+            _lock: lock,
         })
     }
 }

@@ -162,6 +162,13 @@ async fn state_survives_a_restart_and_last_seen_is_flushed_at_shutdown() {
     assert_eq!(before[0].status, DeviceStatus::Online);
     let seen = before[0].last_checkin.clone().unwrap();
 
+    // One server per data directory: a second one is refused while this one runs (the store
+    // caches on the premise that it is the database's only writer).
+    let err = steward_server::Server::start(&ts.data_dir(), Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.id(), "SERVER-ALREADY-RUNNING", "{err}");
+
     // Shut down well within the flush interval: the final flush must write last-seen.
     ts.restart().await;
     assert!(!ts.data_dir().join("run/addresses.json.tmp").exists());
