@@ -11,9 +11,14 @@
 //!   narrow table of their own, written in key order, so a flush dirties few pages.
 //! - Every read a check-in makes is an index probe (tested with EXPLAIN QUERY PLAN): its cost
 //!   does not grow with the number of devices.
+//! - The SQLite store is its database's only writer while it runs (the server holds
+//!   `run/server.lock`): it keeps devices and their "no task" facts in memory ([`cache`]),
+//!   and every write that changes them tells the cache when it ends, even one whose caller
+//!   stopped waiting. An unchanged agent's check-in and long-poll then read nothing.
 //! - Times are Unix seconds (UTC); the server formats them for the wire.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod combine;
 mod durable;
 mod seen;

@@ -37,6 +37,7 @@ use steward_proto::{
     AgentError, FailedAttempt, GatewayReport, Inventory, TaskAssignment, TaskResult,
 };
 
+use crate::cache::{Cache, Table};
 use crate::combine::{Combiner, Done, Op};
 use crate::durable::Durability;
 use crate::{
@@ -59,6 +60,9 @@ pub struct SqliteStore {
     combiner: Combiner,
     reader: SqlitePool,
     seen: Arc<SeenBuffer>,
+    /// Devices, gateways and the devices' "no task" facts, as every agent request reads them
+    /// ([`crate::cache`]).
+    cache: Arc<Cache>,
     path: PathBuf,
 }
 
@@ -354,8 +358,76 @@ impl SqliteStore {
             writer,
             reader,
             seen: Arc::new(SeenBuffer::new()),
+            cache: Arc::new(Cache::default()),
             path: path.to_owned(),
         })
+    }
+
+    /// Runs a write that changes what [`crate::cache`] holds on a task of its own, so that it
+    /// ends even when its caller stops waiting (a client that went away mid-request): run in
+    /// place, a dropped caller could let a statement already handed to SQLite commit with the
+    /// cache never told. `row` is announced before the write starts and after it ends
+    /// (committed or not); `after` runs then too.
+    async fn cached_write<T, F>(
+        &self,
+        row: Option<(Table, &str)>,
+        write: F,
+        after: impl FnOnce(&Cache) + Send + 'static,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let cache = Arc::clone(&self.cache);
+        let row = row.map(|(table, id)| {
+            cache.begin_write(table, id);
+            (table, id.to_owned())
+        });
+        let task = tokio::spawn(async move {
+            let r = write.await;
+            if let Some((table, id)) = &row {
+                cache.end_write(*table, id);
+            }
+            after(&cache);
+            r
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// [`SqliteStore::cached_write`] of a write to one row of `table`.
+    async fn row_write<T, F>(&self, table: Table, id: &str, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        self.cached_write(Some((table, id)), write, |_| {}).await
+    }
+
+    /// One column of row `id` of `table`: `update` is `UPDATE table SET column = ? WHERE id = ?`.
+    async fn set_column<V>(
+        &self,
+        table: Table,
+        update: &'static str,
+        id: &str,
+        value: V,
+    ) -> Result<()>
+    where
+        V: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send + 'static,
+    {
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(table, id, async move {
+            sqlx::query(update)
+                .bind(value)
+                .bind(key)
+                .write(&writer)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The writer, for the combined writes' tests.
@@ -476,24 +548,20 @@ fn restrict_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_path: &Path) {}
 
-fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
+/// A device as stored: last-seen as flushed, without the unflushed sightings ([`with_seen`]).
+fn device_from_row(row: &SqliteRow) -> Result<Device> {
     let id: String = row.try_get("id")?;
     let tags: String = row.try_get("tags")?;
     let last_error: Option<String> = row.try_get("last_error")?;
     let failed: Option<String> = row.try_get("failed_attempts")?;
-    let (last_seen, connection_path) = seen.merge(
-        &id,
-        row.try_get("last_seen")?,
-        row.try_get("connection_path")?,
-    );
     Ok(Device {
         name: row.try_get("name")?,
         cert_serial: row.try_get("cert_serial")?,
         cert_sha256: row.try_get("cert_sha256")?,
         tags: json_col("devices.tags", &tags)?,
         created_at: row.try_get("created_at")?,
-        last_seen,
-        connection_path,
+        last_seen: row.try_get("last_seen")?,
+        connection_path: row.try_get("connection_path")?,
         last_error: last_error
             .map(|e| json_col::<AgentError>("devices.last_error", &e))
             .transpose()?,
@@ -518,6 +586,13 @@ fn device_from_row(row: &SqliteRow, seen: &SeenBuffer) -> Result<Device> {
         next_cert_sha256: row.try_get("next_cert_sha256")?,
         id,
     })
+}
+
+/// A stored device with its unflushed sighting merged in.
+fn with_seen(mut device: Device, seen: &SeenBuffer) -> Device {
+    (device.last_seen, device.connection_path) =
+        seen.merge(&device.id, device.last_seen, device.connection_path.take());
+    device
 }
 
 /// A task result's state change: only a task still pending or running for this device takes
@@ -916,6 +991,10 @@ impl Store for SqliteStore {
     }
 
     async fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>> {
+        if let Some(g) = self.cache.gateway(id) {
+            return Ok(Some(g));
+        }
+        let ticket = self.cache.gateway_ticket();
         let row = sqlx::query(
             "SELECT id, cert_serial, cert_sha256, revoked, report, reported_at, \
              entry_since_version FROM gateways WHERE id = ?",
@@ -923,7 +1002,12 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| gateway_from_row(&r)).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let g = gateway_from_row(&row)?;
+        self.cache.keep_gateway(ticket, &g);
+        Ok(Some(g))
     }
 
     async fn gateways(&self) -> Result<Vec<GatewayRecord>> {
@@ -937,22 +1021,29 @@ impl Store for SqliteStore {
     }
 
     async fn save_gateway_report(&self, id: &str, report: &GatewayReport, now: i64) -> Result<()> {
-        sqlx::query("UPDATE gateways SET report = ?, reported_at = ? WHERE id = ?")
-            .bind(to_json("gateways.report", report)?)
-            .bind(now)
-            .bind(id)
-            .write(&self.writer)
-            .await?;
-        Ok(())
+        let json = to_json("gateways.report", report)?;
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(Table::Gateways, id, async move {
+            sqlx::query("UPDATE gateways SET report = ?, reported_at = ? WHERE id = ?")
+                .bind(json)
+                .bind(now)
+                .bind(key)
+                .write(&writer)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn set_gateway_entry_since(&self, id: &str, version: u64) -> Result<()> {
-        sqlx::query("UPDATE gateways SET entry_since_version = ? WHERE id = ?")
-            .bind(i64_arg("gateways.entry_since_version", version)?)
-            .bind(id)
-            .write(&self.writer)
-            .await?;
-        Ok(())
+        let version = i64_arg("gateways.entry_since_version", version)?;
+        self.set_column(
+            Table::Gateways,
+            "UPDATE gateways SET entry_since_version = ? WHERE id = ?",
+            id,
+            version,
+        )
+        .await
     }
 
     async fn devices_behind_profile(&self, version: u64, limit: u32) -> Result<ProfileLag> {
@@ -1014,14 +1105,18 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE gateways SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
-        )
-        .bind(now)
-        .bind(id)
-        .write(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(Table::Gateways, id, async move {
+            let done = sqlx::query(
+                "UPDATE gateways SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+            )
+            .bind(now)
+            .bind(key)
+            .write(&writer)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     async fn gateway_certs(&self, id: &str) -> Result<crate::GatewayCerts> {
@@ -1160,170 +1255,206 @@ impl Store for SqliteStore {
         sha256: &str,
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let next = sqlx::query(
-            "SELECT serial, sha256 FROM gateway_certs c JOIN gateways g ON g.id = c.gateway_id \
-             WHERE c.gateway_id = ? AND c.role = ? AND c.slot = 'next' \
-             AND c.sha256 = ? COLLATE NOCASE AND g.revoked = 0",
-        )
-        .bind(id)
-        .bind(role.as_str())
-        .bind(sha256)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(next) = next else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let (serial, sha): (String, String) = (next.try_get("serial")?, next.try_get("sha256")?);
-        // The certificate it replaces is revoked: the recorded one, and for the identity also
-        // the one the gateway row names (a gateway joined before version 6 has no record).
-        sqlx::query(
-            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
-             SELECT serial, ?1, gateway_id, 'superseded' FROM gateway_certs \
-             WHERE gateway_id = ?2 AND role = ?3 AND slot = 'current' AND serial != ?4 \
-             UNION ALL \
-             SELECT cert_serial, ?1, id, 'superseded' FROM gateways \
-             WHERE id = ?2 AND ?3 = 'identity' AND cert_serial != ?4 \
-             ON CONFLICT (serial) DO NOTHING",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(role.as_str())
-        .bind(&serial)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM gateway_certs WHERE gateway_id = ? AND role = ? AND slot = 'current'",
-        )
-        .bind(id)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE gateway_certs SET slot = 'current' \
-             WHERE gateway_id = ? AND role = ? AND slot = 'next'",
-        )
-        .bind(id)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if role == crate::GatewayCertRole::Identity {
-            sqlx::query("UPDATE gateways SET cert_serial = ?, cert_sha256 = ? WHERE id = ?")
-                .bind(&serial)
-                .bind(&sha)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let (writer, key, sha256) = (self.writer.clone(), id.to_owned(), sha256.to_owned());
+        self.row_write(Table::Gateways, id, async move {
+            let mut tx = writer.begin().await?;
+            let next = sqlx::query(
+                "SELECT serial, sha256 FROM gateway_certs c JOIN gateways g ON g.id = c.gateway_id \
+                 WHERE c.gateway_id = ? AND c.role = ? AND c.slot = 'next' \
+                 AND c.sha256 = ? COLLATE NOCASE AND g.revoked = 0",
+            )
+            .bind(&key)
+            .bind(role.as_str())
+            .bind(&sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(next) = next else {
+                tx.rollback().await?;
+                return Ok(false);
+            };
+            let (serial, sha): (String, String) =
+                (next.try_get("serial")?, next.try_get("sha256")?);
+            // The certificate it replaces is revoked: the recorded one, and for the identity also
+            // the one the gateway row names (a gateway joined before version 6 has no record).
+            sqlx::query(
+                "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+                 SELECT serial, ?1, gateway_id, 'superseded' FROM gateway_certs \
+                 WHERE gateway_id = ?2 AND role = ?3 AND slot = 'current' AND serial != ?4 \
+                 UNION ALL \
+                 SELECT cert_serial, ?1, id, 'superseded' FROM gateways \
+                 WHERE id = ?2 AND ?3 = 'identity' AND cert_serial != ?4 \
+                 ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(now)
+            .bind(&key)
+            .bind(role.as_str())
+            .bind(&serial)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM gateway_certs WHERE gateway_id = ? AND role = ? AND slot = 'current'",
+            )
+            .bind(&key)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE gateway_certs SET slot = 'current' \
+                 WHERE gateway_id = ? AND role = ? AND slot = 'next'",
+            )
+            .bind(&key)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if role == crate::GatewayCertRole::Identity {
+                sqlx::query("UPDATE gateways SET cert_serial = ?, cert_sha256 = ? WHERE id = ?")
+                    .bind(&serial)
+                    .bind(&sha)
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn revoke_device(&self, id: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
-        )
-        .bind(now)
-        .bind(id)
-        .write(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(Table::Devices, id, async move {
+            let done = sqlx::query(
+                "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+            )
+            .bind(now)
+            .bind(key)
+            .write(&writer)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     async fn delete_device(&self, id: &str, now: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        // Both serials stay revoked after the row is gone: the CRLs must keep listing them.
-        sqlx::query(
-            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
-             SELECT cert_serial, COALESCE(revoked_at, ?1), id, 'deleted' FROM devices \
-             WHERE id = ?2 \
-             UNION ALL \
-             SELECT next_cert_serial, ?1, id, 'deleted' FROM devices \
-             WHERE id = ?2 AND next_cert_serial IS NOT NULL \
-             ON CONFLICT (serial) DO NOTHING",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM task_devices WHERE device_id = ?")
-            .bind(id)
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        let delete = async move {
+            let mut tx = writer.begin().await?;
+            // Both serials stay revoked after the row is gone: the CRLs must keep listing them.
+            sqlx::query(
+                "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+                 SELECT cert_serial, COALESCE(revoked_at, ?1), id, 'deleted' FROM devices \
+                 WHERE id = ?2 \
+                 UNION ALL \
+                 SELECT next_cert_serial, ?1, id, 'deleted' FROM devices \
+                 WHERE id = ?2 AND next_cert_serial IS NOT NULL \
+                 ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(now)
+            .bind(&key)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM devices WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+            sqlx::query("DELETE FROM task_devices WHERE device_id = ?")
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            let done = sqlx::query("DELETE FROM devices WHERE id = ?")
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        };
+        let gone = id.to_owned();
+        self.cached_write(Some((Table::Devices, id)), delete, move |c| {
+            c.forget_tasks_of(&gone);
+        })
+        .await
     }
 
     async fn stage_device_cert(&self, id: &str, cert: &DeviceCert, now: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        // An earlier renewal the agent never confirmed (its answer lost, its key gone) is
-        // retired: only the newest staged certificate may ever be promoted.
-        sqlx::query(
-            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
-             SELECT next_cert_serial, ?, id, 'superseded' FROM devices \
-             WHERE id = ? AND revoked = 0 AND next_cert_serial IS NOT NULL \
-             ON CONFLICT (serial) DO NOTHING",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query(
-            "UPDATE devices SET next_cert_serial = ?, next_cert_sha256 = ?, \
-             next_cert_not_after = ? WHERE id = ? AND revoked = 0",
-        )
-        .bind(&cert.serial)
-        .bind(&cert.sha256)
-        .bind(cert.not_after)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        let cert = cert.clone();
+        self.row_write(Table::Devices, id, async move {
+            let mut tx = writer.begin().await?;
+            // An earlier renewal the agent never confirmed (its answer lost, its key gone) is
+            // retired: only the newest staged certificate may ever be promoted.
+            sqlx::query(
+                "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+                 SELECT next_cert_serial, ?, id, 'superseded' FROM devices \
+                 WHERE id = ? AND revoked = 0 AND next_cert_serial IS NOT NULL \
+                 ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(now)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(
+                "UPDATE devices SET next_cert_serial = ?, next_cert_sha256 = ?, \
+                 next_cert_not_after = ? WHERE id = ? AND revoked = 0",
+            )
+            .bind(&cert.serial)
+            .bind(&cert.sha256)
+            .bind(cert.not_after)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     async fn promote_device_cert(&self, id: &str, sha256: &str, now: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
-             SELECT cert_serial, ?, id, 'superseded' FROM devices \
-             WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE \
-             ON CONFLICT (serial) DO NOTHING",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(sha256)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query(
-            "UPDATE devices SET cert_serial = next_cert_serial, cert_sha256 = next_cert_sha256, \
-             cert_not_after = next_cert_not_after, next_cert_serial = NULL, \
-             next_cert_sha256 = NULL, next_cert_not_after = NULL \
-             WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE",
-        )
-        .bind(id)
-        .bind(sha256)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        let sha256 = sha256.to_owned();
+        self.row_write(Table::Devices, id, async move {
+            let mut tx = writer.begin().await?;
+            sqlx::query(
+                "INSERT INTO revoked_certs (serial, revoked_at, subject, reason) \
+                 SELECT cert_serial, ?, id, 'superseded' FROM devices \
+                 WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE \
+                 ON CONFLICT (serial) DO NOTHING",
+            )
+            .bind(now)
+            .bind(&key)
+            .bind(&sha256)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(
+                "UPDATE devices SET cert_serial = next_cert_serial, cert_sha256 = next_cert_sha256, \
+                 cert_not_after = next_cert_not_after, next_cert_serial = NULL, \
+                 next_cert_sha256 = NULL, next_cert_not_after = NULL \
+                 WHERE id = ? AND revoked = 0 AND next_cert_sha256 = ? COLLATE NOCASE",
+            )
+            .bind(&key)
+            .bind(sha256)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn device(&self, id: &str) -> Result<Option<Device>> {
+        if let Some(stored) = self.cache.device(id) {
+            return Ok(Some(with_seen(stored, &self.seen)));
+        }
+        let ticket = self.cache.device_ticket();
         let row = sqlx::query(DEVICE_BY_ID)
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|r| device_from_row(&r, &self.seen)).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let stored = device_from_row(&row)?;
+        self.cache.keep_device(ticket, &stored);
+        Ok(Some(with_seen(stored, &self.seen)))
     }
 
     async fn devices(&self) -> Result<Vec<Device>> {
@@ -1336,7 +1467,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
-            .map(|r| device_from_row(r, &self.seen))
+            .map(|r| Ok(with_seen(device_from_row(r)?, &self.seen)))
             .collect()
     }
 
@@ -1351,7 +1482,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
-            .map(|r| device_from_row(r, &self.seen))
+            .map(|r| Ok(with_seen(device_from_row(r)?, &self.seen)))
             .collect()
     }
 
@@ -1398,49 +1529,61 @@ impl Store for SqliteStore {
         // name of the previous inventory. A name given at enrollment (`steward-agent enroll
         // --name`) differs from the host name and is kept; so is the old name when the new
         // host name is empty. (SET expressions read the row's old values.)
-        sqlx::query(
-            "UPDATE devices SET inventory = ?, inventory_hash = ?, inventory_at = ?, os = ?, \
-             name = CASE WHEN ? <> '' AND inventory IS NOT NULL \
-                          AND name = json_extract(inventory, '$.hostname') \
-                     THEN ? ELSE name END WHERE id = ?",
-        )
-        .bind(to_json("devices.inventory", inventory)?)
-        .bind(hash)
-        .bind(now)
-        .bind(os)
-        .bind(&inventory.hostname)
-        .bind(&inventory.hostname)
-        .bind(id)
-        .write(&self.writer)
-        .await?;
-        Ok(())
+        let json = to_json("devices.inventory", inventory)?;
+        let (hash, hostname) = (hash.to_owned(), inventory.hostname.clone());
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(Table::Devices, id, async move {
+            sqlx::query(
+                "UPDATE devices SET inventory = ?, inventory_hash = ?, inventory_at = ?, os = ?, \
+                 name = CASE WHEN ? <> '' AND inventory IS NOT NULL \
+                              AND name = json_extract(inventory, '$.hostname') \
+                         THEN ? ELSE name END WHERE id = ?",
+            )
+            .bind(json)
+            .bind(hash)
+            .bind(now)
+            .bind(os)
+            .bind(&hostname)
+            .bind(&hostname)
+            .bind(key)
+            .write(&writer)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn save_last_error(&self, id: &str, error: &AgentError) -> Result<()> {
-        sqlx::query("UPDATE devices SET last_error = ? WHERE id = ?")
-            .bind(to_json("devices.last_error", error)?)
-            .bind(id)
-            .write(&self.writer)
-            .await?;
-        Ok(())
+        let json = to_json("devices.last_error", error)?;
+        self.set_column(
+            Table::Devices,
+            "UPDATE devices SET last_error = ? WHERE id = ?",
+            id,
+            json,
+        )
+        .await
     }
 
     async fn save_config_acked(&self, id: &str, version: u64) -> Result<()> {
-        sqlx::query("UPDATE devices SET config_version_acked = ? WHERE id = ?")
-            .bind(i64_arg("devices.config_version_acked", version)?)
-            .bind(id)
-            .write(&self.writer)
-            .await?;
-        Ok(())
+        let version = i64_arg("devices.config_version_acked", version)?;
+        self.set_column(
+            Table::Devices,
+            "UPDATE devices SET config_version_acked = ? WHERE id = ?",
+            id,
+            version,
+        )
+        .await
     }
 
     async fn save_profile_acked(&self, id: &str, version: u64) -> Result<()> {
-        sqlx::query("UPDATE devices SET profile_version_acked = ? WHERE id = ?")
-            .bind(i64_arg("devices.profile_version_acked", version)?)
-            .bind(id)
-            .write(&self.writer)
-            .await?;
-        Ok(())
+        let version = i64_arg("devices.profile_version_acked", version)?;
+        self.set_column(
+            Table::Devices,
+            "UPDATE devices SET profile_version_acked = ? WHERE id = ?",
+            id,
+            version,
+        )
+        .await
     }
 
     async fn save_failed_attempts(
@@ -1449,13 +1592,20 @@ impl Store for SqliteStore {
         attempts: &[FailedAttempt],
         now: i64,
     ) -> Result<()> {
-        sqlx::query("UPDATE devices SET failed_attempts = ?, failed_attempts_at = ? WHERE id = ?")
-            .bind(to_json("devices.failed_attempts", &attempts)?)
+        let json = to_json("devices.failed_attempts", &attempts)?;
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(Table::Devices, id, async move {
+            sqlx::query(
+                "UPDATE devices SET failed_attempts = ?, failed_attempts_at = ? WHERE id = ?",
+            )
+            .bind(json)
             .bind(now)
-            .bind(id)
-            .write(&self.writer)
+            .bind(key)
+            .write(&writer)
             .await?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     fn note_seen(&self, id: &str, seen: Seen) {
@@ -1486,7 +1636,10 @@ impl Store for SqliteStore {
             Ok::<_, StoreError>(usize::try_from(written).unwrap_or(usize::MAX))
         };
         match write.await {
-            Ok(written) => Ok(written),
+            Ok(written) => {
+                self.cache.seen_flushed(&taken);
+                Ok(written)
+            }
             Err(e) => {
                 self.seen.restore(taken);
                 Err(e)
@@ -1519,47 +1672,70 @@ impl Store for SqliteStore {
     }
 
     async fn create_task(&self, task: &NewTaskRecord, device_ids: &[String]) -> Result<u64> {
-        let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO tasks (command, args, timeout_secs, target, created_at, created_by) \
+        let targets = to_json("task_devices.device_id", device_ids)?;
+        let args = to_json("tasks.args", &task.args)?;
+        let timeout = i64_arg("tasks.timeout_secs", task.timeout_secs)?;
+        let (writer, task) = (self.writer.clone(), task.clone());
+        let create = async move {
+            let mut tx = writer.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO tasks (command, args, timeout_secs, target, created_at, created_by) \
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&task.command)
-        .bind(to_json("tasks.args", &task.args)?)
-        .bind(i64_arg("tasks.timeout_secs", task.timeout_secs)?)
-        .bind(&task.target)
-        .bind(task.created_at)
-        .bind(&task.created_by)
-        .fetch_one(&mut *tx)
-        .await?;
-        // One statement for the whole target, not one round trip to SQLite's worker thread
-        // per device: a task for 100,000 devices is one INSERT … SELECT over a JSON array
-        // (the fan-out clock starts with this commit; BENCHMARKS.md, swarm round 3).
-        sqlx::query(
-            "INSERT OR IGNORE INTO task_devices (task_id, device_id, state) \
+            )
+            .bind(&task.command)
+            .bind(args)
+            .bind(timeout)
+            .bind(&task.target)
+            .bind(task.created_at)
+            .bind(&task.created_by)
+            .fetch_one(&mut *tx)
+            .await?;
+            // One statement for the whole target, not one round trip to SQLite's worker thread
+            // per device: a task for 100,000 devices is one INSERT … SELECT over a JSON array
+            // (the fan-out clock starts with this commit; BENCHMARKS.md, swarm round 3).
+            sqlx::query(
+                "INSERT OR IGNORE INTO task_devices (task_id, device_id, state) \
              SELECT ?, value, 'pending' FROM json_each(?)",
-        )
-        .bind(id)
-        .bind(to_json("task_devices.device_id", device_ids)?)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        u64_col("tasks.id", id)
+            )
+            .bind(id)
+            .bind(targets)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            u64_col("tasks.id", id)
+        };
+        let targets = device_ids.to_vec();
+        self.cached_write(None, create, move |c| c.tasks_created(&targets))
+            .await
     }
 
     async fn has_pending_tasks(&self, device_id: &str) -> Result<bool> {
+        if self.cache.no_pending(device_id) {
+            return Ok(false);
+        }
+        let ticket = self.cache.task_ticket();
         let found: Option<i64> = sqlx::query_scalar(HAS_PENDING_TASK)
             .bind(device_id)
             .fetch_optional(&self.reader)
             .await?;
+        if found.is_none() {
+            self.cache.keep_no_pending(ticket, device_id);
+        }
         Ok(found.is_some())
     }
 
     async fn has_open_tasks(&self, device_id: &str) -> Result<bool> {
+        if self.cache.no_open(device_id) {
+            return Ok(false);
+        }
+        let ticket = self.cache.task_ticket();
         let found: Option<i64> = sqlx::query_scalar(HAS_OPEN_TASK)
             .bind(device_id)
             .fetch_optional(&self.reader)
             .await?;
+        if found.is_none() {
+            self.cache.keep_no_open(ticket, device_id);
+        }
         Ok(found.is_some())
     }
 
@@ -1901,6 +2077,223 @@ pub(crate) fn bare_fleet<S: AsRef<str>>(ids: &[S]) -> Vec<ImportedDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a store that has cached nothing says about device `id`: a second store opened on
+    /// the same file, next to what `store` (which has cached it) says.
+    async fn cached_and_fresh(
+        store: &SqliteStore,
+        path: &Path,
+        id: &str,
+    ) -> ((Option<Device>, bool, bool), (Option<Device>, bool, bool)) {
+        let fresh = SqliteStore::open(path).await.unwrap();
+        let read = |s: &SqliteStore| {
+            let s = s.clone();
+            let id = id.to_owned();
+            async move {
+                (
+                    s.device(&id).await.unwrap(),
+                    s.has_pending_tasks(&id).await.unwrap(),
+                    s.has_open_tasks(&id).await.unwrap(),
+                )
+            }
+        };
+        let out = (read(store).await, read(&fresh).await);
+        fresh.close().await;
+        out
+    }
+
+    /// The caches ([`crate::cache`]) never answer differently from the database: after each
+    /// write that changes a device or its tasks, the store that had everything cached answers
+    /// exactly as a store opened afresh on the same file.
+    #[tokio::test]
+    async fn cached_reads_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .import_devices(&bare_fleet(&["a", "b"]))
+            .await
+            .unwrap();
+        let mut checks = 0;
+        let mut check = async |what: &str| {
+            // Read twice: the first read may fill the cache, the second must come from it.
+            let _ = cached_and_fresh(&store, &path, "a").await;
+            let (cached, fresh) = cached_and_fresh(&store, &path, "a").await;
+            assert_eq!(cached, fresh, "after {what}");
+            checks += 1;
+            cached
+        };
+        let (d, pending, open) = check("nothing").await;
+        assert!(d.is_some() && !pending && !open);
+        assert!(store.cache.devices_cached() >= 1, "the device is cached");
+
+        let inventory = Inventory {
+            hostname: "host-a".into(),
+            os_name: "Debian GNU/Linux".into(),
+            os_version: "13".into(),
+            kernel: "6.12".into(),
+            cpu_model: "x".into(),
+            cpu_count: 2,
+            memory_total_bytes: 1,
+            disks: vec![],
+            interfaces: vec![],
+            agent_version: "1".into(),
+        };
+        store
+            .save_inventory("a", &inventory, "HASH", 5)
+            .await
+            .unwrap();
+        let (d, ..) = check("an inventory").await;
+        assert_eq!(d.unwrap().inventory_hash.as_deref(), Some("HASH"));
+        let error = AgentError {
+            id: "AGENT-TLS-UNTRUSTED".into(),
+            message: "m".into(),
+            at: "2027-01-01T00:00:00Z".into(),
+        };
+        store.save_last_error("a", &error).await.unwrap();
+        let (d, ..) = check("a last error").await;
+        assert_eq!(d.unwrap().last_error, Some(error));
+        store.save_config_acked("a", 7).await.unwrap();
+        store.save_profile_acked("a", 3).await.unwrap();
+        let (d, ..) = check("acknowledged versions").await;
+        let d = d.unwrap();
+        assert_eq!((d.config_version_acked, d.profile_version_acked), (7, 3));
+        let attempt = FailedAttempt {
+            gateway: None,
+            address: "h:1".into(),
+            kind: steward_proto::FailureKind::Refused,
+            id: "AGENT-CONNECTION-FAILED".into(),
+            detail: "d".into(),
+            last_at: "2027-01-01T00:00:00Z".into(),
+            count: 1,
+        };
+        store
+            .save_failed_attempts("a", &[attempt], 6)
+            .await
+            .unwrap();
+        let (d, ..) = check("failed attempts").await;
+        assert_eq!(d.unwrap().failed_attempts.len(), 1);
+        store.note_seen(
+            "a",
+            Seen {
+                at: 50,
+                connection_path: Some("lan via s:1".into()),
+            },
+        );
+        store.flush_seen().await.unwrap();
+        let (d, ..) = check("a last-seen flush").await;
+        assert_eq!(d.unwrap().last_seen, Some(50));
+        let next = DeviceCert {
+            serial: "N1".into(),
+            sha256: "NH1".into(),
+            not_after: 99,
+        };
+        assert!(store.stage_device_cert("a", &next, 8).await.unwrap());
+        let (d, ..) = check("a staged certificate").await;
+        assert_eq!(d.unwrap().next_cert_sha256.as_deref(), Some("NH1"));
+        assert!(store.promote_device_cert("a", "NH1", 9).await.unwrap());
+        let (d, ..) = check("a promoted certificate").await;
+        assert_eq!(d.unwrap().cert_sha256, "NH1");
+
+        let task = NewTaskRecord {
+            command: "true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            target: "all".into(),
+            created_by: "admin".into(),
+            created_at: 10,
+        };
+        let task_id = store.create_task(&task, &["a".to_owned()]).await.unwrap();
+        let (_, pending, open) = check("a task created").await;
+        assert!(pending && open);
+        assert_eq!(store.take_tasks("a", 11, 0).await.unwrap().len(), 1);
+        let (_, pending, open) = check("a task taken").await;
+        assert!(!pending && open);
+        let result = TaskResult {
+            task_id,
+            outcome: steward_proto::TaskOutcome::Succeeded,
+            exit_code: Some(0),
+            output: String::new(),
+            truncated: false,
+            started_at: "2027-01-01T00:00:00Z".into(),
+            finished_at: "2027-01-01T00:00:01Z".into(),
+        };
+        store.commit_results("a", &[result], 12).await.unwrap();
+        let (_, pending, open) = check("a result").await;
+        assert!(!pending && !open);
+        store.create_task(&task, &["a".to_owned()]).await.unwrap();
+        let (_, pending, _) = check("a second task").await;
+        assert!(
+            pending,
+            "a task created after the facts were cached voids them"
+        );
+
+        assert!(store.revoke_device("a", 13).await.unwrap());
+        let (d, ..) = check("a revocation").await;
+        assert!(d.unwrap().revoked);
+        assert!(store.delete_device("a", 14).await.unwrap());
+        let (d, pending, open) = check("a deletion").await;
+        assert!(d.is_none() && !pending && !open);
+        assert_eq!(checks, 14);
+    }
+
+    /// A write whose caller stops waiting (a client that went away) still ends, and the cache
+    /// hears of it: the cached device does not keep the old value.
+    #[tokio::test]
+    async fn a_write_abandoned_by_its_caller_still_reaches_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.import_devices(&bare_fleet(&["a"])).await.unwrap();
+        assert_eq!(
+            store
+                .device("a")
+                .await
+                .unwrap()
+                .unwrap()
+                .config_version_acked,
+            0
+        );
+        // Polled once, then dropped: the write has been handed on and the caller is gone.
+        let finished = tokio::select! {
+            biased;
+            _ = store.save_config_acked("a", 9) => true,
+            () = std::future::ready(()) => false,
+        };
+        assert!(!finished, "the write did not finish within its first poll");
+        let fresh = SqliteStore::open(&path).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fresh
+            .device("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .config_version_acked
+            != 9
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The write committed; the cache is told just after, on the same task.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store
+            .device("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .config_version_acked
+            != 9
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cache kept the old device"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     /// Group commit: many concurrent writes, each returning only once on disk, share few
     /// fsyncs. Each sync is slowed to 2 ms so that commits pile up behind it as they would
