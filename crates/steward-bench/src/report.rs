@@ -192,6 +192,11 @@ pub struct SwarmReport {
     /// Latency of every later unchanged check-in (nothing sent, nothing new), from when it
     /// was due (connect and handshake included when one was needed).
     pub latency: Percentiles,
+    /// The same, of the check-ins due in the settled window only: from two intervals after
+    /// the start (first contacts, a reconnection storm and the retries behind it are over)
+    /// until the fan-out task, if any, is created. The steady state of scenario 1.
+    #[serde(default)]
+    pub latency_settled: Percentiles,
     /// Latency of later check-ins that carried results or inventory or brought tasks or
     /// configuration (the server writes for them).
     pub work_latency: Percentiles,
@@ -277,6 +282,13 @@ impl SwarmReport {
         );
         let _ = writeln!(s, "first contact: {}", self.first_contact.text());
         let _ = writeln!(s, "unchanged:   {}", self.latency.text());
+        if self.latency_settled.count > 0 {
+            let _ = writeln!(
+                s,
+                "  settled:   {} (due 2 intervals after the start, before any task)",
+                self.latency_settled.text()
+            );
+        }
         if self.work_latency.count > 0 {
             let _ = writeln!(s, "with work:   {}", self.work_latency.text());
         }

@@ -162,6 +162,8 @@ impl Ctx {
 struct Outcome {
     first: Latencies,
     steady: Latencies,
+    /// The unchanged check-ins of the settled window (see [`RawReport::settled`]).
+    settled: Latencies,
     /// Later check-ins that carried results or inventory, or brought tasks or configuration.
     work: Latencies,
     errors: BTreeMap<ErrorKind, (u64, String)>,
@@ -342,6 +344,11 @@ pub struct RawReport {
     pub first: Latencies,
     /// Unchanged check-in latencies.
     pub steady: Latencies,
+    /// Those of them due in the settled window: from two intervals after the start (the
+    /// first contacts, a reconnection storm on `--resume`, and the wave of retries behind it
+    /// have passed) until the fan-out task, if any, is created.
+    #[serde(default)]
+    pub settled: Latencies,
     /// Check-ins with work.
     pub work: Latencies,
     /// From the fan-out task's creation until each agent got it.
@@ -402,6 +409,7 @@ impl RawReport {
             m.counters.add(&p.counters);
             m.first.extend(p.first);
             m.steady.extend(p.steady);
+            m.settled.extend(p.settled);
             m.work.extend(p.work);
             m.wake.extend(p.wake);
             m.result.extend(p.result);
@@ -781,6 +789,9 @@ async fn agent(
                     && resp.acked_results.is_empty();
                 if checked_in && unchanged {
                     out.steady.push(took);
+                    if due >= ctx.start + 2 * interval && ctx.task_at.get().is_none() {
+                        out.settled.push(took);
+                    }
                 } else if checked_in {
                     out.work.push(took);
                 } else {
@@ -1073,6 +1084,7 @@ fn summarise(ctx: &Ctx, outcomes: Vec<Outcome>, wall: f64) -> RawReport {
         }
         raw.first.extend(o.first);
         raw.steady.extend(o.steady);
+        raw.settled.extend(o.settled);
         raw.work.extend(o.work);
     }
     let c = &ctx.counters;
@@ -1151,6 +1163,7 @@ pub fn finish(mut raw: RawReport, opts: &SwarmOptions, info: RunInfo) -> SwarmRe
         },
         first_contact: raw.first.percentiles(),
         latency: raw.steady.percentiles(),
+        latency_settled: raw.settled.percentiles(),
         work_latency: raw.work.percentiles(),
         errors: raw
             .errors
