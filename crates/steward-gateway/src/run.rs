@@ -1091,27 +1091,53 @@ async fn forward(
     // the agent's request is copied but its content type: in particular no hop-by-hop header
     // (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE), which belong to the agent's
     // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
-    let send = |client: reqwest::Client| {
-        let mut up = client
-            .request(method.clone(), &url)
-            .header(AGENT_CERT_HEADER, agent_cert.clone())
-            .body(body.clone());
-        if let Some(ct) = &content_type {
-            up = up.header(CONTENT_TYPE, ct.clone());
+    //
+    // The exchange runs on a task of its own, so an agent that goes away mid-request (a laptop
+    // shut, a site's link down) does not cancel its stream upstream. Cancelled streams whose
+    // answers were already on their way come back as frames on streams h2 no longer tracks
+    // (it remembers few resets); it resets each of those itself, and after 1,024 such resets
+    // in a connection's life closes the whole connection (`too_many_internal_resets`),
+    // failing every other agent's request on it with 502. That is what 100,000 agents leaving
+    // at once did (BENCHMARKS.md, round 7). The answer of an agent that left is read and
+    // dropped; its long-poll stays open upstream until the server answers it (at most the
+    // hold, under a minute).
+    let upstream = Arc::clone(&shared);
+    let exchange = tokio::spawn(async move {
+        let send = |client: reqwest::Client| {
+            let mut up = client
+                .request(method.clone(), &url)
+                .header(AGENT_CERT_HEADER, agent_cert.clone())
+                .body(body.clone());
+            if let Some(ct) = &content_type {
+                up = up.header(CONTENT_TYPE, ct.clone());
+            }
+            up.send()
+        };
+        let (client, identity) = upstream.upstream.client_and_thumbprint();
+        let mut sent = send(client).await;
+        // Sent with the identity a renewal just replaced: the server may have retired it in
+        // the meantime (the new one's first use). Once more with the new one, so no agent
+        // sees it.
+        if sent
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
+            && upstream.upstream.thumbprint() != identity
+        {
+            sent = send(upstream.upstream.client()).await;
         }
-        up.send()
+        (sent, url)
+    });
+    let (sent, url) = match exchange.await {
+        Ok(done) => done,
+        Err(e) => {
+            // Only a panic in reqwest, or the runtime shutting down.
+            return Ok(api_error(
+                StatusCode::BAD_GATEWAY,
+                "GATEWAY-UPSTREAM-UNREACHABLE",
+                format!("the gateway's request to the server did not finish: {e}"),
+            ));
+        }
     };
-    let (client, identity) = shared.upstream.client_and_thumbprint();
-    let mut sent = send(client).await;
-    // Sent with the identity a renewal just replaced: the server may have retired it in the
-    // meantime (the new one's first use). Once more with the new one, so no agent sees it.
-    if sent
-        .as_ref()
-        .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
-        && shared.upstream.thumbprint() != identity
-    {
-        sent = send(shared.upstream.client()).await;
-    }
     let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -1130,16 +1156,20 @@ async fn forward(
     let retry_after = resp.headers().get(hyper::header::RETRY_AFTER).cloned();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
+        // Read to its end even when the agent has gone (see above: no cancelled stream).
+        let mut agent_gone = false;
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
-                    if tx.send(Ok(c)).await.is_err() {
-                        return;
+                    if !agent_gone && tx.send(Ok(c)).await.is_err() {
+                        agent_gone = true;
                     }
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(error_chain(&e)))).await;
+                    if !agent_gone {
+                        let _ = tx.send(Err(std::io::Error::other(error_chain(&e)))).await;
+                    }
                     return;
                 }
             }

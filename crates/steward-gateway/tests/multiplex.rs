@@ -377,6 +377,50 @@ async fn the_agent_site_gives_a_gateway_a_large_stream_limit_and_an_agent_a_smal
     rig.server.shutdown().await.unwrap();
 }
 
+/// An agent that goes away in the middle of its long-poll does not cancel the poll's stream
+/// upstream (the gateway's `forward`): cancelled streams whose answers are already on their
+/// way count toward h2's cap on the resets it makes itself, and past 1,024 of them the whole
+/// connection, every agent's requests on it, is closed. The poll stays held at the server until
+/// its hold ends, then goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_leaving_mid_poll_does_not_cancel_its_stream_upstream() {
+    capture_logs();
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, 1).await;
+    let service = rig.server.service();
+    let held = || service.admission().connected.open_polls();
+    let eventually = async |want: usize, within: Duration| {
+        let deadline = Instant::now() + within;
+        while held() != want {
+            assert!(Instant::now() < deadline, "{} polls held, not {want}", held());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Held at the server for 6 s (the agent listens 8 s, the server answers 2 s before).
+    let url = format!(
+        "https://127.0.0.2:{}{}?wait=8",
+        gateway.addr.port(),
+        paths::WAIT
+    );
+    let client = https(&rig.root_pem, Some(agent_identity(&dirs[0])));
+    let poll = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    eventually(1, Duration::from_secs(5)).await;
+    let reached = Instant::now();
+    // The agent goes: its request, client and connection to the gateway are dropped.
+    poll.abort();
+    assert!(poll.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(held(), 1, "the agent's leaving cancelled its long-poll at the server");
+    // Answered by the server at the end of its hold, and gone then.
+    eventually(0, Duration::from_secs(10)).await;
+    assert!(
+        reached.elapsed() >= Duration::from_secs(4),
+        "the poll ended {:?} after it reached the server, before its hold",
+        reached.elapsed()
+    );
+}
+
 /// Streams the server resets itself on one gateway connection: more than h2's default cap
 /// (1,024) over a connection's life.
 const SERVER_RESETS: u32 = 1_100;

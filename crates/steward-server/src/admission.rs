@@ -438,6 +438,12 @@ impl Connected {
             .is_some_and(|h| h.open > 0 || h.ended.is_some_and(|e| e.elapsed() < CONNECTED_GRACE))
     }
 
+    /// Long-polls held open now (a device counts as connected a little longer: see
+    /// [`CONNECTED_GRACE`]).
+    pub fn open_polls(&self) -> usize {
+        self.lock().values().map(|h| h.open as usize).sum()
+    }
+
     /// Devices connected now.
     pub fn count(&self) -> usize {
         let mut map = self.lock();
