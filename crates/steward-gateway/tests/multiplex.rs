@@ -393,7 +393,11 @@ async fn an_agent_leaving_mid_poll_does_not_cancel_its_stream_upstream() {
     let eventually = async |want: usize, within: Duration| {
         let deadline = Instant::now() + within;
         while held() != want {
-            assert!(Instant::now() < deadline, "{} polls held, not {want}", held());
+            assert!(
+                Instant::now() < deadline,
+                "{} polls held, not {want}",
+                held()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -411,7 +415,11 @@ async fn an_agent_leaving_mid_poll_does_not_cancel_its_stream_upstream() {
     poll.abort();
     assert!(poll.await.unwrap_err().is_cancelled());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(held(), 1, "the agent's leaving cancelled its long-poll at the server");
+    assert_eq!(
+        held(),
+        1,
+        "the agent's leaving cancelled its long-poll at the server"
+    );
     // Answered by the server at the end of its hold, and gone then.
     eventually(0, Duration::from_secs(10)).await;
     assert!(
