@@ -2261,38 +2261,25 @@ mod tests {
             () = std::future::ready(()) => false,
         };
         assert!(!finished, "the write did not finish within its first poll");
+        // Within 10 s, `store` says the device acknowledged configuration version 9.
+        let acked_9 = async |store: &SqliteStore, or: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store
+                .device("a")
+                .await
+                .unwrap()
+                .unwrap()
+                .config_version_acked
+                != 9
+            {
+                assert!(std::time::Instant::now() < deadline, "{or}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
         let fresh = SqliteStore::open(&path).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fresh
-            .device("a")
-            .await
-            .unwrap()
-            .unwrap()
-            .config_version_acked
-            != 9
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the write never committed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acked_9(&fresh, "the write never committed").await;
         // The write committed; the cache is told just after, on the same task.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store
-            .device("a")
-            .await
-            .unwrap()
-            .unwrap()
-            .config_version_acked
-            != 9
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cache kept the old device"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acked_9(&store, "the cache kept the old device").await;
     }
 
     /// Group commit: many concurrent writes, each returning only once on disk, share few
