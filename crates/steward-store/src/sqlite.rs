@@ -430,6 +430,21 @@ impl SqliteStore {
         .await
     }
 
+    /// Revokes row `id` of `table` at `now`: `update` is `UPDATE table SET revoked = 1,
+    /// revoked_at = ? WHERE id = ? AND revoked = 0`. Whether it was live until now.
+    async fn revoke(&self, table: Table, update: &'static str, id: &str, now: i64) -> Result<bool> {
+        let (writer, key) = (self.writer.clone(), id.to_owned());
+        self.row_write(table, id, async move {
+            let done = sqlx::query(update)
+                .bind(now)
+                .bind(key)
+                .write(&writer)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
     /// The writer, for the combined writes' tests.
     #[cfg(test)]
     pub(crate) fn writer(&self) -> &Writer {
@@ -1105,17 +1120,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_gateway(&self, id: &str, now: i64) -> Result<bool> {
-        let (writer, key) = (self.writer.clone(), id.to_owned());
-        self.row_write(Table::Gateways, id, async move {
-            let done = sqlx::query(
-                "UPDATE gateways SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
-            )
-            .bind(now)
-            .bind(key)
-            .write(&writer)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
+        self.revoke(
+            Table::Gateways,
+            "UPDATE gateways SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+            id,
+            now,
+        )
         .await
     }
 
@@ -1321,17 +1331,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_device(&self, id: &str, now: i64) -> Result<bool> {
-        let (writer, key) = (self.writer.clone(), id.to_owned());
-        self.row_write(Table::Devices, id, async move {
-            let done = sqlx::query(
-                "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
-            )
-            .bind(now)
-            .bind(key)
-            .write(&writer)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
+        self.revoke(
+            Table::Devices,
+            "UPDATE devices SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+            id,
+            now,
+        )
         .await
     }
 
