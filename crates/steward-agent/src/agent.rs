@@ -324,6 +324,10 @@ struct Agent {
     poll_health: PollHealth,
     /// The `Retry-After` of the last 503 `SERVER-BUSY` answer, until it is used.
     busy_retry: Option<Duration>,
+    /// The server turned this agent away busy, or kept a check-in waiting, since the last
+    /// check-in that set the next one: that one is then drawn over a whole interval
+    /// ([`next_checkin_delay`]).
+    disturbed: bool,
 }
 
 impl Agent {
@@ -397,6 +401,7 @@ impl Agent {
             trust_tried_at: None,
             poll_health: PollHealth::default(),
             busy_retry: None,
+            disturbed: false,
         })
     }
 
@@ -414,6 +419,8 @@ impl Agent {
             // Told to come back later: no long-poll meanwhile either (it would only bring the
             // agent back before Retry-After, as a configuration it lacks wakes it at once).
             let busy = matches!(&outcome, Err(f) if net::is_server_busy(f));
+            // Kept waiting: a queue on the server, or a way that failed before another answered.
+            self.disturbed |= busy || now.elapsed() > SLOW_CHECKIN;
             let mut deadline = match outcome {
                 Ok(true) => now,
                 Ok(false) => now + self.next_interval(),
@@ -588,10 +595,12 @@ impl Agent {
         self.save_state();
     }
 
-    fn next_interval(&self) -> Duration {
-        jittered(
-            self.settings.checkin_interval_secs,
+    /// The wait until the next check-in after one that succeeded; it uses up `disturbed`.
+    fn next_interval(&mut self) -> Duration {
+        next_checkin_delay(
+            Duration::from_secs(self.settings.checkin_interval_secs),
             self.settings.jitter_percent,
+            std::mem::take(&mut self.disturbed),
             random_unit(),
         )
     }
@@ -1613,12 +1622,38 @@ pub fn note_failed_attempt(list: &mut Vec<FailedAttempt>, attempt: FailedAttempt
     }
 }
 
-/// The interval ± `jitter_percent`, placed by `r` (uniform in [0, 1)).
-fn jittered(interval_secs: u64, jitter_percent: u8, r: f64) -> Duration {
-    let base = interval_secs as f64;
-    let spread = f64::from(jitter_percent) / 100.0;
-    let factor = 1.0 + spread * (2.0 * r - 1.0);
-    Duration::from_secs_f64((base * factor).max(1.0))
+/// A check-in answered later than this after it was sent was kept waiting: in the server's
+/// admission queue, or behind a way that failed before another answered. An unchanged check-in
+/// takes milliseconds, one with a full inventory well under a second.
+pub const SLOW_CHECKIN: Duration = Duration::from_secs(2);
+
+/// The wait until the next check-in after one that succeeded, placed by `r` (uniform in
+/// [0, 1)): the interval ± `jitter_percent`, or, when `disturbed` (the server turned the agent
+/// away busy or kept a check-in waiting since the last one), anywhere from half an interval to
+/// one and a half, once.
+///
+/// Why: agents a server serves together after a queue (a restart's reconnection, a fleet's
+/// first contact, a fan-out's results) would come back together one interval later, queue
+/// again, and keep the fleet in waves: ±10 % takes many intervals to part them, and each crest
+/// brings busy answers that re-form it. Drawn over a whole interval, a crest is spread out in
+/// one cycle; the mean wait, and so the server's load, is the same.
+pub fn next_checkin_delay(
+    interval: Duration,
+    jitter_percent: u8,
+    disturbed: bool,
+    r: f64,
+) -> Duration {
+    let r = if r.is_finite() {
+        r.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let factor = if disturbed {
+        0.5 + r
+    } else {
+        1.0 + f64::from(jitter_percent.min(100)) / 100.0 * (2.0 * r - 1.0)
+    };
+    interval.mul_f64(factor).max(Duration::from_millis(100))
 }
 
 /// First step of the backoff.
@@ -1657,18 +1692,48 @@ pub(crate) fn random_unit() -> f64 {
 mod tests {
     use super::*;
 
+    fn jittered(interval_secs: u64, jitter_percent: u8, r: f64) -> Duration {
+        next_checkin_delay(Duration::from_secs(interval_secs), jitter_percent, false, r)
+    }
+
     #[test]
     fn intervals_stay_within_the_jitter() {
         assert_eq!(jittered(60, 10, 0.0), Duration::from_secs(54));
         assert_eq!(jittered(60, 10, 0.5), Duration::from_secs(60));
         assert!(jittered(60, 10, 0.999_999) <= Duration::from_secs(66));
         assert_eq!(jittered(60, 0, 0.9), Duration::from_secs(60));
+        assert_eq!(jittered(60, 10, f64::NAN), Duration::from_secs(60));
         for _ in 0..1000 {
             let d = jittered(60, 10, random_unit());
             assert!(
                 d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
                 "{d:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_disturbed_check_in_draws_the_next_over_a_whole_interval() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            next_checkin_delay(minute, 10, true, 0.0),
+            Duration::from_secs(30)
+        );
+        assert_eq!(next_checkin_delay(minute, 10, true, 0.5), minute);
+        assert_eq!(
+            next_checkin_delay(minute, 10, true, 1.0),
+            Duration::from_secs(90)
+        );
+        // A crest of agents served together leaves spread over the whole interval, with the
+        // same mean wait as undisturbed ones (so the same load on the server).
+        let draws: Vec<f64> = (0..4000)
+            .map(|_| next_checkin_delay(minute, 10, true, random_unit()).as_secs_f64())
+            .collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 60.0).abs() < 2.0, "mean {mean}");
+        for (lo, hi) in [(30.0, 45.0), (45.0, 60.0), (60.0, 75.0), (75.0, 90.0)] {
+            let share = draws.iter().filter(|d| (lo..hi).contains(*d)).count() as f64 / 4000.0;
+            assert!((0.2..0.3).contains(&share), "{lo}..{hi}: {share}");
         }
     }
 

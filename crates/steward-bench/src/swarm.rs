@@ -6,7 +6,9 @@
 //!   configuration and the server stores the inventory; later ones are unchanged (same
 //!   configuration version, same inventory hash, no inventory);
 //! - the first check-ins are spread uniformly over one interval (a fleet's steady state),
-//!   then each agent checks in every interval ± its jitter (10%, the agent-settings default);
+//!   then each agent checks in every interval ± its jitter (10%, the agent-settings default),
+//!   or, after it was turned away busy or kept waiting over 2 s, anywhere from half an interval
+//!   to one and a half, once (`steward_agent::agent::next_checkin_delay`);
 //! - a failed check-in backs off exactly as the agent does (`steward_agent::agent::backoff_delay`);
 //! - with `persistent`, it keeps its connection after a check-in and long-polls
 //!   `GET /agent/v1/wait?config_version=N&wait=SECS` on it until the next check-in is due, as
@@ -752,6 +754,9 @@ async fn agent(
     let mut failures = 0u32;
     let mut checked_in = false;
     let mut fast_polls = 0u32;
+    // Turned away busy or kept waiting since the last check-in that set the next one (the
+    // agent's `disturbed`).
+    let mut disturbed = false;
     // Bounded in count as well as in time: no agent checks in more than this.
     let max_checkins = 16 + 8 * (ctx.opts.duration.as_secs() / interval.as_secs().max(1)) as usize;
     let mut due = ctx.start + interval.mul_f64(rng.unit());
@@ -842,16 +847,23 @@ async fn agent(
                 if !ctx.opts.persistent {
                     conn = None;
                 }
+                disturbed |= took > steward_agent::agent::SLOW_CHECKIN;
                 if !results.is_empty() || send_inventory {
                     now
                 } else {
-                    now + jittered(interval, ctx.opts.jitter_percent, rng.unit())
+                    now + steward_agent::agent::next_checkin_delay(
+                        interval,
+                        ctx.opts.jitter_percent,
+                        std::mem::take(&mut disturbed),
+                        rng.unit(),
+                    )
                 }
             }
             Err(f) if f.kind == ErrorKind::HttpStatus(503) => {
                 // Admission control: come back after Retry-After plus jitter, as the agent
                 // does, on the same connection; not an error and not an outage.
                 ctx.counters.busy.fetch_add(1, Ordering::Relaxed);
+                disturbed = true;
                 let retry = conn
                     .as_ref()
                     .and_then(|c| c.retry_after)
@@ -976,14 +988,6 @@ fn note_error(ctx: &Ctx, out: &mut Outcome, f: Failure) {
         s.errors.fetch_add(1, Ordering::Relaxed);
     }
     out.errors.entry(f.kind).or_insert_with(|| (0, f.detail)).0 += 1;
-}
-
-/// The interval ± `jitter_percent` (the agent's `jittered`).
-fn jittered(interval: Duration, jitter_percent: u8, r: f64) -> Duration {
-    let spread = f64::from(jitter_percent) / 100.0;
-    interval
-        .mul_f64((1.0 + spread * (2.0 * r - 1.0)).max(0.0))
-        .max(Duration::from_millis(100))
 }
 
 fn succeeded(task_id: u64) -> TaskResult {
