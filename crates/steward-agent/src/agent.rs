@@ -96,6 +96,12 @@ pub const PERSISTENT_FALLBACK: Duration = Duration::from_secs(30 * 60);
 const IDLE_KEEP: Duration = Duration::from_secs(20);
 /// How long a graceful stop waits for killed tasks to write their results.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// After a task starts, the agent waits this long for it before it long-polls again. A
+/// long-poll in flight when a task ends is abandoned for the check-in that reports it, and the
+/// connection with it (HTTP/1.1 cannot cancel a request), so that check-in would pay a new TLS
+/// handshake: in a fan-out of a quick task, one per agent. A task that runs longer is worth
+/// the handshake; for this long, a wake-up from the server waits for the report's check-in.
+pub const TASK_REPORT_WAIT: Duration = Duration::from_secs(5);
 
 /// What `run` needs.
 #[derive(Debug, Clone, Default)]
@@ -328,6 +334,8 @@ struct Agent {
     /// check-in that set the next one: that one is then drawn over a whole interval
     /// ([`next_checkin_delay`]).
     disturbed: bool,
+    /// When the last task started (see [`TASK_REPORT_WAIT`]).
+    task_started: Option<Instant>,
 }
 
 impl Agent {
@@ -402,6 +410,7 @@ impl Agent {
             poll_health: PollHealth::default(),
             busy_retry: None,
             disturbed: false,
+            task_started: None,
         })
     }
 
@@ -471,12 +480,18 @@ impl Agent {
                 }
                 // The server answers when `remaining` runs out (see LONG_POLL_MARGIN); the
                 // answer (204) leaves the connection ready for the check-in then due.
-                let poll = may_poll && remaining > MIN_LONG_POLL;
+                // A task that started a moment ago may end any moment: wait for it without a
+                // long-poll, so that its report goes over this connection (TASK_REPORT_WAIT).
+                let report_wait = self
+                    .task_started
+                    .map(|t| t + TASK_REPORT_WAIT)
+                    .filter(|&t| !self.tasks.is_empty() && t < deadline && t > Instant::now());
+                let poll = may_poll && remaining > MIN_LONG_POLL && report_wait.is_none();
                 // While a long-poll runs, its answer is awaited a little past the deadline.
                 let wake_at = if poll {
                     deadline + POLL_GRACE
                 } else {
-                    deadline
+                    report_wait.unwrap_or(deadline)
                 };
                 // A rejected configuration is "seen": the server must not wake us for it again.
                 let config_version = self.rejected_config.unwrap_or(self.state.config_version);
@@ -517,6 +532,8 @@ impl Agent {
                         self.poll_health.succeeded();
                         break;
                     }
+                    // The wait for a starting task ran out: long-poll until the deadline.
+                    Wake::Due if Instant::now() < deadline => {}
                     Wake::Due => {
                         self.fast_wakes = 0;
                         break;
@@ -1298,6 +1315,7 @@ impl Agent {
                 result
             });
             self.running.insert(handle.id(), task_id);
+            self.task_started = Some(Instant::now());
         }
     }
 

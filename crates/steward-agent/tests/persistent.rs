@@ -3,7 +3,8 @@
 //!   same kept-alive connection interval after interval: N intervals, one TLS handshake;
 //! - with the policy's `persistent_connection` on, the device shows as connected and a task
 //!   reaches the agent in well under a second; with it off, the agent holds nothing, is not
-//!   connected, and gets the task at its next check-in.
+//!   connected, and gets the task at its next check-in;
+//! - a quick task's result goes back over the held connection: no handshake per task.
 //!
 //! Bounds are loose on purpose (the machine is shared): these are not timing benchmarks.
 
@@ -121,6 +122,48 @@ async fn delivery(service: &Arc<Service>, device: &str) -> (Duration, Duration) 
         .await;
     }
     (took, created.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_task_is_reported_over_the_held_connection() {
+    // The task comes with a wake-up; it ends at once. Its report must not abandon a long-poll
+    // (and the connection with it): in a fan-out that would be a TLS handshake per agent.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (server, agent_dir, device) =
+        server_with_agent(tmp.path(), &[("checkin_interval_secs", "60")], &[]).await;
+    let service = server.service();
+    let stats = &service.admission().stats;
+    let agent = RunningAgent::start(agent_dir);
+    eventually(
+        "the device to be connected",
+        Duration::from_secs(30),
+        || {
+            let service = service.clone();
+            let device = device.clone();
+            async move { connected(&service, &device).await.then_some(()) }
+        },
+    )
+    .await;
+    let handshakes = stats.handshakes.load(Ordering::Relaxed);
+    for round in 0..2 {
+        let (took, result) = delivery(&service, &device).await;
+        eprintln!("round {round}: task taken after {took:?}, result after {result:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "round {round}: a task reached a connected agent after {took:?}"
+        );
+        assert!(
+            result < Duration::from_secs(10),
+            "round {round}: {result:?}"
+        );
+    }
+    assert_eq!(
+        stats.handshakes.load(Ordering::Relaxed),
+        handshakes,
+        "both tasks were taken and reported over the connection held before them"
+    );
+    agent.stop();
+    server.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
