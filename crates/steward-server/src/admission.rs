@@ -10,9 +10,13 @@
 //!   `max_queued` wait at most `queue_wait_ms`; any more are answered at once with **503
 //!   `SERVER-BUSY` and `Retry-After`**, which agents honour with jitter and do not count as a
 //!   failed way;
-//! - the long-poll never waits for a slot: its database probes use one when one is free and
-//!   otherwise skip the probe (a wake-up is then answered without it), so held connections do
-//!   not compete with check-ins.
+//! - the long-poll never waits for a slot to probe: its database probes use one when one is
+//!   free and otherwise skip the probe (a wake-up is then answered without it), so held
+//!   connections do not compete with check-ins;
+//! - a woken long-poll that takes its tasks does need a slot (taking is a write), but at most
+//!   `max_in_flight` such polls are in the queue at once ([`Admission::admit_take`]): a task
+//!   for the whole fleet wakes every held poll together, and the check-ins that report its
+//!   results must not wait behind all of them.
 //!
 //! [`Connected`] is the in-memory registry of devices whose long-poll is open now (the
 //! persistent connection); the admin API and the console show it as "connected".
@@ -184,6 +188,8 @@ pub struct Admission {
     limits: Resolved,
     handshakes: Arc<Semaphore>,
     work: Arc<Semaphore>,
+    /// Turns of woken long-polls to enter the `work` queue ([`Admission::admit_take`]).
+    takes: Arc<Semaphore>,
     /// Requests holding or waiting for a `work` slot.
     admitted: AtomicUsize,
     /// Counters.
@@ -197,6 +203,8 @@ pub struct Admission {
 pub struct Slot<'a> {
     _permit: OwnedSemaphorePermit,
     _counted: Counted<'a>,
+    /// A take's turn ([`Admission::admit_take`]), given back with the slot.
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 /// One request counted in `admitted` (waiting or running), uncounted when dropped. A guard
@@ -220,6 +228,7 @@ impl Admission {
             limits: r,
             handshakes: Arc::new(Semaphore::new(r.max_handshakes.max(1))),
             work: Arc::new(Semaphore::new(r.max_in_flight.max(1))),
+            takes: Arc::new(Semaphore::new(r.max_in_flight.max(1))),
             admitted: AtomicUsize::new(0),
             stats: Stats::default(),
             connected: Connected::default(),
@@ -263,6 +272,7 @@ impl Admission {
         Ok(Slot {
             _permit: permit,
             _counted: counted,
+            _turn: None,
         })
     }
 
@@ -282,7 +292,28 @@ impl Admission {
         Some(Slot {
             _permit: p,
             _counted: Counted(&self.admitted),
+            _turn: None,
         })
+    }
+
+    /// A slot for a woken long-poll to take its tasks, giving up at `deadline` (`None`), as
+    /// [`Admission::admit_until`]; but at most `max_in_flight` such polls are in the queue
+    /// (waiting or running) at once, and the rest wait for their turn outside it.
+    ///
+    /// Why: a task for the whole fleet wakes every held poll at once. In the queue they were
+    /// ahead of everything that came after them, the check-ins reporting the task's results
+    /// among them, which then waited out `queue_wait_ms`, were answered busy and came back to
+    /// wait again until the takes had drained (100,000 agents: 251,137 busy answers, and 42 %
+    /// of the results within a minute; BENCHMARKS.md, round 8). Behind at most `max_in_flight`
+    /// takes, a result waits milliseconds, and the takes still keep every slot busy.
+    pub async fn admit_take(&self, deadline: tokio::time::Instant) -> Option<Slot<'_>> {
+        let turn = tokio::time::timeout_at(deadline, self.takes.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let mut slot = self.admit_until(deadline).await?;
+        slot._turn = Some(turn);
+        Some(slot)
     }
 
     fn busy(&self, why: &str) -> ApiFailure {
@@ -581,6 +612,52 @@ mod tests {
                 .await
                 .is_some()
         );
+        assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
+    }
+
+    /// A fan-out wakes every held poll at once: the check-in reporting a result must wait
+    /// behind at most `max_in_flight` of their takes, not all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn woken_takes_enter_the_queue_a_few_at_a_time() {
+        let adm: &'static Admission = Box::leak(Box::new(Admission::new(&Limits {
+            max_in_flight: 2,
+            max_queued: 100,
+            queue_wait_ms: 10_000,
+            ..Limits::default()
+        })));
+        // Both slots busy while the fleet is woken.
+        let running = [adm.admit().await.unwrap(), adm.admit().await.unwrap()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let mut takes = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let taken = taken.clone();
+            takes.spawn(async move {
+                let slot = adm.admit_take(deadline).await;
+                assert!(slot.is_some(), "a take ran out of time");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                taken.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Two running, two takes in the queue; the other eight wait outside it.
+        assert_eq!(adm.admitted.load(Ordering::Acquire), 4);
+        // A result's check-in arrives now, behind those two takes only.
+        let (reported, ()) = tokio::join!(
+            async {
+                adm.admit().await.unwrap();
+                taken.load(Ordering::SeqCst)
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(running);
+            }
+        );
+        assert!(reported <= 2, "the check-in waited behind {reported} takes");
+        while let Some(done) = takes.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(taken.load(Ordering::SeqCst), 10);
         assert_eq!(adm.admitted.load(Ordering::Acquire), 0);
     }
 

@@ -1123,7 +1123,8 @@ impl Service {
     /// With `carry` the pending tasks are taken and sent in the answer, saving the check-in
     /// that would fetch them (in a fan-out, one request of three per agent). Taking is a
     /// write, so it waits for a slot in the admission queue, as that check-in would have,
-    /// until the poll's `deadline`; a woken poll that gets none by then says "wake".
+    /// until the poll's `deadline`, a few at a time ([`crate::admission::Admission::admit_take`]);
+    /// a woken poll that gets none by then says "wake".
     async fn work_for(
         &self,
         device: &Device,
@@ -1150,7 +1151,7 @@ impl Service {
                 // admission.
                 return Ok(wake("wake"));
             }
-            slot = self.admission.admit_until(deadline).await;
+            slot = self.admission.admit_take(deadline).await;
             if slot.is_none() {
                 return Ok(wake("wake"));
             }
@@ -1167,7 +1168,7 @@ impl Service {
             return Ok(wake("tasks"));
         }
         if slot.is_none() {
-            slot = self.admission.admit_until(deadline).await;
+            slot = self.admission.admit_take(deadline).await;
         }
         if slot.is_none() {
             return Ok(wake("tasks"));
