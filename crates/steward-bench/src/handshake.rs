@@ -225,6 +225,8 @@ async fn handshake_once(
     let fail = |kind, detail: String| net::Failure { kind, detail };
     let socket = tokio::net::TcpSocket::new_v4()
         .map_err(|e| fail(net::ErrorKind::ConnectOther, e.to_string()))?;
+    // Closed with a reset, not into TIME_WAIT (see the end of this function).
+    let _ = socket.set_zero_linger();
     if let Some(ip) = source {
         let _ = socket.set_reuseaddr(true);
         socket
@@ -249,7 +251,13 @@ async fn handshake_once(
         .1
         .handshake_kind()
         .unwrap_or(HandshakeKind::Full);
-    let _ = tls.shutdown().await;
+    // close_notify without a TCP FIN: the server, which answers with its own and closes, is
+    // then the side that closes first, and this socket's reset on drop (zero linger) ends
+    // both. A client that closes first keeps its port in TIME_WAIT for a minute, and binding
+    // a source address searches past every such port: with 120,000 piled up, a series fell
+    // from 3,500 to under 900 handshakes a second and measured the kernel's port search.
+    tls.get_mut().1.send_close_notify();
+    let _ = tls.flush().await;
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_to_end(&mut sink)).await;
     Ok(kind)
