@@ -49,6 +49,10 @@ pub struct StoreMeta {
     /// The configuration version the agents held after the last swarm (`--resume`).
     #[serde(default)]
     pub config_version: Option<u64>,
+    /// The profile version they acknowledged with it (`--resume`; absent in stores written
+    /// before it was kept: the agents then acknowledge the profile again).
+    #[serde(default)]
+    pub profile_version: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -229,6 +233,7 @@ pub async fn prepare(
         count: enrolled,
         enrollment: Some(report.clone()),
         config_version: None,
+        profile_version: None,
     };
     let meta_path = opts.out.join(META);
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| BenchError::BadStore {
@@ -364,8 +369,12 @@ pub fn load_range(
     Ok((meta, out))
 }
 
-/// Note the configuration version a swarm's agents ended with, for `--resume`.
-pub fn save_config_version(dir: &Path, version: u64) -> Result<(), BenchError> {
+/// Note the configuration and profile versions a swarm's agents ended with, for `--resume`.
+pub fn save_config_version(
+    dir: &Path,
+    version: u64,
+    profile_version: Option<u64>,
+) -> Result<(), BenchError> {
     let meta_path = dir.join(META);
     let text = std::fs::read(&meta_path).map_err(|e| BenchError::io(&meta_path, e))?;
     let mut meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| BenchError::BadStore {
@@ -373,6 +382,7 @@ pub fn save_config_version(dir: &Path, version: u64) -> Result<(), BenchError> {
         detail: e.to_string(),
     })?;
     meta.config_version = Some(version);
+    meta.profile_version = profile_version;
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| BenchError::BadStore {
         path: meta_path.clone(),
         detail: e.to_string(),

@@ -672,7 +672,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             resumption: true,
             server_pid: None,
-            resume_config: None,
+            resume: None,
         }
     }
 

@@ -232,6 +232,8 @@ pub struct SwarmReport {
     pub recovery: Recovery,
     /// The configuration version the agents held at the end (for `--resume` next time).
     pub config_version: Option<u64>,
+    /// The profile version they acknowledged with it (for `--resume` next time).
+    pub profile_version: Option<u64>,
     /// The server's use, with `--server-pid`.
     pub server: Option<ProcUse>,
     /// The swarm process's own use.

@@ -85,10 +85,22 @@ pub struct SwarmOptions {
     /// Sample this process as the server.
     pub server_pid: Option<u32>,
     /// Start as agents that have checked in before and kept their state, as a restarted
-    /// `steward-agent` does: this configuration version, and the inventory hash only (the
-    /// server has the inventory from an earlier run; it asks for it if not). `None`: a first
-    /// contact (configuration version 0, the inventory sent).
-    pub resume_config: Option<u64>,
+    /// `steward-agent` does: these versions, and the inventory hash only (the server has the
+    /// inventory from an earlier run; it asks for it if not). `None`: a first contact
+    /// (configuration version 0, the inventory sent).
+    pub resume: Option<Resume>,
+}
+
+/// What a restarted agent still holds from before (`steward-agent` keeps it in state.json).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The configuration version.
+    pub config_version: u64,
+    /// The communication profile version it acknowledged. Without it (0) each agent's first
+    /// check-in acknowledges the profile again, a device write the server would not see from
+    /// a restarted fleet: 100,000 of them queued the first minute of every `--resume` run
+    /// before round 8 (BENCHMARKS.md).
+    pub profile_version: u64,
 }
 
 #[derive(Default)]
@@ -176,6 +188,8 @@ struct Outcome {
     outage: Option<(f64, Option<f64>)>,
     /// The configuration version it holds at the end.
     config_version: u64,
+    /// The profile version it acknowledges at the end.
+    profile_version: u64,
 }
 
 /// A small PRNG per agent (xorshift64*): the jitter needs spread, not secrecy.
@@ -366,6 +380,9 @@ pub struct RawReport {
     pub recovery: Recovery,
     /// The highest configuration version an agent held at the end.
     pub config_version: Option<u64>,
+    /// The profile version that agent acknowledged.
+    #[serde(default)]
+    pub profile_version: Option<u64>,
     /// Per second from the start.
     pub timeline: Vec<Second>,
     /// When the fan-out task was created, seconds from the start.
@@ -430,7 +447,10 @@ impl RawReport {
             r.still_down += q.still_down;
             r.first_failure_s = min_opt(r.first_failure_s, q.first_failure_s);
             r.last_recovered_s = max_opt(r.last_recovered_s, q.last_recovered_s);
-            m.config_version = m.config_version.max(p.config_version);
+            if (p.config_version, p.profile_version) > (m.config_version, m.profile_version) {
+                m.config_version = p.config_version;
+                m.profile_version = p.profile_version;
+            }
             if m.timeline.len() < p.timeline.len() {
                 m.timeline.resize(p.timeline.len(), Second::default());
             }
@@ -746,9 +766,10 @@ async fn agent(
     let inv = inventory(&hostname, i);
     let hash = steward_agent::inventory::hash(&inv);
     let mut conn: Option<Conn> = None;
-    let mut config_version = ctx.opts.resume_config.unwrap_or(0);
-    let mut profile_version = 0u64;
-    let mut send_inventory = ctx.opts.resume_config.is_none();
+    let resume = ctx.opts.resume.unwrap_or_default();
+    let mut config_version = resume.config_version;
+    let mut profile_version = resume.profile_version;
+    let mut send_inventory = ctx.opts.resume.is_none();
     let mut results: Vec<TaskResult> = Vec::new();
     let mut executed: HashSet<u64> = HashSet::new();
     let mut failures = 0u32;
@@ -821,6 +842,7 @@ async fn agent(
                     profile_version = c.profile.version;
                 }
                 out.config_version = config_version;
+                out.profile_version = profile_version;
                 let task_at = ctx.task_at.get().copied();
                 if let Some(t0) = task_at
                     && out.result.is_none()
@@ -1050,11 +1072,13 @@ fn summarise(ctx: &Ctx, outcomes: Vec<Outcome>, wall: f64) -> RawReport {
             .map(|t| t.saturating_duration_since(ctx.start).as_secs_f64()),
         ..RawReport::default()
     };
-    raw.config_version = outcomes
+    let held = outcomes
         .iter()
-        .map(|o| o.config_version)
+        .map(|o| (o.config_version, o.profile_version))
         .max()
-        .filter(|&v| v > 0);
+        .filter(|&(v, _)| v > 0);
+    raw.config_version = held.map(|h| h.0);
+    raw.profile_version = held.map(|h| h.1);
     let rec = &mut raw.recovery;
     for o in outcomes {
         for (k, (n, ex)) in o.errors {
@@ -1200,6 +1224,7 @@ pub fn finish(mut raw: RawReport, opts: &SwarmOptions, info: RunInfo) -> SwarmRe
         }),
         recovery: rec,
         config_version: raw.config_version,
+        profile_version: raw.profile_version,
         server: info.server,
         swarm: raw.swarm,
         aborted: raw.aborted,

@@ -52,7 +52,7 @@ fn options(persistent: bool) -> SwarmOptions {
         timeout: Duration::from_secs(10),
         resumption: true,
         server_pid: Some(std::process::id()),
-        resume_config: None,
+        resume: None,
     }
 }
 
@@ -203,9 +203,9 @@ async fn prepare_then_swarm_both_modes() {
     // Held connections with the long-poll, and a task for all of them at 2.5 s.
     let task = task_for_all(service.clone());
     let r = swarm::run(
-        ids,
+        ids.clone(),
         &meta.trust_anchors_pem,
-        target,
+        target.clone(),
         false,
         options(true),
         Some(task),
@@ -229,6 +229,32 @@ async fn prepare_then_swarm_both_modes() {
     );
     assert!((r.connections_per_agent - 1.0).abs() < 1e-9, "{r:?}");
     assert_eq!(r.busy, 0);
+
+    // Resumed as a restarted fleet: the versions held before, no inventory. The agents keep
+    // the profile acknowledged (one that forgot it would acknowledge it again: a device write
+    // per agent that a restarted fleet does not make).
+    let held = swarm::Resume {
+        config_version: r.config_version.unwrap(),
+        profile_version: r.profile_version.unwrap(),
+    };
+    assert!(held.profile_version > 0, "{r:?}");
+    let resumed = swarm::run(
+        ids,
+        &meta.trust_anchors_pem,
+        target,
+        false,
+        SwarmOptions {
+            resume: Some(held),
+            ..options(false)
+        },
+        None,
+        ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_clean(&resumed);
+    assert_eq!(resumed.config_version, Some(held.config_version));
+    assert_eq!(resumed.profile_version, Some(held.profile_version));
 
     // The JSON report is one document that reads back.
     let json = serde_json::to_string(&r).unwrap();

@@ -257,10 +257,13 @@ fn swarm_options(
         timeout: Duration::from_secs(a.timeout.max(1)),
         resumption: !a.no_resumption,
         server_pid: a.server_pid,
-        resume_config: if a.resume {
-            Some(meta.config_version.context(
-                "--resume: no earlier swarm noted a configuration version in this identity store",
-            )?)
+        resume: if a.resume {
+            Some(steward_bench::swarm::Resume {
+                config_version: meta.config_version.context(
+                    "--resume: no earlier swarm noted a configuration version in this identity store",
+                )?,
+                profile_version: meta.profile_version.unwrap_or(0),
+            })
         } else {
             None
         },
@@ -434,7 +437,7 @@ fn run_swarm(a: SwarmArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(multi::run_parent(spawn, popts, task, bar).await?)
     })?;
     if let Some(v) = report.config_version {
-        identity::save_config_version(&a.identities, v)?;
+        identity::save_config_version(&a.identities, v, report.profile_version)?;
     }
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
