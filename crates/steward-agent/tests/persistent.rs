@@ -27,6 +27,20 @@ async fn connected(service: &Arc<Service>, device: &str) -> bool {
         .any(|d| d.id == device && d.connected)
 }
 
+/// Waits (at most 30 s) until the device holds its persistent connection.
+async fn until_connected(service: &Arc<Service>, device: &str) {
+    eventually(
+        "the device to be connected",
+        Duration::from_secs(30),
+        || {
+            let service = service.clone();
+            let device = device.to_owned();
+            async move { connected(&service, &device).await.then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// The device's last check-in (RFC 3339) as the server saw it.
 async fn last_checkin(service: &Arc<Service>, device: &str) -> Option<String> {
     service.device(device).await.ok()?.summary.last_checkin
@@ -134,16 +148,7 @@ async fn a_quick_task_is_reported_over_the_held_connection() {
     let service = server.service();
     let stats = &service.admission().stats;
     let agent = RunningAgent::start(agent_dir);
-    eventually(
-        "the device to be connected",
-        Duration::from_secs(30),
-        || {
-            let service = service.clone();
-            let device = device.clone();
-            async move { connected(&service, &device).await.then_some(()) }
-        },
-    )
-    .await;
+    until_connected(&service, &device).await;
     let handshakes = stats.handshakes.load(Ordering::Relaxed);
     for round in 0..2 {
         let (took, result) = delivery(&service, &device).await;
@@ -174,16 +179,7 @@ async fn a_connected_agent_gets_a_task_at_once_and_an_unconnected_one_at_its_int
         server_with_agent(tmp.path(), &[("checkin_interval_secs", "60")], &[]).await;
     let service = server.service();
     let agent = RunningAgent::start(agent_dir);
-    eventually(
-        "the device to be connected",
-        Duration::from_secs(30),
-        || {
-            let service = service.clone();
-            let device = device.clone();
-            async move { connected(&service, &device).await.then_some(()) }
-        },
-    )
-    .await;
+    until_connected(&service, &device).await;
     let (took, result) = delivery(&service, &device).await;
     eprintln!("persistent: task taken after {took:?}, result after {result:?}");
     assert!(

@@ -98,8 +98,8 @@ pub struct Resume {
     pub config_version: u64,
     /// The communication profile version it acknowledged. Without it (0) each agent's first
     /// check-in acknowledges the profile again, a device write the server would not see from
-    /// a restarted fleet: 100,000 of them queued the first minute of every `--resume` run
-    /// before round 8 (BENCHMARKS.md).
+    /// a restarted fleet: 100,000 of them in the first minute of a `--resume` run before
+    /// round 8, which queued it (BENCHMARKS.md).
     pub profile_version: u64,
 }
 

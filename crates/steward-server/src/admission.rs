@@ -305,7 +305,7 @@ impl Admission {
     /// among them, which then waited out `queue_wait_ms`, were answered busy and came back to
     /// wait again until the takes had drained (100,000 agents: 251,137 busy answers, and 42 %
     /// of the results within a minute; BENCHMARKS.md, round 8). Behind at most `max_in_flight`
-    /// takes, a result waits milliseconds, and the takes still keep every slot busy.
+    /// takes, a result waits for a few of them only, and the takes still keep every slot busy.
     pub async fn admit_take(&self, deadline: tokio::time::Instant) -> Option<Slot<'_>> {
         let turn = tokio::time::timeout_at(deadline, self.takes.clone().acquire_owned())
             .await
