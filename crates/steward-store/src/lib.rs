@@ -32,7 +32,7 @@ use steward_proto::{
     AgentError, FailedAttempt, GatewayReport, Inventory, TaskAssignment, TaskResult,
 };
 
-pub use seen::{Seen, SeenBuffer};
+pub use seen::{Seen, SeenBatch, SeenBuffer};
 pub use sqlite::SqliteStore;
 
 /// Failures of the storage layer.

@@ -1643,6 +1643,7 @@ impl Store for SqliteStore {
         match write.await {
             Ok(written) => {
                 self.cache.seen_flushed(&taken);
+                self.seen.committed();
                 Ok(written)
             }
             Err(e) => {
@@ -2105,6 +2106,50 @@ mod tests {
         let out = (read(store).await, read(&fresh).await);
         fresh.close().await;
         out
+    }
+
+    /// A device read while a last-seen flush is writing (the batch taken, not yet committed)
+    /// still shows the sighting. It once showed "never seen": the devices list flashed a
+    /// device that had just checked in as Offline.
+    #[tokio::test]
+    async fn a_read_during_a_flush_still_sees_the_sighting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        store.import_devices(&bare_fleet(&["a"])).await.unwrap();
+        store.note_seen(
+            "a",
+            Seen {
+                at: 1_700_000_100,
+                connection_path: Some("lan via s:4726".into()),
+            },
+        );
+        // Hold the writer: the flush takes its batch and then waits to begin.
+        let held = store.writer.begin().await.unwrap();
+        let flushing = tokio::spawn({
+            let store = store.clone();
+            async move { store.flush_seen().await }
+        });
+        while !store.seen.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let expect = (Some(1_700_000_100), Some("lan via s:4726".to_owned()));
+        let listed = store.devices().await.unwrap();
+        assert_eq!(
+            (listed[0].last_seen, listed[0].connection_path.clone()),
+            expect,
+            "while the flush waits"
+        );
+        let one = store.device("a").await.unwrap().unwrap();
+        assert_eq!((one.last_seen, one.connection_path), expect);
+        drop(held);
+        assert_eq!(flushing.await.unwrap().unwrap(), 1);
+        let listed = store.devices().await.unwrap();
+        assert_eq!(
+            (listed[0].last_seen, listed[0].connection_path.clone()),
+            expect,
+            "after it"
+        );
+        store.close().await;
     }
 
     /// The caches ([`crate::cache`]) never answer differently from the database: after each
