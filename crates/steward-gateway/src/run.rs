@@ -17,7 +17,6 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::CertificateRevocationListDer;
 use steward_proto::{
     AGENT_CERT_HEADER, ApiError, GATEWAY_TIME_HEADER, GatewayReport, GatewayReportResponse,
@@ -232,13 +231,14 @@ fn edge_config(
     let provider = provider();
     // Only the agent's own certificate is checked against the CRL: the gateway fetches the
     // issuing CA's CRL, which cannot speak for the issuing CA itself.
-    let verifier = WebPkiClientVerifier::builder_with_provider(
+    // Its signature is verified once per verifier (each CRL fetch), not per handshake.
+    let verifier = steward_pki::crl_client_verifier(
         Arc::new(roots(anchors_pem)?),
+        vec![crl],
         provider.clone(),
+        steward_pki::RevocationDepth::EndEntity,
+        false,
     )
-    .with_crls([crl])
-    .only_check_end_entity_revocation()
-    .build()
     .map_err(|e| GatewayError::Crypto(format!("the agent certificate verifier: {e}")))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -237,7 +237,7 @@ impl Authority {
         })
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, Error> {
+    pub(crate) fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, Error> {
         Issuer::from_ca_cert_der(&self.cert, &self.key)
             .map_err(|e| Error::CaMaterial(e.to_string()))
     }

@@ -15,6 +15,7 @@ mod error;
 mod facts;
 mod keyspec;
 mod material;
+mod revocation;
 mod thumbprint;
 
 pub use authority::{
@@ -28,6 +29,7 @@ pub use keyspec::{KeySpec, RsaBits, RsaHash};
 pub use material::{
     Material, MaterialFormat, Pkcs12Encryption, key_matches_cert, read_material, write_pkcs12,
 };
+pub use revocation::{RevocationDepth, crl_client_verifier};
 pub use thumbprint::Thumbprint;
 
 pub use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};

@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::server::ServerConfig;
+use steward_pki::RevocationDepth;
 
 use crate::ServerError;
 use crate::pki::{Crls, ListenerCert, Pki};
@@ -68,11 +69,15 @@ pub(crate) fn agent_config(
             .add(root)
             .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls.all())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ServerError::Tls(format!("the client certificate verifier: {e}")))?;
+    // CRL signatures are verified once per verifier, not per handshake (steward-pki).
+    let verifier = steward_pki::crl_client_verifier(
+        Arc::new(roots),
+        crls.all(),
+        provider.clone(),
+        RevocationDepth::Chain,
+        true,
+    )
+    .map_err(|e| ServerError::Tls(format!("the client certificate verifier: {e}")))?;
     let mut cfg = base(provider)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())
@@ -98,10 +103,14 @@ pub(crate) fn forwarded_verifier(
             .add(root)
             .map_err(|e| ServerError::Tls(format!("the platform root as trust anchor: {e}")))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls.all())
-        .build()
-        .map_err(|e| ServerError::Tls(format!("the forwarded-agent verifier: {e}")))
+    steward_pki::crl_client_verifier(
+        Arc::new(roots),
+        crls.all(),
+        provider(),
+        RevocationDepth::Chain,
+        false,
+    )
+    .map_err(|e| ServerError::Tls(format!("the forwarded-agent verifier: {e}")))
 }
 
 /// The console and admin API: server authentication only.
