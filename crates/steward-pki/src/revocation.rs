@@ -612,6 +612,26 @@ mod tests {
         let issuers = v.issuers.read().unwrap();
         assert_eq!(issuers.len(), 2, "the issuing CA and the root: {issuers:?}");
         assert!(issuers.values().all(Option::is_some));
+        drop(issuers);
+
+        // A gateway's edge: the issuing CA's CRL only, the agent's certificate only.
+        let Ok(Ok(edge)) = CrlVerifier::new(
+            roots(&[&p.root]),
+            vec![crl(&p.issuing, &[revoked(&p.revoked.cert)])],
+            provider(),
+            RevocationDepth::EndEntity,
+            false,
+        ) else {
+            panic!("the fast path applies to the issuing CA's CRL");
+        };
+        for _ in 0..3 {
+            assert_eq!(edge.fast(&p.good.cert, &chain, t), Ok(()));
+            assert_eq!(
+                edge.fast(&p.revoked.cert, &chain, t),
+                Err(webpki::Error::CertRevoked)
+            );
+        }
+        assert_eq!(edge.issuers.read().unwrap().len(), 1, "the issuing CA");
     }
 
     #[test]
