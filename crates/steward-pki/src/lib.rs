@@ -24,7 +24,9 @@ pub use authority::{
 pub use chain::{Chain, ChainEnd, Link, LinkSource, SignatureCheck, build_chain};
 pub use crl::{CrlFacts, CrlSignature, parse_crl};
 pub use error::{Error, MaterialError};
-pub use facts::{CertFacts, Eku, HashAlg, KeyAlg, KeyUsageBits, SanEntry, SignatureAlg, rfc3339};
+pub use facts::{
+    CertFacts, CertIdentity, Eku, HashAlg, KeyAlg, KeyUsageBits, SanEntry, SignatureAlg, rfc3339,
+};
 pub use keyspec::{KeySpec, RsaBits, RsaHash};
 pub use material::{
     Material, MaterialFormat, Pkcs12Encryption, key_matches_cert, read_material, write_pkcs12,

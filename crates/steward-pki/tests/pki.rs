@@ -385,3 +385,30 @@ fn detached_signatures_verify_only_with_the_signer_and_the_same_bytes() {
         assert!(!verify_detached(b"not a certificate", msg, &sig));
     }
 }
+
+/// The lean identity parse the agent site does per connection says exactly what the full facts
+/// say, for a root, an intermediate, a server and a client certificate, and refuses what the
+/// facts refuse.
+#[test]
+fn cert_identity_agrees_with_cert_facts() {
+    let (root, issuing) = platform(KeySpec::EcdsaP256);
+    let server = issuing.issue(&server_request(KeySpec::EcdsaP256)).unwrap();
+    let mut client = server_request(KeySpec::EcdsaP256);
+    client.common_name = "3a3f14eb-6d52-41a8-81ac-17e98befbbe9".into();
+    client.dns_names = vec![];
+    client.usage = Usage::Client;
+    let client = issuing.issue(&client).unwrap();
+    for der in [root.cert(), issuing.cert(), &server.cert, &client.cert] {
+        let facts = CertFacts::from_der(der).unwrap();
+        let id = CertIdentity::from_der(der).unwrap();
+        assert_eq!(id.sha256, facts.thumbprint.sha256_hex());
+        assert_eq!(id.serial, facts.serial);
+        assert_eq!(id.common_name.as_ref(), facts.common_names.first());
+        assert!(id.common_name.is_some());
+    }
+    let mut trailing = client.cert.to_vec();
+    trailing.push(0);
+    assert!(CertFacts::from_der(&trailing).is_err());
+    assert!(CertIdentity::from_der(&trailing).is_err());
+    assert!(CertIdentity::from_der(b"not a certificate").is_err());
+}

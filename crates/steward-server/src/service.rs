@@ -101,7 +101,12 @@ impl PeerCert {
     /// Facts of a DER client certificate; `None` if it does not parse (it passed rustls, so
     /// this would be a parser disagreement, treated as no certificate).
     pub fn from_der(der: &[u8]) -> Option<Self> {
-        Some(Self::from_facts(&CertFacts::from_der(der).ok()?))
+        let id = steward_pki::CertIdentity::from_der(der).ok()?;
+        Some(Self {
+            sha256: id.sha256,
+            serial: id.serial,
+            common_name: id.common_name,
+        })
     }
 
     /// The facts of a certificate already parsed.
