@@ -254,16 +254,22 @@ pub struct CertIdentity {
     pub common_name: Option<String>,
 }
 
+/// One DER certificate and nothing after it. The error is the parser's message.
+fn parse_whole(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} trailing bytes after the certificate",
+            rest.len()
+        ));
+    }
+    Ok(cert)
+}
+
 impl CertIdentity {
     /// Parse a DER certificate's identity. The error is the parser's message.
     pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-        if !rest.is_empty() {
-            return Err(format!(
-                "{} trailing bytes after the certificate",
-                rest.len()
-            ));
-        }
+        let cert = parse_whole(der)?;
         Ok(Self {
             sha256: Thumbprint::sha256_hex_of(der),
             serial: hex_upper(cert.raw_serial()),
@@ -278,13 +284,7 @@ impl CertIdentity {
 impl CertFacts {
     /// Parse a DER certificate into facts. The error is the parser's message.
     pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (rest, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-        if !rest.is_empty() {
-            return Err(format!(
-                "{} trailing bytes after the certificate",
-                rest.len()
-            ));
-        }
+        let cert = parse_whole(der)?;
         Ok(extract(&cert, der))
     }
 
