@@ -112,8 +112,13 @@ impl SeenBuffer {
     /// The batch of the last [`SeenBuffer::take`] is in the database: it replaces the batch
     /// the flush before wrote (every reader started since sees it in its rows).
     pub fn committed(&self) {
-        let mut g = self.lock();
-        g.flushed = std::mem::take(&mut g.in_flight);
+        let retired = {
+            let mut g = self.lock();
+            let batch = std::mem::take(&mut g.in_flight);
+            std::mem::replace(&mut g.flushed, batch)
+        };
+        // Freed outside the lock: thousands of entries, and every check-in notes through it.
+        drop(retired);
     }
 
     /// Puts back sightings whose flush failed, unless newer ones arrived meanwhile.
