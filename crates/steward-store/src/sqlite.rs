@@ -2129,9 +2129,14 @@ mod tests {
             let store = store.clone();
             async move { store.flush_seen().await }
         });
-        while !store.seen.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let taken = async {
+            while !store.seen.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), taken)
+            .await
+            .expect("the flush takes its batch");
         let expect = (Some(1_700_000_100), Some("lan via s:4726".to_owned()));
         let listed = store.devices().await.unwrap();
         assert_eq!(
