@@ -88,7 +88,7 @@ struct Parsed {
     der: CertificateRevocationListDer<'static>,
 }
 
-/// Who issued a certificate of a verified path.
+/// What an issuer is remembered by ([`IssuedBy::key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Issuer {
     /// A CA certificate of the path (its whole DER: the key and the key usage it carries).
@@ -188,28 +188,28 @@ impl CrlVerifier {
 
     /// webpki's revocation check of one candidate path, with the CRL signatures remembered.
     fn check_path(&self, path: &webpki::VerifiedPath<'_>) -> Result<(), webpki::Error> {
-        let ee: &webpki::Cert<'_> = path.end_entity();
-        let cas: Vec<&webpki::Cert<'_>> = path.intermediate_certificates().collect();
         let anchor = self
             .roots
             .roots
             .iter()
             .position(|a| std::ptr::eq(a, path.anchor()))
             .ok_or(webpki::Error::UnknownIssuer)?;
+        // End entity first; certificate i is issued by certificate i + 1, the last by the anchor.
+        let end_entity: &webpki::Cert<'_> = path.end_entity();
+        let certs: Vec<&webpki::Cert<'_>> = std::iter::once(end_entity)
+            .chain(path.intermediate_certificates())
+            .collect();
         let checked = match self.depth {
-            RevocationDepth::Chain => 1 + cas.len(),
+            RevocationDepth::Chain => certs.len(),
             RevocationDepth::EndEntity => 1,
         };
-        // Certificate i is issued by certificate i + 1 of the path; the last by the anchor.
-        let certs: Vec<&webpki::Cert<'_>> =
-            std::iter::once(ee).chain(cas.iter().copied()).collect();
         for (i, cert) in certs.iter().take(checked).enumerate() {
-            let issuer = match certs.get(i + 1) {
-                Some(ca) => Issuer::Ca(ca.der().as_ref().to_vec()),
-                None => Issuer::Anchor(anchor),
+            let by = match certs.get(i + 1) {
+                Some(ca) => IssuedBy::Ca(ca),
+                None => IssuedBy::Anchor(anchor),
             };
             let crl = self
-                .crl_for(issuer, cert.issuer(), certs.get(i + 1).copied())
+                .crl_for(cert.issuer(), &by)
                 .ok_or(webpki::Error::UnknownRevocationStatus)?;
             if self.crls[crl].crl.find_serial(cert.serial())?.is_some() {
                 return Err(webpki::Error::CertRevoked);
@@ -218,43 +218,34 @@ impl CrlVerifier {
         Ok(())
     }
 
-    /// The CRL that speaks for what `issuer` issued (remembered).
-    fn crl_for(
-        &self,
-        issuer: Issuer,
-        issuer_name: &[u8],
-        ca: Option<&webpki::Cert<'_>>,
-    ) -> Option<usize> {
+    /// The CRL that speaks for what `by` issued (remembered).
+    fn crl_for(&self, issuer_name: &[u8], by: &IssuedBy<'_, '_>) -> Option<usize> {
+        let key = by.key();
         if let Some(known) = self
             .issuers
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&issuer)
+            .get(&key)
         {
             return *known;
         }
-        let found = self.verify_crl_of(&issuer, issuer_name, ca);
+        let found = self.verify_crl_of(issuer_name, by);
         let mut issuers = self.issuers.write().unwrap_or_else(|p| p.into_inner());
         if issuers.len() < MAX_ISSUERS {
-            issuers.insert(issuer, found);
+            issuers.insert(key, found);
         }
         found
     }
 
     /// As webpki: the first CRL whose issuer is the certificate's issuer, signed by the
     /// issuer's key, from an issuer whose key usage (if it states one) includes cRLSign.
-    fn verify_crl_of(
-        &self,
-        issuer: &Issuer,
-        issuer_name: &[u8],
-        ca: Option<&webpki::Cert<'_>>,
-    ) -> Option<usize> {
+    fn verify_crl_of(&self, issuer_name: &[u8], by: &IssuedBy<'_, '_>) -> Option<usize> {
         let idx = self
             .crls
             .iter()
             .position(|p| p.crl.issuer() == issuer_name)?;
-        let spki_der = match (issuer, ca) {
-            (Issuer::Ca(_), Some(ca)) => {
+        let spki_der = match by {
+            IssuedBy::Ca(ca) => {
                 let der = ca.der();
                 let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
                 // webpki: an issuer that states a key usage must state cRLSign.
@@ -265,10 +256,9 @@ impl CrlVerifier {
                 }
                 ca.subject_public_key_info().as_ref().to_vec()
             }
-            (Issuer::Anchor(i), _) => {
+            IssuedBy::Anchor(i) => {
                 der_sequence(self.roots.roots.get(*i)?.subject_public_key_info.as_ref())?
             }
-            (Issuer::Ca(_), None) => return None,
         };
         let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki_der).ok()?;
         let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(
@@ -277,6 +267,24 @@ impl CrlVerifier {
         .ok()?;
         crl.verify_signature(&spki).ok()?;
         Some(idx)
+    }
+}
+
+/// The issuer of a certificate in a verified path.
+enum IssuedBy<'a, 'p> {
+    /// A CA certificate of the path.
+    Ca(&'a webpki::Cert<'p>),
+    /// The trust anchor, by position in the roots.
+    Anchor(usize),
+}
+
+impl IssuedBy<'_, '_> {
+    /// What the issuer is remembered by.
+    fn key(&self) -> Issuer {
+        match self {
+            Self::Ca(ca) => Issuer::Ca(ca.der().as_ref().to_vec()),
+            Self::Anchor(i) => Issuer::Anchor(*i),
+        }
     }
 }
 
