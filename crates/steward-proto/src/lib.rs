@@ -36,6 +36,9 @@ pub mod paths {
     /// token, when the server allows it (`[auth] agent_kerberos_enrollment`).
     pub const ENROLL_KERBEROS: &str = "/agent/v1/enroll/kerberos";
     /// POST [`crate::CheckinRequest`] → [`crate::CheckinResponse`].
+    ///
+    /// With `?wait=SECS[&tasks=carry]` the check-in may go on as the long-poll that would
+    /// follow it ([`WAIT`]), saving that request: see [`crate::CHECKIN_HELD_CONTENT_TYPE`].
     pub const CHECKIN: &str = "/agent/v1/checkin";
     /// GET `?config_version=N&wait=SECS[&tasks=carry]` → 200 [`crate::WakeUp`] when there is
     /// work (with the tasks in it when `tasks=carry`, see [`crate::WAIT_CARRY_TASKS`]), 204
@@ -750,6 +753,18 @@ pub struct WakeUp {
 /// the wake-up itself (saving the check-in that would fetch them). Servers before it ignore
 /// it, and an agent that does not send it is only ever told to check in.
 pub const WAIT_CARRY_TASKS: &str = "tasks=carry";
+
+/// Content type of a check-in that goes on as a long-poll ("held"): asked for with
+/// `wait=SECS` (and [`WAIT_CARRY_TASKS`]) in a check-in's query, as a long-poll's. The body is
+/// newline-delimited JSON: the [`CheckinResponse`] on the first line, sent at once; then, on
+/// the same response, at most one [`WakeUp`] line when there is work within the hold, exactly
+/// as the long-poll would have answered it. A body that ends after the first line is the
+/// long-poll's 204: nothing came within the hold, check in when due.
+///
+/// The server holds only an answer that leaves the agent nothing to do at once: no tasks, no
+/// configuration, no inventory or renewal asked for. Any other answer, and every answer of a
+/// server from before this, is plain `application/json`; the agent then long-polls as usual.
+pub const CHECKIN_HELD_CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// Error body of every non-2xx answer from the agent site and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

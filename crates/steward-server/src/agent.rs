@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -78,8 +78,9 @@ async fn checkin(
     Extension(peer): Extension<Peer>,
     signed_http: Option<Extension<crate::http_site::SignedHttp>>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Json<CheckinResponse>, ApiFailure> {
+) -> Result<Response, ApiFailure> {
     let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     let who = format!("{} (device {})", peer.addr, device.id);
     let mut req: CheckinRequest =
@@ -92,7 +93,74 @@ async fn checkin(
     {
         *server = format!("http://{server}");
     }
-    Ok(Json(svc.checkin(&device, req).await?))
+    let config_version = req.config_version;
+    let answer = svc.checkin(&device, req).await?;
+    // Asked to go on as the long-poll, and nothing in the answer for the agent to act on
+    // first: the answer is sent at once, and the same response then waits as a long-poll for
+    // the configuration the agent now holds (no `config` in the answer: it is current).
+    match wait_param(query.as_deref()) {
+        Some(secs) if holdable(&answer) => {
+            let carry = carry_param(query.as_deref());
+            Ok(held_checkin(
+                svc,
+                device,
+                &answer,
+                config_version,
+                secs,
+                carry,
+            ))
+        }
+        _ => Ok(Json(answer).into_response()),
+    }
+}
+
+/// Whether a check-in's answer leaves the agent nothing to do at once (acknowledged results
+/// only need forgetting), so it may be held as a long-poll.
+fn holdable(a: &CheckinResponse) -> bool {
+    a.tasks.is_empty() && a.config.is_none() && !a.send_inventory && !a.renew_certificate
+}
+
+/// A check-in answer followed, on the same response, by a long-poll (see
+/// [`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]). The long-poll runs as the body is read, so
+/// an agent that goes away drops it with its connection.
+fn held_checkin(
+    svc: Arc<Service>,
+    device: steward_store::Device,
+    answer: &CheckinResponse,
+    config_version: u64,
+    secs: u64,
+    carry: bool,
+) -> Response {
+    let mut first = serde_json::to_vec(answer).unwrap_or_default();
+    first.push(b'\n');
+    let hold = async move {
+        match svc
+            .wait(&device, Some(config_version), Some(secs), carry)
+            .await
+        {
+            Ok(Some(w)) => {
+                let mut line = serde_json::to_vec(&w).unwrap_or_default();
+                line.push(b'\n');
+                Some(Bytes::from(line))
+            }
+            Ok(None) => None,
+            // The check-in itself is answered and committed; a failed look for work ends the
+            // hold like an empty long-poll, and the agent checks in when due.
+            Err(f) => {
+                tracing::warn!(id = f.id, device = %device.id, "the long-poll of a held check-in failed: {}", f.message);
+                None
+            }
+        }
+    };
+    let body = crate::held::HeldBody::new(Bytes::from(first), hold);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            steward_proto::CHECKIN_HELD_CONTENT_TYPE,
+        )],
+        Body::new(body),
+    )
+        .into_response()
 }
 
 async fn wait(

@@ -26,6 +26,7 @@ mod console;
 mod crl;
 mod error;
 mod forwarded;
+mod held;
 mod http;
 mod http_site;
 mod init;

@@ -14,7 +14,9 @@ use steward_proto::admin::{
     DeviceDetail, DeviceStatus, DeviceSummary, NewTask, Policy, TaskCreated, TaskDetail, TaskState,
     paths as admin,
 };
-use steward_proto::{Inventory, TaskOutcome, TaskResult, paths};
+use steward_proto::{
+    CheckinRequest, CheckinResponse, Inventory, TaskOutcome, TaskResult, WakeUp, paths,
+};
 
 fn inventory(host: &str) -> Inventory {
     Inventory {
@@ -119,6 +121,159 @@ async fn a_long_poll_that_asks_carries_its_tasks() {
     let mut acked = agent.checkin(&req).await.unwrap().acked_results;
     acked.sort_unstable();
     assert_eq!(acked, vec![first.id, second.id, third.id]);
+}
+
+/// Reads one newline-ended JSON line from a streamed body, within 10 s; `None` when the body
+/// ended first (with nothing left over).
+async fn next_line<T: serde::de::DeserializeOwned>(
+    resp: &mut reqwest::Response,
+    buf: &mut Vec<u8>,
+) -> Option<T> {
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            return Some(serde_json::from_slice(&line).unwrap());
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("the held answer went quiet")
+            .unwrap();
+        match chunk {
+            Some(c) => buf.extend_from_slice(&c),
+            None => {
+                assert!(buf.is_empty(), "a partial line at the end: {buf:?}");
+                return None;
+            }
+        }
+    }
+}
+
+/// A check-in asked to go on as the long-poll (`wait=SECS`): its answer comes at once, and the
+/// same response then carries the wake-up a long-poll would have given, or ends empty when the
+/// hold runs out. An answer with something to do first is never held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_check_in_answers_at_once_then_waits_as_the_long_poll() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 5, &["lab"]).await;
+    let agent = ts.enroll(&pkg.token, "held-1").await.unwrap();
+    let mut first = checkin_request(0);
+    first.inventory = Some(inventory("held-1"));
+    let version = agent.checkin(&first).await.unwrap().config.unwrap().version;
+    // An unchanged check-in from here on: no inventory wanted.
+    let checkin_request = |v: u64| CheckinRequest {
+        inventory_hash: first.inventory_hash.clone(),
+        ..checkin_request(v)
+    };
+    let held = |secs: u64, req: CheckinRequest| {
+        let url = format!(
+            "{}{}?wait={secs}&{}",
+            agent.base,
+            paths::CHECKIN,
+            steward_proto::WAIT_CARRY_TASKS
+        );
+        let http = agent.http.clone();
+        async move { http.post(url).json(&req).send().await.unwrap() }
+    };
+    let content_type = |r: &reqwest::Response| {
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Nothing to do: the answer arrives while the hold goes on (no task exists yet), then a
+    // new task ends it, carried in the wake-up line.
+    let mut resp = held(30, checkin_request(version)).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        content_type(&resp),
+        steward_proto::CHECKIN_HELD_CONTENT_TYPE
+    );
+    let mut buf = Vec::new();
+    let answer: CheckinResponse = next_line(&mut resp, &mut buf).await.unwrap();
+    assert_eq!(answer.device_id, agent.id);
+    assert!(answer.config.is_none() && answer.tasks.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let task: TaskCreated = ts
+        .post_admin(
+            admin::TASKS,
+            &NewTask {
+                command: "echo".into(),
+                args: vec!["held".into()],
+                timeout_secs: 30,
+                target: "tag:lab".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let woke: WakeUp = next_line(&mut resp, &mut buf)
+        .await
+        .expect("a wake-up line");
+    assert_eq!(woke.reason, "tasks");
+    assert_eq!(woke.tasks.len(), 1);
+    assert_eq!(woke.tasks[0].task_id, task.id);
+    assert!(next_line::<WakeUp>(&mut resp, &mut buf).await.is_none());
+    assert!(
+        agent.tasks_handed_out(version).await.is_empty(),
+        "carried once"
+    );
+
+    // The result, in a held check-in: acknowledged in the first line; with nothing more, the
+    // hold (3 s asked, answered a margin earlier) ends the body after it.
+    let mut req = checkin_request(version);
+    req.results = vec![TaskResult {
+        task_id: task.id,
+        outcome: TaskOutcome::Succeeded,
+        exit_code: Some(0),
+        output: "held".into(),
+        truncated: false,
+        started_at: "2027-01-01T00:00:00Z".into(),
+        finished_at: "2027-01-01T00:00:01Z".into(),
+    }];
+    let started = Instant::now();
+    let mut resp = held(3, req).await;
+    let mut buf = Vec::new();
+    let answer: CheckinResponse = next_line(&mut resp, &mut buf).await.unwrap();
+    assert_eq!(answer.acked_results, vec![task.id]);
+    assert!(next_line::<WakeUp>(&mut resp, &mut buf).await.is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "held past its wait"
+    );
+    let detail: TaskDetail = ts
+        .get_admin(&format!("/api/v1/tasks/{}", task.id))
+        .await
+        .unwrap();
+    assert_eq!(detail.results[0].state, TaskState::Succeeded);
+
+    // Something to do first: a new configuration (an old version), or a task waiting. Plain
+    // JSON, not held.
+    let resp = held(30, checkin_request(0)).await;
+    assert_eq!(content_type(&resp), "application/json");
+    let answer: CheckinResponse = resp.json().await.unwrap();
+    assert_eq!(answer.config.map(|c| c.version), Some(version));
+    let waiting: TaskCreated = ts
+        .post_admin(
+            admin::TASKS,
+            &NewTask {
+                command: "echo".into(),
+                args: vec!["waiting".into()],
+                timeout_secs: 30,
+                target: "tag:lab".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), held(30, checkin_request(version)))
+        .await
+        .unwrap();
+    assert_eq!(content_type(&resp), "application/json");
+    let answer: CheckinResponse = resp.json().await.unwrap();
+    assert_eq!(
+        answer.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        vec![waiting.id]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
