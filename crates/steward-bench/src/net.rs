@@ -302,7 +302,16 @@ pub struct Conn {
     poisoned: bool,
     /// `Retry-After` (seconds) of the last response, when it had one (a 503 `SERVER-BUSY`).
     pub retry_after: Option<Duration>,
+    /// The rest of a held check-in's response, still coming (the long-poll it goes on as).
+    held: Option<Held>,
     _driver: AbortOnDrop,
+}
+
+/// What is left of a held check-in's response: its body, and bytes read past the first line.
+#[derive(Debug)]
+struct Held {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
 }
 
 /// Connect from `source` (or the OS's choice), handshake, and start HTTP/1.1.
@@ -372,14 +381,21 @@ pub async fn connect(
         setup,
         poisoned: false,
         retry_after: None,
+        held: None,
         _driver: driver,
     })
 }
 
 impl Conn {
-    /// Whether another request can go on this connection.
+    /// Whether another request can go on this connection (not while a held check-in's long-poll
+    /// is still on it).
     pub fn is_open(&self) -> bool {
         !self.poisoned && !self.sender.is_closed()
+    }
+
+    /// Whether a held check-in's long-poll is on this connection (see [`Self::held_rest`]).
+    pub fn is_held(&self) -> bool {
+        self.held.is_some() && !self.sender.is_closed()
     }
 
     /// One request, the whole response read (bounded), within `timeout`.
@@ -390,6 +406,23 @@ impl Conn {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), Failure> {
+        let (status, body, _) = self.exchange(method, path, body, false, timeout).await?;
+        Ok((status, body))
+    }
+
+    /// One request; when `held_ok` and the answer is a held check-in
+    /// ([`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]), only its first line is read and the
+    /// rest is kept for [`Self::held_rest`] (`true` in the result); otherwise the whole
+    /// response is read. Within `timeout`.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        held_ok: bool,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes, bool), Failure> {
+        self.held = None;
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -421,19 +454,68 @@ impl Conn {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
+            let held = held_ok
+                && status.is_success()
+                && resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+                    v.as_bytes() == steward_proto::CHECKIN_HELD_CONTENT_TYPE.as_bytes()
+                });
+            if held {
+                let mut rest = Held {
+                    body: resp.into_body(),
+                    buf: Vec::new(),
+                };
+                let line = rest.first_line().await?;
+                return Ok::<_, Failure>((status, line, Some(rest), retry_after));
+            }
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| Failure::new(ErrorKind::ConnectionClosed, e))?
                 .to_bytes();
-            Ok::<_, Failure>((status, body, retry_after))
+            Ok::<_, Failure>((status, body, None, retry_after))
         };
-        let (status, body, retry_after) = tokio::time::timeout(timeout, exchange)
+        let (status, body, held, retry_after) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Failure::new(ErrorKind::ResponseTimeout, "no response in time"))??;
+        self.retry_after = retry_after;
+        // A held answer keeps the connection busy until its rest is read.
+        self.poisoned = held.is_some();
+        let is_held = held.is_some();
+        self.held = held;
+        Ok((status, body, is_held))
+    }
+
+    /// The rest of a held check-in's response, read to its end within `timeout`: the wake-up
+    /// line, or `None` when the hold ended empty (the long-poll's 204). The connection is free
+    /// again after it.
+    pub async fn held_rest(&mut self, timeout: Duration) -> Result<Option<Bytes>, Failure> {
+        let Some(mut held) = self.held.take() else {
+            return Err(Failure::new(
+                ErrorKind::Protocol,
+                "no held check-in on this connection",
+            ));
+        };
+        let rest = tokio::time::timeout(timeout, held.read_to_end())
             .await
             .map_err(|_| Failure::new(ErrorKind::ResponseTimeout, "no response in time"))??;
         self.poisoned = false;
-        self.retry_after = retry_after;
-        Ok((status, body))
+        Ok(rest)
+    }
+
+    /// POST JSON as a check-in that may be held (`path` carries `wait=SECS`): the answer, and
+    /// whether the connection now carries its long-poll (read it with [`Self::held_rest`]).
+    /// Non-2xx is [`ErrorKind::HttpStatus`].
+    pub async fn post_held<Q: Serialize, R: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<(R, bool), Failure> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
+        let (status, body, held) = self
+            .exchange(Method::POST, path, Some(bytes), true, timeout)
+            .await?;
+        Ok((json_answer(status, &body)?, held))
     }
 
     /// POST JSON, parse a JSON answer; non-2xx is [`ErrorKind::HttpStatus`].
@@ -447,12 +529,68 @@ impl Conn {
         let (status, body) = self
             .request(Method::POST, path, Some(bytes), timeout)
             .await?;
-        if !status.is_success() {
-            return Err(Failure::new(
-                ErrorKind::HttpStatus(status.as_u16()),
-                String::from_utf8_lossy(body.get(..200).unwrap_or(&body)),
-            ));
+        json_answer(status, &body)
+    }
+}
+
+/// A JSON answer; non-2xx is [`ErrorKind::HttpStatus`].
+fn json_answer<R: serde::de::DeserializeOwned>(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<R, Failure> {
+    if !status.is_success() {
+        return Err(Failure::new(
+            ErrorKind::HttpStatus(status.as_u16()),
+            String::from_utf8_lossy(body.get(..200).unwrap_or(body)),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))
+}
+
+impl Held {
+    /// Reads up to the first newline: the check-in's answer. What came after it stays in
+    /// `buf`.
+    async fn first_line(&mut self) -> Result<Bytes, Failure> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(Bytes::from(line));
+            }
+            if !self.more().await? {
+                return Err(Failure::new(
+                    ErrorKind::Protocol,
+                    "a held check-in ended before its answer's line",
+                ));
+            }
         }
-        serde_json::from_slice(&body).map_err(|e| Failure::new(ErrorKind::Protocol, e))
+    }
+
+    /// Reads to the end: what remains, trimmed, or `None` when nothing does.
+    async fn read_to_end(&mut self) -> Result<Option<Bytes>, Failure> {
+        while self.more().await? {}
+        let rest = self.buf.trim_ascii();
+        Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
+    }
+
+    /// One more data frame into `buf`; `false` at the end of the body.
+    async fn more(&mut self) -> Result<bool, Failure> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(Failure::new(ErrorKind::ConnectionClosed, e)),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
+                            return Err(Failure::new(
+                                ErrorKind::Protocol,
+                                "a held answer too large",
+                            ));
+                        }
+                        self.buf.extend_from_slice(&data);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
     }
 }

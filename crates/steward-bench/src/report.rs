@@ -216,8 +216,12 @@ pub struct SwarmReport {
     pub resumed_per_s: f64,
     /// Held connections the server closed or lost (long-polls that failed).
     pub held_dropped: u64,
-    /// Long-polls answered "no work" (204).
+    /// Long-polls answered "no work" (204), held check-ins whose hold ended empty included.
     pub polls_empty: u64,
+    /// Check-ins that went on as the long-poll after them (`wait=SECS` on the check-in, see
+    /// `steward_proto::CHECKIN_HELD_CONTENT_TYPE`): each one a request fewer.
+    #[serde(default)]
+    pub checkins_held: u64,
     /// Check-ins answered 503 `SERVER-BUSY` (admission control), retried after `Retry-After`
     /// plus jitter as the agent does; not errors.
     #[serde(default)]
@@ -302,8 +306,8 @@ impl SwarmReport {
         if self.persistent {
             let _ = writeln!(
                 s,
-                "long-poll:   {} empty answers, {} held connections dropped; {:.2} connections per agent",
-                self.polls_empty, self.held_dropped, self.connections_per_agent
+                "long-poll:   {} empty answers, {} check-ins held as long-polls, {} held connections dropped; {:.2} connections per agent",
+                self.polls_empty, self.checkins_held, self.held_dropped, self.connections_per_agent
             );
         }
         if self.busy > 0 {

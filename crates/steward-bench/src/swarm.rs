@@ -112,6 +112,7 @@ struct Counters {
     checked_in: AtomicU64,
     held_dropped: AtomicU64,
     polls_empty: AtomicU64,
+    checkins_held: AtomicU64,
     busy: AtomicU64,
     woken: AtomicU64,
     results: AtomicU64,
@@ -309,6 +310,8 @@ pub struct RawCounters {
     pub held_dropped: u64,
     /// Long-polls answered 204.
     pub polls_empty: u64,
+    /// Check-ins that went on as the long-poll.
+    pub checkins_held: u64,
     /// Check-ins answered 503 SERVER-BUSY.
     pub busy: u64,
     /// Agents given the fan-out task.
@@ -326,6 +329,7 @@ impl RawCounters {
         self.checked_in += o.checked_in;
         self.held_dropped += o.held_dropped;
         self.polls_empty += o.polls_empty;
+        self.checkins_held += o.checkins_held;
         self.busy += o.busy;
         self.woken += o.woken;
         self.results += o.results;
@@ -801,12 +805,32 @@ async fn agent(
             failed_attempts: Vec::new(),
         };
         let left = ctx.opts.timeout;
-        let r = checkin(&ctx, &mut conn, source, &config, &req, left).await;
+        // A persistent agent asks for the check-in to go on as its long-poll, until the next
+        // check-in, planned now (as the agent does).
+        // One draw per check-in for the delay after it, whichever way it is taken.
+        let draw = rng.unit();
+        let planned = (ctx.opts.persistent && fast_polls < 3).then(|| {
+            steward_agent::agent::next_checkin_delay(
+                interval,
+                ctx.opts.jitter_percent,
+                disturbed,
+                draw,
+            )
+        });
+        let hold = planned.map(|p| {
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            (p.min(left) + LONG_POLL_MARGIN).as_secs()
+        });
+        let r = checkin(&ctx, &mut conn, source, &config, &req, hold, left).await;
         let now = Instant::now();
         // Told to come back later: no long-poll meanwhile either (as the agent).
         let busy = matches!(&r, Err(f) if f.kind == ErrorKind::HttpStatus(503));
         let next = match r {
             Ok(resp) => {
+                let held = conn.as_ref().is_some_and(Conn::is_held);
+                if held {
+                    ctx.counters.checkins_held.fetch_add(1, Ordering::Relaxed);
+                }
                 let took = now.duration_since(due);
                 let unchanged = req.inventory.is_none()
                     && req.results.is_empty()
@@ -869,15 +893,22 @@ async fn agent(
                 if !ctx.opts.persistent {
                     conn = None;
                 }
-                disturbed |= took > steward_agent::agent::SLOW_CHECKIN;
+                let slow = took > steward_agent::agent::SLOW_CHECKIN;
                 if !results.is_empty() || send_inventory {
+                    disturbed |= slow;
                     now
+                } else if let (true, Some(p)) = (held, planned) {
+                    // The hold runs until the planned check-in; a slow check-in spreads the
+                    // one after it instead.
+                    disturbed = slow;
+                    now + p
                 } else {
+                    disturbed |= slow;
                     now + steward_agent::agent::next_checkin_delay(
                         interval,
                         ctx.opts.jitter_percent,
                         std::mem::take(&mut disturbed),
-                        rng.unit(),
+                        draw,
                     )
                 }
             }
@@ -890,7 +921,7 @@ async fn agent(
                     .as_ref()
                     .and_then(|c| c.retry_after)
                     .unwrap_or(Duration::from_secs(10));
-                now + steward_agent::agent::busy_delay(retry, rng.unit())
+                now + steward_agent::agent::busy_delay(retry, draw)
             }
             Err(f) => {
                 conn = None;
@@ -899,35 +930,40 @@ async fn agent(
                     out.outage = Some((ctx.start.elapsed().as_secs_f64(), None));
                 }
                 failures = failures.saturating_add(1);
-                now + steward_agent::agent::backoff_delay(
-                    failures,
-                    interval.as_secs().max(1),
-                    rng.unit(),
-                )
+                now + steward_agent::agent::backoff_delay(failures, interval.as_secs().max(1), draw)
             }
         };
         due = next;
         // The wait phase: long-poll on the held connection until the check-in is due.
         while ctx.opts.persistent && !busy && fast_polls < 3 {
-            let Some(c) = conn.as_mut().filter(|c| c.is_open()) else {
+            let Some(c) = conn.as_mut().filter(|c| c.is_open() || c.is_held()) else {
                 break;
             };
             let until = due.min(ctx.deadline);
             let remaining = until.saturating_duration_since(Instant::now());
-            if remaining <= MIN_LONG_POLL {
+            if remaining <= MIN_LONG_POLL && !c.is_held() {
                 break;
             }
             let started = Instant::now();
-            let path = format!(
-                "{}?config_version={config_version}&wait={}&{}",
-                paths::WAIT,
-                (remaining + LONG_POLL_MARGIN).as_secs(),
-                steward_proto::WAIT_CARRY_TASKS
-            );
-            match c
-                .request(Method::GET, &path, None, remaining + POLL_GRACE)
-                .await
-            {
+            let answer = if c.is_held() {
+                // The check-in went on as this long-poll: its rest is the answer.
+                c.held_rest(remaining + POLL_GRACE)
+                    .await
+                    .map(|rest| match rest {
+                        Some(line) => (StatusCode::OK, line),
+                        None => (StatusCode::NO_CONTENT, Default::default()),
+                    })
+            } else {
+                let path = format!(
+                    "{}?config_version={config_version}&wait={}&{}",
+                    paths::WAIT,
+                    (remaining + LONG_POLL_MARGIN).as_secs(),
+                    steward_proto::WAIT_CARRY_TASKS
+                );
+                c.request(Method::GET, &path, None, remaining + POLL_GRACE)
+                    .await
+            };
+            match answer {
                 Ok((StatusCode::NO_CONTENT, _)) => {
                     ctx.counters.polls_empty.fetch_add(1, Ordering::Relaxed);
                     if started.elapsed() < MIN_LONG_POLL {
@@ -1033,9 +1069,18 @@ async fn checkin(
     source: Option<std::net::IpAddr>,
     config: &Arc<rustls::ClientConfig>,
     req: &CheckinRequest,
+    hold: Option<u64>,
     timeout: Duration,
 ) -> Result<CheckinResponse, Failure> {
     let reused = conn.as_ref().is_some_and(Conn::is_open);
+    let path = match hold {
+        Some(secs) => format!(
+            "{}?wait={secs}&{}",
+            paths::CHECKIN,
+            steward_proto::WAIT_CARRY_TASKS
+        ),
+        None => paths::CHECKIN.to_owned(),
+    };
     if !reused {
         *conn = None;
     }
@@ -1046,11 +1091,11 @@ async fn checkin(
             *conn = Some(c);
         }
         let Some(c) = conn.as_mut() else { continue };
-        match c.post_json(paths::CHECKIN, req, timeout).await {
+        match c.post_held(&path, req, timeout).await {
             Err(f) if reused && attempt == 0 && f.kind == ErrorKind::ConnectionClosed => {
                 *conn = None;
             }
-            r => return r,
+            r => return r.map(|(answer, _held)| answer),
         }
     }
     Err(Failure {
@@ -1125,6 +1170,7 @@ fn summarise(ctx: &Ctx, outcomes: Vec<Outcome>, wall: f64) -> RawReport {
         checked_in: load(&c.checked_in),
         held_dropped: load(&c.held_dropped),
         polls_empty: load(&c.polls_empty),
+        checkins_held: load(&c.checkins_held),
         busy: load(&c.busy),
         woken: load(&c.woken),
         results: load(&c.results),
@@ -1210,6 +1256,7 @@ pub fn finish(mut raw: RawReport, opts: &SwarmOptions, info: RunInfo) -> SwarmRe
         resumed_per_s: c.resumed as f64 / wall.max(1e-9),
         held_dropped: c.held_dropped,
         polls_empty: c.polls_empty,
+        checkins_held: c.checkins_held,
         busy: c.busy,
         connections_per_agent: (c.full + c.resumed) as f64 / (c.checked_in.max(1)) as f64,
         fan_out: info.fan_out.map(|(id, create)| FanOut {
