@@ -417,23 +417,52 @@ impl Agent {
     async fn run_loop(&mut self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
         loop {
             let now = Instant::now();
+            // Holding the persistent connection, and no task running whose report would need
+            // the connection free: the check-in may go on as the long-poll until the next one,
+            // planned now (see `Connection::post_checkin_held`).
+            let planned = (self.persistent_allowed()
+                && self.fast_wakes < 3
+                && self.tasks.is_empty()
+                && self.queued.is_empty())
+            .then(|| self.planned_interval());
             // A stop must not wait for a check-in stuck on unreachable servers (each step has
             // its own timeout, and there may be several servers); abandoning one is safe, as
             // nothing is acknowledged or deleted before its response is in hand.
             let outcome = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => return,
-                r = self.checkin() => r,
+                r = self.checkin(planned) => r,
             };
             // Told to come back later: no long-poll meanwhile either (it would only bring the
             // agent back before Retry-After, as a configuration it lacks wakes it at once).
             let busy = matches!(&outcome, Err(f) if net::is_server_busy(f));
+            let held = self.conn.as_ref().is_some_and(Connection::is_held);
             // Kept waiting: a queue on the server, or a way that failed before another answered.
-            self.disturbed |= busy || now.elapsed() > SLOW_CHECKIN;
+            let slow = busy || now.elapsed() > SLOW_CHECKIN;
             let mut deadline = match outcome {
-                Ok(true) => now,
-                Ok(false) => now + self.next_interval(),
+                Ok(true) => {
+                    // Another round at once: a long-poll held on the connection would keep it
+                    // busy until its end.
+                    if held {
+                        self.conn = None;
+                    }
+                    self.disturbed |= slow;
+                    now
+                }
+                Ok(false) => match planned {
+                    // Held until the planned check-in, which used up `disturbed`: a slow
+                    // check-in spreads the one after it instead.
+                    Some(p) if held => {
+                        self.disturbed = slow;
+                        now + p
+                    }
+                    _ => {
+                        self.disturbed |= slow;
+                        now + self.next_interval()
+                    }
+                },
                 Err(f) if net::is_server_busy(&f) => {
+                    self.disturbed |= slow;
                     // Admission control: the server is up and asks to be left alone for a
                     // while. Not a failed way and not a fault; the connection is kept.
                     let retry = self.busy_retry.take().unwrap_or(Duration::from_secs(10));
@@ -447,6 +476,7 @@ impl Agent {
                     now + delay
                 }
                 Err(_) => {
+                    self.disturbed |= slow;
                     let delay = self.backoff();
                     // Info: the faults themselves were logged as errors just before; this
                     // line only says when the agent tries again.
@@ -471,7 +501,10 @@ impl Agent {
             }
             let mut may_poll = persistent
                 && !busy
-                && self.conn.as_ref().is_some_and(Connection::is_open)
+                && self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.is_open() || c.is_held())
                 && self.fast_wakes < 3;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -486,7 +519,10 @@ impl Agent {
                     .task_started
                     .map(|t| t + TASK_REPORT_WAIT)
                     .filter(|&t| !self.tasks.is_empty() && t < deadline && t > Instant::now());
-                let poll = may_poll && remaining > MIN_LONG_POLL && report_wait.is_none();
+                // A held check-in's long-poll is already under way: it is read to its end (the
+                // server ends it at the deadline).
+                let held = self.conn.as_ref().is_some_and(Connection::is_held);
+                let poll = may_poll && (held || remaining > MIN_LONG_POLL) && report_wait.is_none();
                 // While a long-poll runs, its answer is awaited a little past the deadline.
                 let wake_at = if poll {
                     deadline + POLL_GRACE
@@ -571,7 +607,7 @@ impl Agent {
         // Bounded: each round either delivers results or starts tasks; a server that keeps
         // sending work would otherwise keep `--once` going forever.
         for _ in 0..16 {
-            let more = self.checkin().await.map_err(RunError::CheckinFailed)?;
+            let more = self.checkin(None).await.map_err(RunError::CheckinFailed)?;
             if self.tasks.is_empty() && !more {
                 return Ok(());
             }
@@ -610,6 +646,17 @@ impl Agent {
             tracing::info!(id = ids::STOPPED, "stopping");
         }
         self.save_state();
+    }
+
+    /// The wait until the next check-in, drawn before a check-in that may be held until then
+    /// (`disturbed` is used up only if it is).
+    fn planned_interval(&self) -> Duration {
+        next_checkin_delay(
+            Duration::from_secs(self.settings.checkin_interval_secs),
+            self.settings.jitter_percent,
+            self.disturbed,
+            random_unit(),
+        )
     }
 
     /// The wait until the next check-in after one that succeeded; it uses up `disturbed`.
@@ -677,7 +724,12 @@ impl Agent {
 
     /// One check-in against the servers of the profile, in order. `Ok(true)` asks for another
     /// one right away (more results to deliver, inventory asked for).
-    async fn checkin(&mut self) -> Result<bool, Fault> {
+    ///
+    /// With `planned` (the time to the next check-in), the server is asked to let this one go
+    /// on as the long-poll until then; whether it did is the connection's
+    /// ([`Connection::is_held`]). Not asked when more results wait to be sent: the next round
+    /// is at once.
+    async fn checkin(&mut self, planned: Option<Duration>) -> Result<bool, Fault> {
         let now = OffsetDateTime::now_utc();
         self.state.last_attempt_at = Some(rfc3339(now));
         let inv = inventory::collect();
@@ -708,7 +760,14 @@ impl Agent {
             failed_attempts: self.state.failed_attempts.clone(),
         };
 
-        let mut answer = self.send_checkin(&mut request).await;
+        // Due for renewal by the agent's own reckoning: the renewal goes over this connection
+        // right after the answer, so it must not be held.
+        let own_renewal_due = self.own_renewal_due();
+        // The server holds at most `wait` less its margin: until the planned check-in.
+        let hold = planned
+            .filter(|_| !more_results && !own_renewal_due)
+            .map(|p| (p + LONG_POLL_MARGIN).as_secs());
+        let mut answer = self.send_checkin(&mut request, hold).await;
         // Untrusted: perhaps a certificate rollover happened while this agent was away. The
         // signed trust bundle may supply the new root; then the round is tried once more.
         if let Err(fault) = &answer
@@ -716,7 +775,7 @@ impl Agent {
             && self.recover_trust().await
         {
             request.last_error = self.state.pending_error.clone();
-            answer = self.send_checkin(&mut request).await;
+            answer = self.send_checkin(&mut request, hold).await;
         }
         let (server, response) = match answer {
             Ok(ok) => ok,
@@ -784,8 +843,8 @@ impl Agent {
         let new_profile = self.profile.version != profile_before;
         // Renewed now, and confirmed by the immediate next check-in (the first request with
         // the new certificate is what makes the server retire the old one).
-        let renewed = (response.renew_certificate || self.own_renewal_due())
-            && self.renew_certificate().await;
+        let renewed =
+            (response.renew_certificate || own_renewal_due) && self.renew_certificate().await;
         self.check_cert_expiry();
         self.accept_tasks(&response.tasks);
         self.save_state();
@@ -1010,6 +1069,7 @@ impl Agent {
     async fn send_checkin(
         &mut self,
         request: &mut CheckinRequest,
+        hold: Option<u64>,
     ) -> Result<(String, CheckinResponse), Fault> {
         let mut order = self.routes();
         // The route of the open connection first: it worked a moment ago.
@@ -1029,11 +1089,11 @@ impl Agent {
             if !reused {
                 self.conn = None;
             }
-            let mut attempt = self.post_checkin(&route, request).await;
+            let mut attempt = self.post_checkin(&route, request, hold).await;
             if reused && matches!(&attempt, Err(f) if f.is_stale_connection()) {
                 // The server closed the idle keep-alive connection: not a fault, reconnect.
                 self.conn = None;
-                attempt = self.post_checkin(&route, request).await;
+                attempt = self.post_checkin(&route, request, hold).await;
             }
             match attempt {
                 Ok(resp) => {
@@ -1095,10 +1155,13 @@ impl Agent {
         }))
     }
 
+    /// `hold`: the `wait=SECS` that asks for the check-in to go on as the long-poll (not over
+    /// plain HTTP, whose answers are signed whole).
     async fn post_checkin(
         &mut self,
         route: &Route,
         request: &CheckinRequest,
+        hold: Option<u64>,
     ) -> Result<CheckinResponse, Fault> {
         let server = route.endpoint();
         if self.conn.is_none() {
@@ -1118,9 +1181,20 @@ impl Agent {
             self.conn = Some(conn);
         }
         let timeout = self.connector.timeouts.request;
-        match self.conn.as_mut() {
-            Some(conn) => conn.post_json(paths::CHECKIN, request, timeout).await,
-            None => Err(Fault::ConnectionFailed {
+        let hold = hold.filter(|_| !matches!(route, Route::LanHttp(_)));
+        match (self.conn.as_mut(), hold) {
+            (Some(conn), Some(secs)) => {
+                let path = format!(
+                    "{}?wait={secs}&{}",
+                    paths::CHECKIN,
+                    steward_proto::WAIT_CARRY_TASKS
+                );
+                conn.post_checkin_held(&path, request, timeout)
+                    .await
+                    .map(|(answer, _held)| answer)
+            }
+            (Some(conn), None) => conn.post_json(paths::CHECKIN, request, timeout).await,
+            (None, _) => Err(Fault::ConnectionFailed {
                 addr: server.base_url(),
                 reason: "no connection".to_owned(),
             }),
@@ -1516,10 +1590,14 @@ async fn long_poll(
         return Err(None);
     };
     let listen = remaining + POLL_GRACE;
-    match c
-        .wait_for(config_version, remaining + LONG_POLL_MARGIN, listen)
-        .await
-    {
+    let answer = if c.is_held() {
+        // The check-in goes on as this long-poll: its answer is the rest of that response.
+        c.held_rest(listen).await
+    } else {
+        c.wait_for(config_version, remaining + LONG_POLL_MARGIN, listen)
+            .await
+    };
+    match answer {
         Ok(w) => Ok(w),
         // Busy (admission control): the connection is fine; wait for the check-in instead.
         Err(f) if net::is_server_busy(&f) => Ok(None),

@@ -530,6 +530,7 @@ impl Connector {
             peer_sha256,
             http: None,
             retry_after: None,
+            held: None,
             _driver: driver,
         })
     }
@@ -591,6 +592,7 @@ impl Connector {
             peer_sha256: None,
             retry_after: None,
             http: Some(signer),
+            held: None,
             _driver: driver,
         })
     }
@@ -700,7 +702,18 @@ pub struct Connection {
     http: Option<Arc<crate::signing::HttpSigner>>,
     /// `Retry-After` of the last response (seconds form), if it had one.
     retry_after: Option<Duration>,
+    /// The rest of a held check-in's response, still to come: the long-poll it goes on as
+    /// (see [`Connection::post_checkin_held`]).
+    held: Option<HeldRest>,
     _driver: AbortOnDrop,
+}
+
+/// What is left of a held check-in's response: its body, and what was read past the first
+/// line.
+#[derive(Debug)]
+struct HeldRest {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
 }
 
 impl Connection {
@@ -720,9 +733,16 @@ impl Connection {
         self.peer_sha256.as_deref()
     }
 
-    /// Whether another request can be sent on this connection.
+    /// Whether another request can be sent on this connection (not while a held check-in's
+    /// long-poll is on it).
     pub fn is_open(&self) -> bool {
         !self.poisoned && !self.sender.is_closed()
+    }
+
+    /// Whether the last check-in goes on as a long-poll on this connection (read its answer
+    /// with [`Connection::held_rest`]).
+    pub fn is_held(&self) -> bool {
+        self.held.is_some() && !self.sender.is_closed()
     }
 
     /// Send one request and read the whole response (bounded), within `timeout`.
@@ -733,6 +753,23 @@ impl Connection {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), Fault> {
+        self.exchange(method, path_and_query, body, false, timeout)
+            .await
+    }
+
+    /// One request. With `held_ok`, an answer that is a held check-in
+    /// ([`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]) is read up to its first line only, and
+    /// its rest kept for [`Connection::held_rest`]; any other answer is read whole (bounded).
+    /// Within `timeout`.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        held_ok: bool,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), Fault> {
+        self.held = None;
         let url = format!("{}{}", self.base_url, path_and_query);
         let method_name = method.as_str().to_owned();
         let method_name = method_name.as_str();
@@ -782,6 +819,25 @@ impl Connection {
                 .map_err(|e| classify_hyper(&self.shown, &self.name, &e))?;
             let status = response.status();
             let retry_after = retry_after(response.headers());
+            // Never over plain HTTP: a signature covers a whole answer, which a held one is not
+            // (the agent does not ask there, and the server does not hold there).
+            let held = held_ok
+                && signed.is_none()
+                && status.is_success()
+                && response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| {
+                        v.as_bytes() == steward_proto::CHECKIN_HELD_CONTENT_TYPE.as_bytes()
+                    });
+            if held {
+                let mut rest = HeldRest {
+                    body: response.into_body(),
+                    buf: Vec::new(),
+                };
+                let line = rest.first_line(&self.shown, &self.name, &url).await?;
+                return Ok::<_, Fault>((status, line, retry_after, Some(rest)));
+            }
             let answer_headers = signed.as_ref().map(|_| response.headers().clone());
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
@@ -806,9 +862,35 @@ impl Connection {
                         detail,
                     })?;
             }
-            Ok::<_, Fault>((status, body, retry_after))
+            Ok::<_, Fault>((status, body, retry_after, None))
         };
-        let out = tokio::time::timeout(timeout, exchange)
+        let (status, body, retry_after, held) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Fault::Timeout {
+                stage: "HTTP response",
+                addr: self.shown.clone(),
+                after_ms: elapsed_ms(start),
+            })??;
+        // A held answer keeps the connection busy until its rest is read.
+        self.poisoned = held.is_some();
+        self.held = held;
+        self.retry_after = retry_after;
+        Ok((status, body))
+    }
+
+    /// The rest of a held check-in's response, read to its end within `timeout`: the wake-up
+    /// when there was work within the hold, `None` when it ended empty (the long-poll's 204).
+    /// The connection is free for the next request after it.
+    pub async fn held_rest(&mut self, timeout: Duration) -> Result<Option<WakeUp>, Fault> {
+        let url = format!("{}{}", self.base_url, steward_proto::paths::CHECKIN);
+        let Some(mut rest) = self.held.take() else {
+            return Err(Fault::Protocol {
+                url,
+                detail: "no held check-in on this connection".to_owned(),
+            });
+        };
+        let start = Instant::now();
+        let line = tokio::time::timeout(timeout, rest.read_to_end(&self.shown, &self.name, &url))
             .await
             .map_err(|_| Fault::Timeout {
                 stage: "HTTP response",
@@ -816,8 +898,38 @@ impl Connection {
                 after_ms: elapsed_ms(start),
             })??;
         self.poisoned = false;
-        self.retry_after = out.2;
-        Ok((out.0, out.1))
+        match line {
+            None => Ok(None),
+            Some(l) => serde_json::from_slice(&l)
+                .map(Some)
+                .map_err(|e| Fault::Protocol {
+                    url,
+                    detail: format!(
+                        "a held check-in's long-poll answered what is not a wake-up: {e}"
+                    ),
+                }),
+        }
+    }
+
+    /// POST a check-in that may go on as the long-poll after it (`path` carries `wait=SECS`,
+    /// see [`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]): its answer, and whether the
+    /// connection now carries that long-poll ([`Connection::is_held`]). Servers from before it
+    /// answer whole, as to [`Connection::post_json`].
+    pub async fn post_checkin_held<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Q,
+        timeout: Duration,
+    ) -> Result<(R, bool), Fault> {
+        let url = format!("{}{}", self.base_url, path);
+        let bytes = serde_json::to_vec(body).map_err(|e| Fault::Protocol {
+            url: url.clone(),
+            detail: format!("cannot encode the request: {e}"),
+        })?;
+        let (status, body) = self
+            .exchange(Method::POST, path, Some(bytes), true, timeout)
+            .await?;
+        Ok((json_answer(&url, status, &body)?, self.held.is_some()))
     }
 
     /// The `Retry-After` of the last response, when it carried one (a 503 `SERVER-BUSY`).
@@ -841,13 +953,7 @@ impl Connection {
         let (status, body) = self
             .request(Method::POST, path, Some(bytes), timeout)
             .await?;
-        if !status.is_success() {
-            return Err(rejected(&url, status, &body));
-        }
-        serde_json::from_slice(&body).map_err(|e| Fault::Protocol {
-            url,
-            detail: format!("HTTP {status} with a body that is not the expected JSON: {e}"),
-        })
+        json_answer(&url, status, &body)
     }
 
     /// Long-poll the wait route: `Some` when the server has work (tasks, configuration),
@@ -890,6 +996,87 @@ impl Connection {
                     })
             }
             s => Err(rejected(&url, s, &body)),
+        }
+    }
+}
+
+/// A JSON answer; non-2xx answers become [`Fault::ServerRejected`] with the server's
+/// [`ApiError`].
+fn json_answer<R: DeserializeOwned>(
+    url: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<R, Fault> {
+    if !status.is_success() {
+        return Err(rejected(url, status, body));
+    }
+    serde_json::from_slice(body).map_err(|e| Fault::Protocol {
+        url: url.to_owned(),
+        detail: format!("HTTP {status} with a body that is not the expected JSON: {e}"),
+    })
+}
+
+impl HeldRest {
+    /// Reads up to the first newline: the check-in's answer. What came after it stays.
+    async fn first_line(
+        &mut self,
+        shown: &str,
+        name: &ServerName<'static>,
+        url: &str,
+    ) -> Result<Bytes, Fault> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(Bytes::from(line));
+            }
+            if !self.more(shown, name, url).await? {
+                return Err(Fault::Protocol {
+                    url: url.to_owned(),
+                    detail: "a held check-in's answer ended before its first line did".to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Reads to the end: what remains (trimmed), or `None` when nothing does.
+    async fn read_to_end(
+        &mut self,
+        shown: &str,
+        name: &ServerName<'static>,
+        url: &str,
+    ) -> Result<Option<Bytes>, Fault> {
+        while self.more(shown, name, url).await? {}
+        let rest = self.buf.trim_ascii();
+        Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
+    }
+
+    /// One more data frame into the buffer (bounded as any answer); `false` at the end.
+    async fn more(
+        &mut self,
+        shown: &str,
+        name: &ServerName<'static>,
+        url: &str,
+    ) -> Result<bool, Fault> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(classify_hyper(shown, name, &e)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
+                        return Err(Fault::Protocol {
+                            url: url.to_owned(),
+                            detail: format!(
+                                "the response is too large: a held check-in past {MAX_RESPONSE_BYTES} bytes"
+                            ),
+                        });
+                    }
+                    self.buf.extend_from_slice(&data);
+                    return Ok(true);
+                }
+            }
         }
     }
 }

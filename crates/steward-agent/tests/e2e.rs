@@ -194,21 +194,24 @@ async fn enroll_check_in_run_a_task_and_survive_a_server_outage() {
         )
         .await
         .expect("task");
+    // Started on the agent, not only handed out: the server marks a task running when it
+    // commits the hand-out, a moment before the answer carrying it is on its way (a stop in
+    // between leaves it to the redelivery an interval later).
+    let log_file = agent_dir.join("logs/agent.log");
+    let started_line = format!(" {} task {} started", ids::TASK_STARTED, slow.id);
     eventually(
-        "the slow task to be delivered",
+        "the slow task to start on the agent",
         Duration::from_secs(15),
-        || {
-            let service = service.clone();
-            async move {
-                let t = service.task(slow.id).await.ok()?;
-                t.results
-                    .iter()
-                    .any(|r| r.state == TaskState::Running)
-                    .then_some(())
-            }
+        || async {
+            std::fs::read_to_string(&log_file)
+                .ok()?
+                .contains(&started_line)
+                .then_some(())
         },
     )
     .await;
+    let t = service.task(slow.id).await.expect("task");
+    assert_eq!(t.results[0].state, TaskState::Running);
     drop(service);
     server.shutdown().await.expect("server stops");
     let outbox_file = agent_dir.join(format!("outbox/{}.json", slow.id));

@@ -1,6 +1,7 @@
 //! The persistent connection against the real server, in-process on 127.0.0.1:
 //! - the long-poll is answered before the agent's deadline, so the agent checks in over the
-//!   same kept-alive connection interval after interval: N intervals, one TLS handshake;
+//!   same kept-alive connection interval after interval: N intervals, one TLS handshake; and
+//!   each check-in goes on as that long-poll (held), without a long-poll request of its own;
 //! - with the policy's `persistent_connection` on, the device shows as connected and a task
 //!   reaches the agent in well under a second; with it off, the agent holds nothing, is not
 //!   connected, and gets the task at its next check-in;
@@ -69,6 +70,8 @@ async fn the_agent_checks_in_interval_after_interval_over_one_connection() {
     // Enrollment was one connection, the agent's first check-in another.
     let handshakes = stats.handshakes.load(Ordering::Relaxed);
     assert!(handshakes >= 2, "handshakes are counted: {handshakes}");
+    let polls = stats.long_polls.load(Ordering::Relaxed);
+    let held = stats.held_checkins.load(Ordering::Relaxed);
     // Three more check-ins (the last-seen time moves on each; it has second resolution, so
     // each is waited for separately).
     let mut seen = first;
@@ -93,6 +96,17 @@ async fn the_agent_checks_in_interval_after_interval_over_one_connection() {
         stats.handshakes.load(Ordering::Relaxed),
         handshakes,
         "every check-in after the first went over the kept-alive connection"
+    );
+    // And each went on as the long-poll until the next (the interval is shorter than the
+    // server's hold): no long-poll request of its own. (One may have followed the first
+    // check-in, which brought the configuration and so was not held.)
+    let held = stats.held_checkins.load(Ordering::Relaxed) - held;
+    assert!(held >= 3, "{held} check-ins held");
+    assert!(
+        stats.long_polls.load(Ordering::Relaxed) <= polls + 1,
+        "long-polls of their own: {} before, {} after",
+        polls,
+        stats.long_polls.load(Ordering::Relaxed)
     );
     assert!(connected(&service, &device).await);
     agent.stop();

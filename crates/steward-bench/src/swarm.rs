@@ -15,7 +15,11 @@
 //!   the agent does (`SECS`: until the check-in is due, plus 2 s): the server answers 204 two
 //!   seconds before `SECS` runs out, when the check-in is due, which then goes over the same
 //!   kept-alive connection (one TLS handshake per agent for the whole run); a wake-up means
-//!   check in now; a dropped long-poll means reconnect after a
+//!   check in now (or, with the tasks in it, run them and check in with the results);
+//! - with `persistent`, each check-in asks to go on as that long-poll (`wait=SECS&tasks=carry`
+//!   on the check-in, its next check-in planned before it is sent), as the agent does: a
+//!   held answer's first line is the check-in's answer, its rest the long-poll's, and no
+//!   long-poll request of its own follows; a dropped long-poll means reconnect after a
 //!   random 1 s to interval/4 (at most 15 s), as the agent does after a server restart;
 //! - a check-in answered 503 `SERVER-BUSY` (admission control) is retried after its
 //!   `Retry-After` plus jitter (`steward_agent::agent::busy_delay`) on the same connection,

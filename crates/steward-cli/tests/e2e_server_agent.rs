@@ -266,12 +266,18 @@ fn twenty_agents_enroll_run_tasks_and_lose_nothing_when_the_server_is_killed() {
         "task", "run", "--target", "all", "--wait", "1s", "--", "sh", "-c", &script,
     ]);
     let id = created["id"].as_u64().unwrap();
+    // Started by every agent (a line each in `runs`), not only handed out: the server marks a
+    // task running when it commits the hand-out, a moment before the answer carrying it is on
+    // its way.
     wait_for(
         "the task to reach every agent",
         Duration::from_secs(30),
         || {
             let s = states(&task_detail(&server, id));
-            s.iter().all(|s| s == "running").then_some(())
+            let started = std::fs::read_to_string(&runs)
+                .map(|r| r.lines().count())
+                .unwrap_or(0);
+            (s.iter().all(|s| s == "running") && started == AGENTS).then_some(())
         },
     );
     server.kill9();

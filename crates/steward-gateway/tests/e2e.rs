@@ -198,6 +198,101 @@ async fn gateways_only_tries_the_internet_path_from_the_lan() {
     rig.stop().await;
 }
 
+/// A check-in held as the long-poll (`wait=SECS` on the check-in) streams through the gateway:
+/// its answer reaches the agent at once, the wake-up later on the same response. A gateway
+/// that gathered the whole answer first would hand over both only at the end of the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_check_in_streams_through_the_gateway() {
+    let rig = Rig::start().await;
+    let pc = rig.agent("pc").await;
+    // On the LAN first: configuration and inventory in place, so the next check-in through
+    // the gateway leaves the agent nothing to do, and may be held.
+    run_once(&pc).await.unwrap();
+    let config = read_config(&pc);
+    let state = steward_agent::store::DataDir::new(&pc)
+        .load_state()
+        .unwrap();
+    let device = state.device_id.clone().unwrap();
+    let request = steward_proto::CheckinRequest {
+        protocol: steward_proto::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        config_version: config.version,
+        inventory_hash: state.inventory_hash.clone().unwrap(),
+        inventory: None,
+        results: vec![],
+        last_error: None,
+        connection: ConnectionPath::Gateway {
+            gateway: rig.gateway_id.clone(),
+            via: format!("127.0.0.2:{}", rig.gateway.addr.port()),
+        },
+        profile_version: config.profile.version,
+        failed_attempts: vec![],
+    };
+    let (chain, key) = agent_identity(&pc);
+    let mut resp = https(&rig.root_pem, Some((chain, key)))
+        .post(format!(
+            "https://127.0.0.2:{}{}?wait=30&{}",
+            rig.gateway.addr.port(),
+            paths::CHECKIN,
+            steward_proto::WAIT_CARRY_TASKS
+        ))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        steward_proto::CHECKIN_HELD_CONTENT_TYPE
+    );
+    let mut buf = Vec::new();
+    let mut line = async |resp: &mut reqwest::Response| {
+        loop {
+            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                return Some(buf.drain(..=end).collect::<Vec<u8>>());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+                .await
+                .expect("the held answer went quiet")
+                .unwrap()?;
+            buf.extend_from_slice(&chunk);
+        }
+    };
+    let answer: CheckinResponse = serde_json::from_slice(&line(&mut resp).await.unwrap()).unwrap();
+    assert_eq!(answer.device_id, device);
+    // Still held: nothing more comes while there is no work.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), resp.chunk())
+            .await
+            .is_err(),
+        "the hold ended without work"
+    );
+    let task: steward_proto::admin::TaskCreated = fetch(
+        rig.admin
+            .post(format!("{}{}", rig.server.console_url(), admin::TASKS))
+            .bearer_auth(&rig.token)
+            .json(&steward_proto::admin::NewTask {
+                command: "true".into(),
+                args: vec![],
+                timeout_secs: 30,
+                target: format!("device:{device}"),
+            }),
+    )
+    .await;
+    let wake: steward_proto::WakeUp =
+        serde_json::from_slice(&line(&mut resp).await.unwrap()).unwrap();
+    assert_eq!(wake.reason, "tasks");
+    assert_eq!(
+        wake.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        vec![task.id]
+    );
+    assert!(
+        line(&mut resp).await.is_none(),
+        "the body ends after the wake-up"
+    );
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_vouches_only_for_agents_it_verified() {
     let rig = Rig::start().await;

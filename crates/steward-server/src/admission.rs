@@ -180,6 +180,11 @@ pub struct Stats {
     pub busy: AtomicU64,
     /// Failed `accept` calls (out of file descriptors and the like).
     pub accept_errors: AtomicU64,
+    /// Long-polls asked for on their own (`GET` [`paths::WAIT`]).
+    pub long_polls: AtomicU64,
+    /// Check-ins that went on as the long-poll after them (`wait=SECS` on a check-in whose
+    /// answer left the agent nothing to do): each one a long-poll request saved.
+    pub held_checkins: AtomicU64,
 }
 
 /// The agent site's bounds and counters, shared by the accept loop and the routes.

@@ -3,6 +3,7 @@
 //! issued to.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -86,20 +87,24 @@ async fn checkin(
     let mut req: CheckinRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "check-in", &who).await?;
     req.connection = actual_path(req.connection, via_gateway);
+    let signed = signed_http.is_some();
     // The transport the server saw, not the one the agent claims: a signed request on the
     // plain-HTTP site is recorded as `lan via http://host:port`.
-    if signed_http.is_some()
-        && let steward_proto::ConnectionPath::Lan { server } = &mut req.connection
-    {
+    if signed && let steward_proto::ConnectionPath::Lan { server } = &mut req.connection {
         *server = format!("http://{server}");
     }
     let config_version = req.config_version;
     let answer = svc.checkin(&device, req).await?;
     // Asked to go on as the long-poll, and nothing in the answer for the agent to act on
     // first: the answer is sent at once, and the same response then waits as a long-poll for
-    // the configuration the agent now holds (no `config` in the answer: it is current).
+    // the configuration the agent now holds (no `config` in the answer: it is current). Never
+    // on the plain-HTTP site, whose answers are signed whole.
     match wait_param(query.as_deref()) {
-        Some(secs) if holdable(&answer) => {
+        Some(secs) if holdable(&answer) && !signed => {
+            svc.admission()
+                .stats
+                .held_checkins
+                .fetch_add(1, Ordering::Relaxed);
             let carry = carry_param(query.as_deref());
             Ok(held_checkin(
                 svc,
@@ -170,6 +175,10 @@ async fn wait(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiFailure> {
     let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    svc.admission()
+        .stats
+        .long_polls
+        .fetch_add(1, Ordering::Relaxed);
     let version = config_version_param(query.as_deref())?;
     let agent_wait = wait_param(query.as_deref());
     let carry = carry_param(query.as_deref());
