@@ -708,12 +708,15 @@ pub struct Connection {
     _driver: AbortOnDrop,
 }
 
-/// What is left of a held check-in's response: its body, and what was read past the first
-/// line.
+/// What is left of a held check-in's response: its body, what was read past the first line,
+/// and the names its faults are reported with.
 #[derive(Debug)]
 struct HeldRest {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    shown: String,
+    name: ServerName<'static>,
+    url: String,
 }
 
 impl Connection {
@@ -834,8 +837,11 @@ impl Connection {
                 let mut rest = HeldRest {
                     body: response.into_body(),
                     buf: Vec::new(),
+                    shown: self.shown.clone(),
+                    name: self.name.clone(),
+                    url: url.clone(),
                 };
-                let line = rest.first_line(&self.shown, &self.name, &url).await?;
+                let line = rest.first_line().await?;
                 return Ok::<_, Fault>((status, line, retry_after, Some(rest)));
             }
             let answer_headers = signed.as_ref().map(|_| response.headers().clone());
@@ -890,7 +896,7 @@ impl Connection {
             });
         };
         let start = Instant::now();
-        let line = tokio::time::timeout(timeout, rest.read_to_end(&self.shown, &self.name, &url))
+        let line = tokio::time::timeout(timeout, rest.read_to_end())
             .await
             .map_err(|_| Fault::Timeout {
                 stage: "HTTP response",
@@ -1018,20 +1024,15 @@ fn json_answer<R: DeserializeOwned>(
 
 impl HeldRest {
     /// Reads up to the first newline: the check-in's answer. What came after it stays.
-    async fn first_line(
-        &mut self,
-        shown: &str,
-        name: &ServerName<'static>,
-        url: &str,
-    ) -> Result<Bytes, Fault> {
+    async fn first_line(&mut self) -> Result<Bytes, Fault> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
                 return Ok(Bytes::from(line));
             }
-            if !self.more(shown, name, url).await? {
+            if !self.more().await? {
                 return Err(Fault::Protocol {
-                    url: url.to_owned(),
+                    url: self.url.clone(),
                     detail: "a held check-in's answer ended before its first line did".to_owned(),
                 });
             }
@@ -1039,35 +1040,25 @@ impl HeldRest {
     }
 
     /// Reads to the end: what remains (trimmed), or `None` when nothing does.
-    async fn read_to_end(
-        &mut self,
-        shown: &str,
-        name: &ServerName<'static>,
-        url: &str,
-    ) -> Result<Option<Bytes>, Fault> {
-        while self.more(shown, name, url).await? {}
+    async fn read_to_end(&mut self) -> Result<Option<Bytes>, Fault> {
+        while self.more().await? {}
         let rest = self.buf.trim_ascii();
         Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
     }
 
     /// One more data frame into the buffer (bounded as any answer); `false` at the end.
-    async fn more(
-        &mut self,
-        shown: &str,
-        name: &ServerName<'static>,
-        url: &str,
-    ) -> Result<bool, Fault> {
+    async fn more(&mut self) -> Result<bool, Fault> {
         loop {
             match self.body.frame().await {
                 None => return Ok(false),
-                Some(Err(e)) => return Err(classify_hyper(shown, name, &e)),
+                Some(Err(e)) => return Err(classify_hyper(&self.shown, &self.name, &e)),
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
                         return Err(Fault::Protocol {
-                            url: url.to_owned(),
+                            url: self.url.clone(),
                             detail: format!(
                                 "the response is too large: a held check-in past {MAX_RESPONSE_BYTES} bytes"
                             ),
