@@ -708,15 +708,87 @@ pub struct Connection {
     _driver: AbortOnDrop,
 }
 
-/// What is left of a held check-in's response: its body, what was read past the first line,
-/// and the names its faults are reported with.
+/// What is left of a held check-in's response, and the names its faults are reported with.
 #[derive(Debug)]
 struct HeldRest {
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
+    reader: HeldReader,
     shown: String,
     name: ServerName<'static>,
     url: String,
+}
+
+/// Reads a held check-in's answer ([`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]) from its
+/// body: the check-in's line as soon as it is in, the rest when the hold ends. Bounded by
+/// [`MAX_RESPONSE_BYTES`] as any answer. The swarm benchmark reads held answers with it too.
+#[derive(Debug)]
+pub struct HeldReader {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+/// Why a held check-in's answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeldReadError {
+    /// The connection failed under the body.
+    #[error("error reading a body from connection: {0}")]
+    Body(#[source] hyper::Error),
+    /// The answer grew past [`MAX_RESPONSE_BYTES`].
+    #[error("the response is too large: a held check-in past {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    /// The body ended before the check-in's line did.
+    #[error("a held check-in's answer ended before its first line did")]
+    Truncated,
+}
+
+impl HeldReader {
+    /// A reader of `body`, nothing read yet.
+    pub fn new(body: hyper::body::Incoming) -> Self {
+        Self {
+            body,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads up to the first newline: the check-in's answer. What came after it stays.
+    pub async fn first_line(&mut self) -> Result<Bytes, HeldReadError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(Bytes::from(line));
+            }
+            if !self.more().await? {
+                return Err(HeldReadError::Truncated);
+            }
+        }
+    }
+
+    /// Reads to the end: what remains (trimmed), or `None` when nothing does (the hold ended
+    /// empty).
+    pub async fn read_to_end(&mut self) -> Result<Option<Bytes>, HeldReadError> {
+        while self.more().await? {}
+        let rest = self.buf.trim_ascii();
+        Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
+    }
+
+    /// One more data frame into the buffer; `false` at the end.
+    async fn more(&mut self) -> Result<bool, HeldReadError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(HeldReadError::Body(e)),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
+                        return Err(HeldReadError::TooLarge);
+                    }
+                    self.buf.extend_from_slice(&data);
+                    return Ok(true);
+                }
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -835,8 +907,7 @@ impl Connection {
                     });
             if held {
                 let mut rest = HeldRest {
-                    body: response.into_body(),
-                    buf: Vec::new(),
+                    reader: HeldReader::new(response.into_body()),
                     shown: self.shown.clone(),
                     name: self.name.clone(),
                     url: url.clone(),
@@ -872,11 +943,7 @@ impl Connection {
         };
         let (status, body, retry_after, held) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| Fault::Timeout {
-                stage: "HTTP response",
-                addr: self.shown.clone(),
-                after_ms: elapsed_ms(start),
-            })??;
+            .map_err(|_| self.response_timeout(start))??;
         // A held answer keeps the connection busy until its rest is read.
         self.poisoned = held.is_some();
         self.held = held;
@@ -898,11 +965,7 @@ impl Connection {
         let start = Instant::now();
         let line = tokio::time::timeout(timeout, rest.read_to_end())
             .await
-            .map_err(|_| Fault::Timeout {
-                stage: "HTTP response",
-                addr: self.shown.clone(),
-                after_ms: elapsed_ms(start),
-            })??;
+            .map_err(|_| self.response_timeout(start))??;
         self.poisoned = false;
         match line {
             None => Ok(None),
@@ -936,6 +999,15 @@ impl Connection {
             .exchange(Method::POST, path, Some(bytes), true, timeout)
             .await?;
         Ok((json_answer(&url, status, &body)?, self.held.is_some()))
+    }
+
+    /// No (whole) answer within the time given, counted from `start`.
+    fn response_timeout(&self, start: Instant) -> Fault {
+        Fault::Timeout {
+            stage: "HTTP response",
+            addr: self.shown.clone(),
+            after_ms: elapsed_ms(start),
+        }
     }
 
     /// The `Retry-After` of the last response, when it carried one (a 503 `SERVER-BUSY`).
@@ -1023,51 +1095,24 @@ fn json_answer<R: DeserializeOwned>(
 }
 
 impl HeldRest {
-    /// Reads up to the first newline: the check-in's answer. What came after it stays.
     async fn first_line(&mut self) -> Result<Bytes, Fault> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Ok(Bytes::from(line));
-            }
-            if !self.more().await? {
-                return Err(Fault::Protocol {
-                    url: self.url.clone(),
-                    detail: "a held check-in's answer ended before its first line did".to_owned(),
-                });
-            }
-        }
+        let r = self.reader.first_line().await;
+        r.map_err(|e| self.fault(e))
     }
 
-    /// Reads to the end: what remains (trimmed), or `None` when nothing does.
     async fn read_to_end(&mut self) -> Result<Option<Bytes>, Fault> {
-        while self.more().await? {}
-        let rest = self.buf.trim_ascii();
-        Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
+        let r = self.reader.read_to_end().await;
+        r.map_err(|e| self.fault(e))
     }
 
-    /// One more data frame into the buffer (bounded as any answer); `false` at the end.
-    async fn more(&mut self) -> Result<bool, Fault> {
-        loop {
-            match self.body.frame().await {
-                None => return Ok(false),
-                Some(Err(e)) => return Err(classify_hyper(&self.shown, &self.name, &e)),
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
-                        return Err(Fault::Protocol {
-                            url: self.url.clone(),
-                            detail: format!(
-                                "the response is too large: a held check-in past {MAX_RESPONSE_BYTES} bytes"
-                            ),
-                        });
-                    }
-                    self.buf.extend_from_slice(&data);
-                    return Ok(true);
-                }
-            }
+    /// A failed read as the agent reports it: a broken connection as any other's.
+    fn fault(&self, e: HeldReadError) -> Fault {
+        match e {
+            HeldReadError::Body(h) => classify_hyper(&self.shown, &self.name, &h),
+            other => Fault::Protocol {
+                url: self.url.clone(),
+                detail: other.to_string(),
+            },
         }
     }
 }

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
+use steward_agent::net::{HeldReadError, HeldReader};
+
 use crate::BenchError;
 
 /// Largest response body read (the agent's own bound is of the same order).
@@ -303,15 +305,8 @@ pub struct Conn {
     /// `Retry-After` (seconds) of the last response, when it had one (a 503 `SERVER-BUSY`).
     pub retry_after: Option<Duration>,
     /// The rest of a held check-in's response, still coming (the long-poll it goes on as).
-    held: Option<Held>,
+    held: Option<HeldReader>,
     _driver: AbortOnDrop,
-}
-
-/// What is left of a held check-in's response: its body, and bytes read past the first line.
-#[derive(Debug)]
-struct Held {
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
 }
 
 /// Connect from `source` (or the OS's choice), handshake, and start HTTP/1.1.
@@ -460,11 +455,8 @@ impl Conn {
                     v.as_bytes() == steward_proto::CHECKIN_HELD_CONTENT_TYPE.as_bytes()
                 });
             if held {
-                let mut rest = Held {
-                    body: resp.into_body(),
-                    buf: Vec::new(),
-                };
-                let line = rest.first_line().await?;
+                let mut rest = HeldReader::new(resp.into_body());
+                let line = rest.first_line().await.map_err(held_failure)?;
                 return Ok::<_, Failure>((status, line, Some(rest), retry_after));
             }
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
@@ -497,7 +489,8 @@ impl Conn {
         };
         let rest = tokio::time::timeout(timeout, held.read_to_end())
             .await
-            .map_err(|_| Failure::new(ErrorKind::ResponseTimeout, "no response in time"))??;
+            .map_err(|_| Failure::new(ErrorKind::ResponseTimeout, "no response in time"))?
+            .map_err(held_failure)?;
         self.poisoned = false;
         Ok(rest)
     }
@@ -547,50 +540,10 @@ fn json_answer<R: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))
 }
 
-impl Held {
-    /// Reads up to the first newline: the check-in's answer. What came after it stays in
-    /// `buf`.
-    async fn first_line(&mut self) -> Result<Bytes, Failure> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return Ok(Bytes::from(line));
-            }
-            if !self.more().await? {
-                return Err(Failure::new(
-                    ErrorKind::Protocol,
-                    "a held check-in ended before its answer's line",
-                ));
-            }
-        }
-    }
-
-    /// Reads to the end: what remains, trimmed, or `None` when nothing does.
-    async fn read_to_end(&mut self) -> Result<Option<Bytes>, Failure> {
-        while self.more().await? {}
-        let rest = self.buf.trim_ascii();
-        Ok((!rest.is_empty()).then(|| Bytes::copy_from_slice(rest)))
-    }
-
-    /// One more data frame into `buf`; `false` at the end of the body.
-    async fn more(&mut self) -> Result<bool, Failure> {
-        loop {
-            match self.body.frame().await {
-                None => return Ok(false),
-                Some(Err(e)) => return Err(Failure::new(ErrorKind::ConnectionClosed, e)),
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        if self.buf.len() + data.len() > MAX_RESPONSE_BYTES {
-                            return Err(Failure::new(
-                                ErrorKind::Protocol,
-                                "a held answer too large",
-                            ));
-                        }
-                        self.buf.extend_from_slice(&data);
-                        return Ok(true);
-                    }
-                }
-            }
-        }
+/// A held answer that could not be read: a closed connection, or a malformed answer.
+fn held_failure(e: HeldReadError) -> Failure {
+    match e {
+        HeldReadError::Body(h) => Failure::new(ErrorKind::ConnectionClosed, h),
+        other => Failure::new(ErrorKind::Protocol, other),
     }
 }

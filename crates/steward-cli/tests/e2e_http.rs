@@ -286,6 +286,60 @@ fn agents_follow_https_to_http_and_back_and_the_gateway_agent_stays_on_https() {
     let (status, text) = curl(&args);
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("AGENT-HTTP-REPLAY"), "{text}");
+    // A check-in asking to be held (`wait=`): never on the plain-HTTP site, whose answers are
+    // signed whole. An answer that leaves the agent nothing to do (which HTTPS would hold)
+    // comes back as plain JSON at once, well within curl's 10 s.
+    let data = steward_agent::store::DataDir::new(&agents[0].0);
+    let state = data.load_state().unwrap();
+    let config = data.load_config().unwrap().unwrap();
+    let checkin = serde_json::json!({
+        "protocol": steward_proto::PROTOCOL_VERSION, "agent_version": "test",
+        "config_version": config.version,
+        "inventory_hash": state.inventory_hash.clone().unwrap(), "inventory": null,
+        "results": [], "last_error": null, "profile_version": config.profile.version,
+        "connection": { "kind": "lan", "server": format!("127.0.0.1:{http_port}") }
+    })
+    .to_string();
+    let path = format!(
+        "/agent/v1/checkin?wait=30&{}",
+        steward_proto::WAIT_CARRY_TASKS
+    );
+    let identity = data.load_identity().unwrap().unwrap();
+    let key = std::fs::read_to_string(data.key_path()).unwrap();
+    let signed = steward_agent::signing::sign_once(
+        &identity.cert_pem,
+        &key,
+        "POST",
+        &path,
+        checkin.as_bytes(),
+    )
+    .unwrap();
+    let mut args = vec![
+        "-X".to_owned(),
+        "POST".to_owned(),
+        "-H".to_owned(),
+        "content-type: application/json".to_owned(),
+        "--data-binary".to_owned(),
+        checkin.clone(),
+    ];
+    for (k, v) in signed.headers {
+        args.push("-H".to_owned());
+        args.push(format!("{k}: {v}"));
+    }
+    args.push(format!("{base}{path}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, text) = curl(&args);
+    assert_eq!(status, 200, "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/json"), "{text}");
+    let answer: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        answer["config"].is_null()
+            && answer["tasks"].as_array().is_some_and(Vec::is_empty)
+            && answer["send_inventory"] == false
+            && answer["renew_certificate"] == false,
+        "an answer HTTPS would hold: {answer}"
+    );
 
     // HTTP → HTTPS: back again.
     set_protocol(&server, "https");
