@@ -1189,9 +1189,7 @@ impl Agent {
                     paths::CHECKIN,
                     steward_proto::WAIT_CARRY_TASKS
                 );
-                conn.post_checkin_held(&path, request, timeout)
-                    .await
-                    .map(|(answer, _held)| answer)
+                conn.post_checkin_held(&path, request, timeout).await
             }
             (Some(conn), None) => conn.post_json(paths::CHECKIN, request, timeout).await,
             (None, _) => Err(Fault::ConnectionFailed {

@@ -981,15 +981,15 @@ impl Connection {
     }
 
     /// POST a check-in that may go on as the long-poll after it (`path` carries `wait=SECS`,
-    /// see [`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]): its answer, and whether the
-    /// connection now carries that long-poll ([`Connection::is_held`]). Servers from before it
-    /// answer whole, as to [`Connection::post_json`].
+    /// see [`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]): its answer; the connection then
+    /// carries that long-poll if the server held it ([`Connection::is_held`]). Servers from
+    /// before it answer whole, as to [`Connection::post_json`].
     pub async fn post_checkin_held<Q: Serialize, R: DeserializeOwned>(
         &mut self,
         path: &str,
         body: &Q,
         timeout: Duration,
-    ) -> Result<(R, bool), Fault> {
+    ) -> Result<R, Fault> {
         let url = format!("{}{}", self.base_url, path);
         let bytes = serde_json::to_vec(body).map_err(|e| Fault::Protocol {
             url: url.clone(),
@@ -998,7 +998,7 @@ impl Connection {
         let (status, body) = self
             .exchange(Method::POST, path, Some(bytes), true, timeout)
             .await?;
-        Ok((json_answer(&url, status, &body)?, self.held.is_some()))
+        json_answer(&url, status, &body)
     }
 
     /// No (whole) answer within the time given, counted from `start`.

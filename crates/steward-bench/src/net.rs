@@ -401,13 +401,12 @@ impl Conn {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), Failure> {
-        let (status, body, _) = self.exchange(method, path, body, false, timeout).await?;
-        Ok((status, body))
+        self.exchange(method, path, body, false, timeout).await
     }
 
     /// One request; when `held_ok` and the answer is a held check-in
     /// ([`steward_proto::CHECKIN_HELD_CONTENT_TYPE`]), only its first line is read and the
-    /// rest is kept for [`Self::held_rest`] (`true` in the result); otherwise the whole
+    /// rest is kept for [`Self::held_rest`] ([`Self::is_held`]); otherwise the whole
     /// response is read. Within `timeout`.
     async fn exchange(
         &mut self,
@@ -416,7 +415,7 @@ impl Conn {
         body: Option<Vec<u8>>,
         held_ok: bool,
         timeout: Duration,
-    ) -> Result<(StatusCode, Bytes, bool), Failure> {
+    ) -> Result<(StatusCode, Bytes), Failure> {
         self.held = None;
         let mut b = Request::builder()
             .method(method)
@@ -472,9 +471,8 @@ impl Conn {
         self.retry_after = retry_after;
         // A held answer keeps the connection busy until its rest is read.
         self.poisoned = held.is_some();
-        let is_held = held.is_some();
         self.held = held;
-        Ok((status, body, is_held))
+        Ok((status, body))
     }
 
     /// The rest of a held check-in's response, read to its end within `timeout`: the wake-up
@@ -495,20 +493,20 @@ impl Conn {
         Ok(rest)
     }
 
-    /// POST JSON as a check-in that may be held (`path` carries `wait=SECS`): the answer, and
-    /// whether the connection now carries its long-poll (read it with [`Self::held_rest`]).
-    /// Non-2xx is [`ErrorKind::HttpStatus`].
+    /// POST JSON as a check-in that may be held (`path` carries `wait=SECS`): the answer; the
+    /// connection then carries its long-poll if it was held ([`Self::is_held`], read it with
+    /// [`Self::held_rest`]). Non-2xx is [`ErrorKind::HttpStatus`].
     pub async fn post_held<Q: Serialize, R: serde::de::DeserializeOwned>(
         &mut self,
         path: &str,
         body: &Q,
         timeout: Duration,
-    ) -> Result<(R, bool), Failure> {
+    ) -> Result<R, Failure> {
         let bytes = serde_json::to_vec(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
-        let (status, body, held) = self
+        let (status, body) = self
             .exchange(Method::POST, path, Some(bytes), true, timeout)
             .await?;
-        Ok((json_answer(status, &body)?, held))
+        json_answer(status, &body)
     }
 
     /// POST JSON, parse a JSON answer; non-2xx is [`ErrorKind::HttpStatus`].

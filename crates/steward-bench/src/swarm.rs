@@ -810,8 +810,8 @@ async fn agent(
         };
         let left = ctx.opts.timeout;
         // A persistent agent asks for the check-in to go on as its long-poll, until the next
-        // check-in, planned now (as the agent does).
-        // One draw per check-in for the delay after it, whichever way it is taken.
+        // check-in, planned now (as the agent does). One draw per check-in for the delay
+        // after it, whichever way it is taken.
         let draw = rng.unit();
         let planned = (ctx.opts.persistent && fast_polls < 3).then(|| {
             steward_agent::agent::next_checkin_delay(
@@ -1099,7 +1099,7 @@ async fn checkin(
             Err(f) if reused && attempt == 0 && f.kind == ErrorKind::ConnectionClosed => {
                 *conn = None;
             }
-            r => return r.map(|(answer, _held)| answer),
+            r => return r,
         }
     }
     Err(Failure {
