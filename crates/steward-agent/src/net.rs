@@ -990,15 +990,7 @@ impl Connection {
         body: &Q,
         timeout: Duration,
     ) -> Result<R, Fault> {
-        let url = format!("{}{}", self.base_url, path);
-        let bytes = serde_json::to_vec(body).map_err(|e| Fault::Protocol {
-            url: url.clone(),
-            detail: format!("cannot encode the request: {e}"),
-        })?;
-        let (status, body) = self
-            .exchange(Method::POST, path, Some(bytes), true, timeout)
-            .await?;
-        json_answer(&url, status, &body)
+        self.post(path, body, true, timeout).await
     }
 
     /// No (whole) answer within the time given, counted from `start`.
@@ -1023,13 +1015,25 @@ impl Connection {
         body: &Q,
         timeout: Duration,
     ) -> Result<R, Fault> {
+        self.post(path, body, false, timeout).await
+    }
+
+    /// POST `body` as JSON, a held answer allowed or not (see [`Connection::exchange`]), and
+    /// parse the JSON answer.
+    async fn post<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Q,
+        held_ok: bool,
+        timeout: Duration,
+    ) -> Result<R, Fault> {
         let url = format!("{}{}", self.base_url, path);
         let bytes = serde_json::to_vec(body).map_err(|e| Fault::Protocol {
             url: url.clone(),
             detail: format!("cannot encode the request: {e}"),
         })?;
         let (status, body) = self
-            .request(Method::POST, path, Some(bytes), timeout)
+            .exchange(Method::POST, path, Some(bytes), held_ok, timeout)
             .await?;
         json_answer(&url, status, &body)
     }

@@ -502,11 +502,7 @@ impl Conn {
         body: &Q,
         timeout: Duration,
     ) -> Result<R, Failure> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
-        let (status, body) = self
-            .exchange(Method::POST, path, Some(bytes), true, timeout)
-            .await?;
-        json_answer(status, &body)
+        self.post(path, body, true, timeout).await
     }
 
     /// POST JSON, parse a JSON answer; non-2xx is [`ErrorKind::HttpStatus`].
@@ -516,9 +512,21 @@ impl Conn {
         body: &Q,
         timeout: Duration,
     ) -> Result<R, Failure> {
+        self.post(path, body, false, timeout).await
+    }
+
+    /// POST JSON, a held answer allowed or not (see [`Self::exchange`]), and parse the JSON
+    /// answer.
+    async fn post<Q: Serialize, R: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Q,
+        held_ok: bool,
+        timeout: Duration,
+    ) -> Result<R, Failure> {
         let bytes = serde_json::to_vec(body).map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
         let (status, body) = self
-            .request(Method::POST, path, Some(bytes), timeout)
+            .exchange(Method::POST, path, Some(bytes), held_ok, timeout)
             .await?;
         json_answer(status, &body)
     }
