@@ -955,10 +955,9 @@ impl Connection {
     /// when there was work within the hold, `None` when it ended empty (the long-poll's 204).
     /// The connection is free for the next request after it.
     pub async fn held_rest(&mut self, timeout: Duration) -> Result<Option<WakeUp>, Fault> {
-        let url = format!("{}{}", self.base_url, steward_proto::paths::CHECKIN);
         let Some(mut rest) = self.held.take() else {
             return Err(Fault::Protocol {
-                url,
+                url: format!("{}{}", self.base_url, steward_proto::paths::CHECKIN),
                 detail: "no held check-in on this connection".to_owned(),
             });
         };
@@ -972,7 +971,7 @@ impl Connection {
             Some(l) => serde_json::from_slice(&l)
                 .map(Some)
                 .map_err(|e| Fault::Protocol {
-                    url,
+                    url: rest.url,
                     detail: format!(
                         "a held check-in's long-poll answered what is not a wake-up: {e}"
                     ),
