@@ -31,6 +31,7 @@
 
 mod cert;
 mod error;
+mod forward;
 mod join;
 mod port;
 mod probe;

@@ -2,31 +2,23 @@
 //! what the server's answers set off (self-probes, retiring previous ports, promoting a staged
 //! certificate).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Bytes, Frame, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::HeaderValue;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateRevocationListDer;
-use steward_proto::{
-    AGENT_CERT_HEADER, ApiError, GATEWAY_TIME_HEADER, GatewayReport, GatewayReportResponse,
-    MAX_AGENT_BODY_BYTES, ProbeTarget, ReachProbe, paths,
-};
+use steward_proto::{GatewayReport, GatewayReportResponse, ProbeTarget, ReachProbe, paths};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::forward::{Target, forward};
 use crate::join::{error_chain, provider, refused, roots};
 use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
 use crate::renew::{RenewWhat, Upstream, read_anchors, recover, renew_certs, upstream_client};
@@ -115,8 +107,8 @@ struct Certs {
 struct Shared {
     config: GatewayConfig,
     dir: GatewayDir,
-    /// Rebuilt when the identity on disk changes (a renewal).
-    upstream: Arc<Upstream>,
+    /// The server's agent site and the client to it (its identity rebuilt by a renewal).
+    target: Arc<Target>,
     /// Replaced when a fresh CRL arrives or a certificate is promoted; each accepted
     /// connection uses the current one.
     edge: RwLock<Arc<ServerConfig>>,
@@ -344,7 +336,10 @@ impl Gateway {
         let shared = Arc::new(Shared {
             config: config.clone(),
             dir,
-            upstream,
+            target: Arc::new(Target {
+                server_url: config.server_url.clone(),
+                upstream,
+            }),
             edge: RwLock::new(edge),
             resumption: RwLock::new(resumption),
             crl: RwLock::new(crl),
@@ -445,7 +440,7 @@ impl RunningGateway {
 
     /// SHA-256 of the identity certificate in use towards the server.
     pub fn identity_thumbprint(&self) -> String {
-        self.shared.upstream.thumbprint()
+        self.shared.target.upstream.thumbprint()
     }
 
     /// Previous addresses still served (empty once every agent has the new port).
@@ -513,7 +508,7 @@ fn revoked_serials(crl: &CertificateRevocationListDer<'_>) -> std::collections::
 /// and is refused at the edge (resuming skips the handshake's certificate check).
 async fn refresh_crl(shared: &Shared) -> Result<(), GatewayError> {
     let outcome = async {
-        let crl = fetch_crl(&shared.upstream.client(), &crl_url(&shared.config)).await?;
+        let crl = fetch_crl(&shared.target.upstream.client(), &crl_url(&shared.config)).await?;
         let newly_revoked = !revoked_serials(&crl).is_subset(&revoked_serials(&read(&shared.crl)));
         let resumption = if newly_revoked {
             Resumption::new()?
@@ -573,6 +568,7 @@ async fn report(shared: &Shared) -> Result<Answer, GatewayError> {
         reason,
     };
     let mut resp = shared
+        .target
         .upstream
         .client()
         .post(&url)
@@ -662,9 +658,11 @@ async fn follow_up(shared: &Shared, mut answer: Answer) {
 /// Takes a renewed identity from disk (see [`Upstream::reload`]); a failure keeps the one in
 /// use, which the server still accepts.
 fn reload_identity(shared: &Shared) {
-    if let Err(e) = shared
-        .upstream
-        .reload(&shared.dir, &shared.anchors_pem, UPSTREAM_TIMEOUT)
+    if let Err(e) =
+        shared
+            .target
+            .upstream
+            .reload(&shared.dir, &shared.anchors_pem, UPSTREAM_TIMEOUT)
     {
         tracing::warn!(id = e.id(), error = %e, "the renewed identity cannot be loaded; the current one stays in use");
     }
@@ -988,8 +986,10 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     let Ok(agent_cert) = HeaderValue::from_str(&agent_cert) else {
         return;
     };
+    let target = Arc::clone(&shared.target);
+    drop(shared);
     let svc =
-        hyper::service::service_fn(move |req| forward(shared.clone(), agent_cert.clone(), req));
+        hyper::service::service_fn(move |req| forward(target.clone(), agent_cert.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -997,199 +997,6 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     if let Err(e) = conn.await {
         tracing::debug!(peer = %addr, error = %e, "agent connection ended with an error");
     }
-}
-
-/// A response body fed by a channel: the upstream answer is passed on as it arrives, and an
-/// upstream failure mid-answer aborts the agent's connection instead of ending the body early.
-#[derive(Debug)]
-struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-}
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    }
-}
-
-fn full(
-    status: StatusCode,
-    body: Bytes,
-    content_type: Option<HeaderValue>,
-) -> Response<ChannelBody> {
-    let (tx, rx) = mpsc::channel(1);
-    // The channel has room for this one message; the receiver is alive.
-    let _ = tx.try_send(Ok(body));
-    let mut resp = Response::new(ChannelBody { rx });
-    *resp.status_mut() = status;
-    if let Some(ct) = content_type {
-        resp.headers_mut().insert(CONTENT_TYPE, ct);
-    }
-    resp
-}
-
-fn api_error(status: StatusCode, id: &str, message: String) -> Response<ChannelBody> {
-    let body = serde_json::to_vec(&ApiError {
-        id: id.to_owned(),
-        message,
-    })
-    .unwrap_or_default();
-    full(
-        status,
-        Bytes::from(body),
-        Some(HeaderValue::from_static("application/json")),
-    )
-}
-
-/// Forwards one agent request to the server's agent site, with the agent's verified
-/// certificate in the identity header, and passes the answer back.
-async fn forward(
-    shared: Arc<Shared>,
-    agent_cert: HeaderValue,
-    req: Request<Incoming>,
-) -> Result<Response<ChannelBody>, Infallible> {
-    let path = req.uri().path();
-    // Only the agent site's authenticated routes: enrollment needs no client certificate and
-    // happens on the LAN, and nothing else of the server is reachable through the gateway.
-    if !path.starts_with("/agent/v1/") || path == paths::ENROLL {
-        return Ok(api_error(
-            StatusCode::NOT_FOUND,
-            "GATEWAY-ROUTE-NOT-FORWARDED",
-            format!("{path} is not forwarded by the gateway"),
-        ));
-    }
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| path.to_owned());
-    let url = format!("{}{path_and_query}", shared.config.server_url);
-    let method = req.method().clone();
-    let content_type = req.headers().get(CONTENT_TYPE).cloned();
-    let body = match Limited::new(req.into_body(), MAX_AGENT_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            return Ok(api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "REQUEST-TOO-LARGE",
-                format!(
-                    "the request body could not be read within {MAX_AGENT_BODY_BYTES} bytes: {e}"
-                ),
-            ));
-        }
-    };
-    // The identity header is set here, never copied from the agent's request. Nothing else of
-    // the agent's request is copied but its content type: in particular no hop-by-hop header
-    // (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE), which belong to the agent's
-    // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
-    //
-    // The exchange runs on a task of its own, so an agent that goes away mid-request (a laptop
-    // shut, a site's link down) does not cancel its stream upstream. Cancelled streams whose
-    // answers were already on their way come back as frames on streams h2 no longer tracks
-    // (it remembers few resets); it resets each of those itself, and after 1,024 such resets
-    // in a connection's life closes the whole connection (`too_many_internal_resets`),
-    // failing every other agent's request on it with 502. That is what 100,000 agents leaving
-    // at once did (BENCHMARKS.md, round 7). The answer of an agent that left is read and
-    // dropped; its long-poll stays open upstream until the server answers it (at most the
-    // hold, under a minute).
-    let upstream = Arc::clone(&shared);
-    let exchange = tokio::spawn(async move {
-        let send = |client: reqwest::Client| {
-            let mut up = client
-                .request(method.clone(), &url)
-                .header(AGENT_CERT_HEADER, agent_cert.clone())
-                .body(body.clone());
-            if let Some(ct) = &content_type {
-                up = up.header(CONTENT_TYPE, ct.clone());
-            }
-            up.send()
-        };
-        let (client, identity) = upstream.upstream.client_and_thumbprint();
-        let mut sent = send(client).await;
-        // Sent with the identity a renewal just replaced: the server may have retired it in
-        // the meantime (the new one's first use). Once more with the new one, so no agent
-        // sees it.
-        if sent
-            .as_ref()
-            .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
-            && upstream.upstream.thumbprint() != identity
-        {
-            sent = send(upstream.upstream.client()).await;
-        }
-        (sent, url)
-    });
-    let (sent, url) = match exchange.await {
-        Ok(done) => done,
-        Err(e) => {
-            // Only a panic in reqwest, or the runtime shutting down.
-            return Ok(api_error(
-                StatusCode::BAD_GATEWAY,
-                "GATEWAY-UPSTREAM-UNREACHABLE",
-                format!("the gateway's request to the server did not finish: {e}"),
-            ));
-        }
-    };
-    let mut resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = error_chain(&e);
-            tracing::warn!(id = "GATEWAY-UPSTREAM-UNREACHABLE", url = %url, error = %reason, "the server did not answer");
-            return Ok(api_error(
-                StatusCode::BAD_GATEWAY,
-                "GATEWAY-UPSTREAM-UNREACHABLE",
-                format!("the gateway cannot reach the server at {url}: {reason}"),
-            ));
-        }
-    };
-    let status = resp.status();
-    let ct = resp.headers().get(CONTENT_TYPE).cloned();
-    // A 503 SERVER-BUSY's Retry-After reaches the agent as the server said it.
-    let retry_after = resp.headers().get(hyper::header::RETRY_AFTER).cloned();
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        // Read to its end even when the agent has gone (see above: no cancelled stream).
-        let mut agent_gone = false;
-        loop {
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    if !agent_gone && tx.send(Ok(c)).await.is_err() {
-                        agent_gone = true;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    if !agent_gone {
-                        let _ = tx.send(Err(std::io::Error::other(error_chain(&e)))).await;
-                    }
-                    return;
-                }
-            }
-        }
-    });
-    let mut out = Response::new(ChannelBody { rx });
-    *out.status_mut() = status;
-    if let Some(ct) = ct {
-        out.headers_mut().insert(CONTENT_TYPE, ct);
-    }
-    if let Some(r) = retry_after {
-        out.headers_mut().insert(hyper::header::RETRY_AFTER, r);
-    }
-    // Our clock, for clock-skew diagnosis between agent, gateway and server.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    out.headers_mut()
-        .insert(GATEWAY_TIME_HEADER, HeaderValue::from(secs));
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -290,6 +290,57 @@ async fn a_held_check_in_streams_through_the_gateway() {
         line(&mut resp).await.is_none(),
         "the body ends after the wake-up"
     );
+
+    // An agent that leaves after the first line (a laptop shut) does not cancel the held
+    // stream upstream (see the gateway's `forward`): the hold goes on at the server until its
+    // end, and the rest of its answer is read and dropped.
+    let open_polls = || rig.server.service().admission().connected.open_polls();
+    let (chain, key) = agent_identity(&pc);
+    let mut resp = https(&rig.root_pem, Some((chain, key)))
+        .post(format!(
+            "https://127.0.0.2:{}{}?wait=8&{}",
+            rig.gateway.addr.port(),
+            paths::CHECKIN,
+            steward_proto::WAIT_CARRY_TASKS
+        ))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        steward_proto::CHECKIN_HELD_CONTENT_TYPE
+    );
+    let answer: CheckinResponse = serde_json::from_slice(&line(&mut resp).await.unwrap()).unwrap();
+    assert_eq!(answer.device_id, device);
+    // The hold starts as the first line leaves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_polls() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the check-in is not held at the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reached = std::time::Instant::now();
+    drop(resp);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        open_polls(),
+        1,
+        "the agent's leaving cancelled its held check-in at the server"
+    );
+    // Held 6 s (the agent listens 8 s, the server answers 2 s before), then gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_polls() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the hold never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reached.elapsed() >= Duration::from_secs(4),
+        "the hold ended {:?} after the first line, before its time",
+        reached.elapsed()
+    );
     rig.stop().await;
 }
 

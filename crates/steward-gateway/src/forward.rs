@@ -1,0 +1,301 @@
+//! The forwarding of agent requests to the server's agent site: what the gateway does for
+//! every request, so what its cost per request is made of.
+//!
+//! An exchange upstream is never cancelled because the agent went away. Cancelled HTTP/2
+//! streams whose answers were already on their way come back as frames on streams h2 no
+//! longer tracks (it remembers few resets); it resets each of those itself, and after 1,024
+//! such resets in a connection's life closes the whole connection (`too_many_internal_resets`),
+//! failing every other agent's request on it with 502. That is what 100,000 agents leaving at
+//! once did (BENCHMARKS.md, round 7). So the request and the answer are polled where hyper
+//! polls them, on the agent connection's task, and only when the agent leaves early is the
+//! rest moved to a task of its own ([`Detached`], [`AgentBody`]'s drop): the exchange runs to
+//! its end there and the answer is read and dropped (a long-poll stays open upstream until
+//! the server answers it, at most the hold, under a minute).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use steward_proto::{
+    AGENT_CERT_HEADER, ApiError, GATEWAY_TIME_HEADER, MAX_AGENT_BODY_BYTES, paths,
+};
+
+use crate::join::error_chain;
+use crate::renew::Upstream;
+
+/// Where agent requests go: the server's agent site, with the gateway's identity of the
+/// moment.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// `https://host:port` of the server's agent site, no trailing slash.
+    pub(crate) server_url: String,
+    /// Rebuilt when the identity on disk changes (a renewal).
+    pub(crate) upstream: Arc<Upstream>,
+}
+
+/// A response body for the agent: the gateway's own answer, or the server's, passed on as it
+/// arrives. An upstream failure mid-answer aborts the agent's connection instead of ending the
+/// body early, so the agent cannot take a cut answer for a whole one.
+#[derive(Debug)]
+pub(crate) enum AgentBody {
+    /// The gateway's own answer, whole (`None` once written).
+    Whole(Option<Bytes>),
+    /// The server's answer (`None` once it ended).
+    Upstream(Option<reqwest::Body>),
+}
+
+impl Body for AgentBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut *self {
+            AgentBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            AgentBody::Upstream(slot) => loop {
+                let Some(body) = slot else {
+                    return Poll::Ready(None);
+                };
+                match ready!(Pin::new(body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        // Data only: trailers have no place on the agent's HTTP/1.1
+                        // connection, and the agent site sends none.
+                        if let Ok(data) = frame.into_data() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        *slot = None;
+                        return Poll::Ready(Some(Err(std::io::Error::other(error_chain(&e)))));
+                    }
+                    None => {
+                        *slot = None;
+                        return Poll::Ready(None);
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AgentBody::Whole(b) => b.is_none(),
+            AgentBody::Upstream(b) => b.as_ref().is_none_or(Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AgentBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            AgentBody::Upstream(Some(b)) => b.size_hint(),
+            AgentBody::Upstream(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for AgentBody {
+    fn drop(&mut self) {
+        // The agent left before the end of the answer: read the rest (see the module's doc).
+        if let AgentBody::Upstream(slot) = self
+            && let Some(body) = slot.take()
+            && !body.is_end_stream()
+        {
+            detach(drain(body));
+        }
+    }
+}
+
+/// Reads a body to its end and drops it.
+async fn drain(mut body: reqwest::Body) {
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Runs `fut` on a task of its own, when there is a runtime to run it (a drop during the
+/// runtime's shutdown has none, and then nothing is left to finish anyway).
+fn detach(fut: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(fut);
+    }
+}
+
+/// The upstream exchange, polled in place; dropped before it finished (the agent left), it is
+/// finished on a task of its own and its answer drained (see the module's doc).
+struct Detached<F>
+where
+    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+{
+    fut: Option<Pin<Box<F>>>,
+}
+
+impl<F> Future for Detached<F>
+where
+    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            // Polled after it finished: a misuse, but an answer rather than a panic.
+            return Poll::Pending;
+        };
+        let out = ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F> Drop for Detached<F>
+where
+    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            detach(async move {
+                if let Ok(resp) = fut.await {
+                    drain(resp.into()).await;
+                }
+            });
+        }
+    }
+}
+
+/// The gateway's own answer.
+pub(crate) fn whole(
+    status: StatusCode,
+    body: Bytes,
+    content_type: Option<HeaderValue>,
+) -> Response<AgentBody> {
+    let mut resp = Response::new(AgentBody::Whole(Some(body)));
+    *resp.status_mut() = status;
+    if let Some(ct) = content_type {
+        resp.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    resp
+}
+
+fn api_error(status: StatusCode, id: &str, message: String) -> Response<AgentBody> {
+    let body = serde_json::to_vec(&ApiError {
+        id: id.to_owned(),
+        message,
+    })
+    .unwrap_or_default();
+    whole(
+        status,
+        Bytes::from(body),
+        Some(HeaderValue::from_static("application/json")),
+    )
+}
+
+/// Forwards one agent request to the server's agent site, with the agent's verified
+/// certificate in the identity header, and passes the answer back.
+pub(crate) async fn forward(
+    target: Arc<Target>,
+    agent_cert: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<AgentBody>, Infallible> {
+    let path = req.uri().path();
+    // Only the agent site's authenticated routes: enrollment needs no client certificate and
+    // happens on the LAN, and nothing else of the server is reachable through the gateway.
+    if !path.starts_with("/agent/v1/") || path == paths::ENROLL {
+        return Ok(api_error(
+            StatusCode::NOT_FOUND,
+            "GATEWAY-ROUTE-NOT-FORWARDED",
+            format!("{path} is not forwarded by the gateway"),
+        ));
+    }
+    let path_and_query = req.uri().path_and_query().map_or(path, |p| p.as_str());
+    let url = format!("{}{path_and_query}", target.server_url);
+    let method = req.method().clone();
+    let content_type = req.headers().get(CONTENT_TYPE).cloned();
+    let body = match Limited::new(req.into_body(), MAX_AGENT_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Ok(api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST-TOO-LARGE",
+                format!(
+                    "the request body could not be read within {MAX_AGENT_BODY_BYTES} bytes: {e}"
+                ),
+            ));
+        }
+    };
+    // The identity header is set here, never copied from the agent's request. Nothing else of
+    // the agent's request is copied but its content type: in particular no hop-by-hop header
+    // (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE), which belong to the agent's
+    // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
+    let exchange = async move {
+        let send = |client: reqwest::Client| {
+            let mut up = client
+                .request(method.clone(), &url)
+                .header(AGENT_CERT_HEADER, agent_cert.clone())
+                .body(body.clone());
+            if let Some(ct) = &content_type {
+                up = up.header(CONTENT_TYPE, ct.clone());
+            }
+            up.send()
+        };
+        let (client, identity) = target.upstream.client_and_thumbprint();
+        let sent = send(client).await;
+        // Sent with the identity a renewal just replaced: the server may have retired it
+        // in the meantime (the new one's first use). Once more with the new one, so no
+        // agent sees it.
+        if sent
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
+            && target.upstream.thumbprint() != identity
+        {
+            return send(target.upstream.client()).await;
+        }
+        sent
+    };
+    let resp = match (Detached {
+        fut: Some(Box::pin(exchange)),
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = error_chain(&e);
+            // reqwest names the URL in every error of a request; the exchange owns ours.
+            let url = e
+                .url()
+                .map_or_else(|| "its agent site".to_owned(), ToString::to_string);
+            tracing::warn!(id = "GATEWAY-UPSTREAM-UNREACHABLE", url = %url, error = %reason, "the server did not answer");
+            return Ok(api_error(
+                StatusCode::BAD_GATEWAY,
+                "GATEWAY-UPSTREAM-UNREACHABLE",
+                format!("the gateway cannot reach the server at {url}: {reason}"),
+            ));
+        }
+    };
+    let status = resp.status();
+    let ct = resp.headers().get(CONTENT_TYPE).cloned();
+    // A 503 SERVER-BUSY's Retry-After reaches the agent as the server said it.
+    let retry_after = resp.headers().get(RETRY_AFTER).cloned();
+    let mut out = Response::new(AgentBody::Upstream(Some(resp.into())));
+    *out.status_mut() = status;
+    if let Some(ct) = ct {
+        out.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    if let Some(r) = retry_after {
+        out.headers_mut().insert(RETRY_AFTER, r);
+    }
+    // Our clock, for clock-skew diagnosis between agent, gateway and server.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    out.headers_mut()
+        .insert(GATEWAY_TIME_HEADER, HeaderValue::from(secs));
+    Ok(out)
+}
