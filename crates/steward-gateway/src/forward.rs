@@ -23,7 +23,8 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use steward_proto::{
-    AGENT_CERT_HEADER, ApiError, GATEWAY_TIME_HEADER, MAX_AGENT_BODY_BYTES, paths,
+    AGENT_CERT_HEADER, ApiError, CHECKIN_HELD_CONTENT_TYPE, GATEWAY_TIME_HEADER,
+    MAX_AGENT_BODY_BYTES, paths,
 };
 
 use crate::join::error_chain;
@@ -41,13 +42,28 @@ pub(crate) struct Target {
 
 /// A response body for the agent: the gateway's own answer, or the server's, passed on as it
 /// arrives. An upstream failure mid-answer aborts the agent's connection instead of ending the
-/// body early, so the agent cannot take a cut answer for a whole one.
+/// body early, so the agent cannot take a cut answer for a whole one; except in a held
+/// check-in's long-poll, see [`FromServer::held`].
 #[derive(Debug)]
 pub(crate) enum AgentBody {
     /// The gateway's own answer, whole (`None` once written).
     Whole(Option<Bytes>),
-    /// The server's answer (`None` once it ended).
-    Upstream(Option<reqwest::Body>),
+    /// The server's answer.
+    Upstream(FromServer),
+}
+
+/// The server's answer, being passed on.
+#[derive(Debug)]
+pub(crate) struct FromServer {
+    /// `None` once it ended.
+    body: Option<reqwest::Body>,
+    /// For a held check-in (`steward_proto::CHECKIN_HELD_CONTENT_TYPE`, lines of JSON): whether
+    /// what was passed on so far ends with a whole line. Past its first line the answer is a
+    /// long-poll, and an upstream failure there (the server restarting, its connection lost)
+    /// ends the body as an empty hold would: the agent asks again on the same connection and
+    /// meets the failure as a 502 it retries. Aborting the connection instead made every agent
+    /// of a server restart connect and handshake again at once (BENCHMARKS.md, round 11).
+    held: Option<bool>,
 }
 
 impl Body for AgentBody {
@@ -60,8 +76,8 @@ impl Body for AgentBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut *self {
             AgentBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            AgentBody::Upstream(slot) => loop {
-                let Some(body) = slot else {
+            AgentBody::Upstream(up) => loop {
+                let Some(body) = &mut up.body else {
                     return Poll::Ready(None);
                 };
                 match ready!(Pin::new(body).poll_frame(cx)) {
@@ -69,15 +85,23 @@ impl Body for AgentBody {
                         // Data only: trailers have no place on the agent's HTTP/1.1
                         // connection, and the agent site sends none.
                         if let Ok(data) = frame.into_data() {
+                            if let (Some(whole_lines), Some(last)) = (&mut up.held, data.last()) {
+                                *whole_lines = *last == b'\n';
+                            }
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                     }
                     Some(Err(e)) => {
-                        *slot = None;
-                        return Poll::Ready(Some(Err(std::io::Error::other(error_chain(&e)))));
+                        up.body = None;
+                        let reason = error_chain(&e);
+                        if up.held == Some(true) {
+                            tracing::debug!(error = %reason, "a held check-in's long-poll failed upstream; ended as an empty hold");
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Err(std::io::Error::other(reason))));
                     }
                     None => {
-                        *slot = None;
+                        up.body = None;
                         return Poll::Ready(None);
                     }
                 }
@@ -88,15 +112,17 @@ impl Body for AgentBody {
     fn is_end_stream(&self) -> bool {
         match self {
             AgentBody::Whole(b) => b.is_none(),
-            AgentBody::Upstream(b) => b.as_ref().is_none_or(Body::is_end_stream),
+            AgentBody::Upstream(up) => up.body.as_ref().is_none_or(Body::is_end_stream),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             AgentBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            AgentBody::Upstream(Some(b)) => b.size_hint(),
-            AgentBody::Upstream(None) => SizeHint::with_exact(0),
+            AgentBody::Upstream(up) => up
+                .body
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
         }
     }
 }
@@ -104,8 +130,8 @@ impl Body for AgentBody {
 impl Drop for AgentBody {
     fn drop(&mut self) {
         // The agent left before the end of the answer: read the rest (see the module's doc).
-        if let AgentBody::Upstream(slot) = self
-            && let Some(body) = slot.take()
+        if let AgentBody::Upstream(up) = self
+            && let Some(body) = up.body.take()
             && !body.is_end_stream()
         {
             detach(drain(body));
@@ -143,7 +169,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let Some(fut) = self.fut.as_mut() else {
-            // Polled after it finished: a misuse, but an answer rather than a panic.
+            // Polled again after it finished (a misuse): it stays pending rather than panic.
             return Poll::Pending;
         };
         let out = ready!(fut.as_mut().poll(cx));
@@ -168,7 +194,7 @@ where
 }
 
 /// The gateway's own answer.
-pub(crate) fn whole(
+fn whole(
     status: StatusCode,
     body: Bytes,
     content_type: Option<HeaderValue>,
@@ -283,7 +309,16 @@ pub(crate) async fn forward(
     let ct = resp.headers().get(CONTENT_TYPE).cloned();
     // A 503 SERVER-BUSY's Retry-After reaches the agent as the server said it.
     let retry_after = resp.headers().get(RETRY_AFTER).cloned();
-    let mut out = Response::new(AgentBody::Upstream(Some(resp.into())));
+    // Nothing passed on yet: a failure before the first line (the check-in's own answer)
+    // aborts, as in any other answer.
+    let held = ct
+        .as_ref()
+        .is_some_and(|c| c.as_bytes() == CHECKIN_HELD_CONTENT_TYPE.as_bytes())
+        .then_some(false);
+    let mut out = Response::new(AgentBody::Upstream(FromServer {
+        body: Some(resp.into()),
+        held,
+    }));
     *out.status_mut() = status;
     if let Some(ct) = ct {
         out.headers_mut().insert(CONTENT_TYPE, ct);
