@@ -249,6 +249,13 @@ impl Server {
         let lock = lock_data_dir(&dir)?;
         let pki = Arc::new(Pki::load(&dir)?);
         let sqlite = Arc::new(SqliteStore::open(&dir.database(&cfg)).await?);
+        let started = std::time::Instant::now();
+        let cached = sqlite.warm_caches().await?;
+        tracing::info!(
+            devices = cached,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "caches filled"
+        );
         let store: Arc<dyn Store> = sqlite.clone();
         store
             .ensure_policy(&PolicyRecord {

@@ -1214,9 +1214,10 @@ impl Service {
 
     /// A long-poll — the persistent connection: answers at once when tasks are pending or the
     /// configuration changed, otherwise waits (see [`Service::long_poll_hold`]) for a wake-up.
-    /// `None`: nothing. While it waits the device counts as connected. Its database probes
-    /// never wait for an admission slot: without a free one the first probe is skipped (the
-    /// check-in just before delivered what was pending) and a wake-up is answered unprobed.
+    /// `None`: nothing. While it waits the device counts as connected. Its first probe looks
+    /// even without an admission slot (one indexed read, usually answered by the cache); after
+    /// a wake-up without a free slot it answers unprobed, or, carrying tasks, waits for a
+    /// take's turn (see `work_for`).
     pub async fn wait(
         &self,
         device: &Device,

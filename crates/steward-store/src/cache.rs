@@ -30,11 +30,11 @@ use crate::{Device, GatewayRecord, Seen};
 
 /// Devices kept at most. A cached device is about half a kilobyte, so this bounds the cache
 /// near 125 MB; a fleet larger than this keeps the first devices read and reads the rest.
-const MAX_DEVICES: usize = 250_000;
+pub(crate) const MAX_DEVICES: usize = 250_000;
 /// Gateways kept at most.
 const MAX_GATEWAYS: usize = 4_096;
 /// Devices whose task facts are kept at most (each set); past it a set starts again empty.
-const MAX_TASK_FACTS: usize = 500_000;
+pub(crate) const MAX_TASK_FACTS: usize = 500_000;
 
 /// The caches (one lock: every operation is a map lookup or update).
 #[derive(Debug, Default)]
@@ -89,6 +89,13 @@ impl<T: Clone> Rows<T> {
     fn keep(&mut self, ticket: Ticket, id: &str, row: &T, max: usize) {
         if self.generation == ticket.0 && !self.writing.contains_key(id) && self.rows.len() < max {
             self.rows.insert(id.to_owned(), row.clone());
+        }
+    }
+
+    /// [`Rows::keep`], for a row the caller gives up.
+    fn keep_owned(&mut self, ticket: Ticket, id: String, row: T, max: usize) {
+        if self.generation == ticket.0 && !self.writing.contains_key(&id) && self.rows.len() < max {
+            self.rows.insert(id, row);
         }
     }
 
@@ -220,6 +227,26 @@ impl Cache {
         let mut inner = self.lock();
         if inner.task_generation == ticket.0 {
             keep(&mut inner.no_pending, id);
+        }
+    }
+
+    /// Devices read together ([`crate::SqliteStore::warm_caches`]), under one lock.
+    pub(crate) fn keep_devices(&self, ticket: Ticket, devices: Vec<Device>) {
+        let mut inner = self.lock();
+        for d in devices {
+            inner
+                .devices
+                .keep_owned(ticket, d.id.clone(), d, MAX_DEVICES);
+        }
+    }
+
+    /// The database said none of `ids` has a pending or running task.
+    pub(crate) fn keep_all_no_open(&self, ticket: Ticket, ids: &[String]) {
+        let mut inner = self.lock();
+        if inner.task_generation == ticket.0 {
+            for id in ids {
+                keep(&mut inner.no_open, id);
+            }
         }
     }
 

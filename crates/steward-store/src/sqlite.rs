@@ -456,6 +456,43 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Fills the caches from the database in two queries: every device (up to the cache's
+    /// capacity), and which of them have no pending or running task. Called at start, before
+    /// the listeners open: a server restarted under a large fleet otherwise reads each device
+    /// and probes each device's tasks one by one as the fleet comes back, all at once, and
+    /// every request queues for the readers (100,000 agents: no check-in answered for 20 s
+    /// after the restart; BENCHMARKS.md, round 11). Returns how many devices were cached.
+    pub async fn warm_caches(&self) -> Result<usize> {
+        let ticket = self.cache.device_ticket();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            device_from!(),
+            " LIMIT ?"
+        ))
+        .bind(i64::try_from(crate::cache::MAX_DEVICES).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        let devices = rows
+            .iter()
+            .map(device_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        drop(rows);
+        let cached = devices.len();
+        self.cache.keep_devices(ticket, devices);
+        let ticket = self.cache.task_ticket();
+        let idle: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM devices WHERE NOT EXISTS (SELECT 1 FROM task_devices \
+             WHERE task_devices.device_id = devices.id AND state IN ('pending', 'running')) \
+             LIMIT ?",
+        )
+        .bind(i64::try_from(crate::cache::MAX_TASK_FACTS).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        self.cache.keep_all_no_open(ticket, &idle);
+        Ok(cached)
+    }
+
     /// Closes the pools (after a final [`Store::flush_seen`], which the caller does).
     pub async fn close(&self) {
         self.reader.close().await;
@@ -2106,6 +2143,49 @@ mod tests {
         let out = (read(store).await, read(&fresh).await);
         fresh.close().await;
         out
+    }
+
+    /// A store filled at start answers exactly as one that reads the database: every device
+    /// is cached, and only the devices without a pending or running task are marked so.
+    #[tokio::test]
+    async fn caches_filled_at_start_answer_as_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .import_devices(&bare_fleet(&["a", "b", "c"]))
+            .await
+            .unwrap();
+        let task = |target: &str| NewTaskRecord {
+            command: "true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            target: target.into(),
+            created_by: "admin".into(),
+            created_at: 10,
+        };
+        store
+            .create_task(&task("device:b"), &["b".to_owned()])
+            .await
+            .unwrap();
+        store
+            .create_task(&task("device:c"), &["c".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(store.take_tasks("c", 11, 0).await.unwrap().len(), 1);
+        store.close().await;
+
+        let warm = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(warm.warm_caches().await.unwrap(), 3);
+        assert_eq!(warm.cache.devices_cached(), 3);
+        assert!(warm.cache.no_open("a"), "a has no task");
+        assert!(!warm.cache.no_pending("b"), "b's task is pending");
+        assert!(!warm.cache.no_open("c"), "c's task is running");
+        for id in ["a", "b", "c"] {
+            let (cached, fresh) = cached_and_fresh(&warm, &path, id).await;
+            assert_eq!(cached, fresh, "device {id}");
+        }
+        warm.close().await;
     }
 
     /// A device read while a last-seen flush is writing (the batch taken, not yet committed)
