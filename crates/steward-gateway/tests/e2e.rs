@@ -228,18 +228,19 @@ async fn a_held_check_in_streams_through_the_gateway() {
         profile_version: config.profile.version,
         failed_attempts: vec![],
     };
-    let (chain, key) = agent_identity(&pc);
-    let mut resp = https(&rig.root_pem, Some((chain, key)))
-        .post(format!(
-            "https://127.0.0.2:{}{}?wait=30&{}",
-            rig.gateway.addr.port(),
-            paths::CHECKIN,
-            steward_proto::WAIT_CARRY_TASKS
-        ))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let client = https(&rig.root_pem, Some(agent_identity(&pc)));
+    let port = rig.gateway.addr.port();
+    let held = |wait: u64| {
+        client
+            .post(format!(
+                "https://127.0.0.2:{port}{}?wait={wait}&{}",
+                paths::CHECKIN,
+                steward_proto::WAIT_CARRY_TASKS
+            ))
+            .json(&request)
+            .send()
+    };
+    let mut resp = held(30).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         resp.headers().get("content-type").unwrap(),
@@ -295,18 +296,7 @@ async fn a_held_check_in_streams_through_the_gateway() {
     // stream upstream (see the gateway's `forward`): the hold goes on at the server until its
     // end, and the rest of its answer is read and dropped.
     let open_polls = || rig.server.service().admission().connected.open_polls();
-    let (chain, key) = agent_identity(&pc);
-    let mut resp = https(&rig.root_pem, Some((chain, key)))
-        .post(format!(
-            "https://127.0.0.2:{}{}?wait=8&{}",
-            rig.gateway.addr.port(),
-            paths::CHECKIN,
-            steward_proto::WAIT_CARRY_TASKS
-        ))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = held(8).await.unwrap();
     assert_eq!(
         resp.headers().get("content-type").unwrap(),
         steward_proto::CHECKIN_HELD_CONTENT_TYPE
@@ -346,14 +336,7 @@ async fn a_held_check_in_streams_through_the_gateway() {
     // hold would, not with its connection to the gateway cut, and the next request meets the
     // server's absence as a 502. Cutting the connection made every agent of a restarted
     // server handshake with its gateway again at once (BENCHMARKS.md, round 11).
-    let client = https(&rig.root_pem, Some(agent_identity(&pc)));
-    let held_url = format!(
-        "https://127.0.0.2:{}{}?wait=30&{}",
-        rig.gateway.addr.port(),
-        paths::CHECKIN,
-        steward_proto::WAIT_CARRY_TASKS
-    );
-    let mut resp = client.post(&held_url).json(&request).send().await.unwrap();
+    let mut resp = held(30).await.unwrap();
     let answer: CheckinResponse = serde_json::from_slice(&line(&mut resp).await.unwrap()).unwrap();
     assert_eq!(answer.device_id, device);
     let Rig { rig, gateway } = rig;
@@ -362,7 +345,7 @@ async fn a_held_check_in_streams_through_the_gateway() {
         line(&mut resp).await.is_none(),
         "a held answer ends empty when the server goes away"
     );
-    let again = client.post(&held_url).json(&request).send().await.unwrap();
+    let again = held(30).await.unwrap();
     assert_eq!(again.status().as_u16(), 502);
     let err: steward_proto::ApiError = again.json().await.unwrap();
     assert_eq!(err.id, "GATEWAY-UPSTREAM-UNREACHABLE");

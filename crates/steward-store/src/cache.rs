@@ -86,15 +86,21 @@ impl<T: Clone> Rows<T> {
         self.rows.get(id).cloned()
     }
 
+    /// Whether a row read since `ticket` may be kept: no write ended since, none in progress
+    /// on it, and room left.
+    fn may_keep(&self, ticket: Ticket, id: &str, max: usize) -> bool {
+        self.generation == ticket.0 && !self.writing.contains_key(id) && self.rows.len() < max
+    }
+
     fn keep(&mut self, ticket: Ticket, id: &str, row: &T, max: usize) {
-        if self.generation == ticket.0 && !self.writing.contains_key(id) && self.rows.len() < max {
+        if self.may_keep(ticket, id, max) {
             self.rows.insert(id.to_owned(), row.clone());
         }
     }
 
     /// [`Rows::keep`], for a row the caller gives up.
     fn keep_owned(&mut self, ticket: Ticket, id: String, row: T, max: usize) {
-        if self.generation == ticket.0 && !self.writing.contains_key(&id) && self.rows.len() < max {
+        if self.may_keep(ticket, &id, max) {
             self.rows.insert(id, row);
         }
     }
