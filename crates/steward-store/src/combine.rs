@@ -279,7 +279,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Done> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewTaskRecord, SqliteStore, Store};
+    use crate::{SqliteStore, Store};
 
     fn job(op: Op) -> (Job, oneshot::Receiver<Result<(Done, u64)>>) {
         let (reply, rx) = oneshot::channel();
@@ -316,14 +316,7 @@ mod tests {
             .import_devices(&crate::sqlite::bare_fleet(&["a", "b", "idle"]))
             .await
             .unwrap();
-        let task = |target: &str| NewTaskRecord {
-            command: "true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            target: target.into(),
-            created_by: "admin".into(),
-            created_at: 1,
-        };
+        let task = |target: &str| crate::sqlite::true_task(target, 1);
         let both = i64::try_from(
             store
                 .create_task(&task("all"), &["a".into(), "b".into()])

@@ -2089,6 +2089,19 @@ impl Store for SqliteStore {
     }
 }
 
+/// A task running `true` for `target`, created by `admin` at `created_at`, for tests.
+#[cfg(test)]
+pub(crate) fn true_task(target: &str, created_at: i64) -> NewTaskRecord {
+    NewTaskRecord {
+        command: "true".into(),
+        args: vec![],
+        timeout_secs: 5,
+        target: target.into(),
+        created_by: "admin".into(),
+        created_at,
+    }
+}
+
 /// Devices with these IDs and nothing else (no inventory, never seen), for tests.
 #[cfg(test)]
 pub(crate) fn bare_fleet<S: AsRef<str>>(ids: &[S]) -> Vec<ImportedDevice> {
@@ -2156,20 +2169,12 @@ mod tests {
             .import_devices(&bare_fleet(&["a", "b", "c"]))
             .await
             .unwrap();
-        let task = |target: &str| NewTaskRecord {
-            command: "true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            target: target.into(),
-            created_by: "admin".into(),
-            created_at: 10,
-        };
         store
-            .create_task(&task("device:b"), &["b".to_owned()])
+            .create_task(&true_task("device:b", 10), &["b".to_owned()])
             .await
             .unwrap();
         store
-            .create_task(&task("device:c"), &["c".to_owned()])
+            .create_task(&true_task("device:c", 10), &["c".to_owned()])
             .await
             .unwrap();
         assert_eq!(store.take_tasks("c", 11, 0).await.unwrap().len(), 1);
@@ -2330,15 +2335,10 @@ mod tests {
         let (d, ..) = check("a promoted certificate").await;
         assert_eq!(d.unwrap().cert_sha256, "NH1");
 
-        let task = NewTaskRecord {
-            command: "true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            target: "all".into(),
-            created_by: "admin".into(),
-            created_at: 10,
-        };
-        let task_id = store.create_task(&task, &["a".to_owned()]).await.unwrap();
+        let task_id = store
+            .create_task(&true_task("all", 10), &["a".to_owned()])
+            .await
+            .unwrap();
         let (_, pending, open) = check("a task created").await;
         assert!(pending && open);
         assert_eq!(store.take_tasks("a", 11, 0).await.unwrap().len(), 1);
@@ -2356,7 +2356,10 @@ mod tests {
         store.commit_results("a", &[result], 12).await.unwrap();
         let (_, pending, open) = check("a result").await;
         assert!(!pending && !open);
-        store.create_task(&task, &["a".to_owned()]).await.unwrap();
+        store
+            .create_task(&true_task("all", 10), &["a".to_owned()])
+            .await
+            .unwrap();
         let (_, pending, _) = check("a second task").await;
         assert!(
             pending,
