@@ -188,32 +188,23 @@ impl Shared {
     }
 }
 
-/// The edge TLS configuration: the gateway's server certificate, and a client certificate
-/// required from every agent, chained to the platform root and not revoked by the CRL.
 /// Session resumption state made once per run and kept across rebuilds of the edge
-/// configuration (every CRL refresh, a promoted certificate): a store or ticket key of the
-/// edge's own would make every agent pay a full mutual-TLS handshake after each. A resumed
-/// session skips the edge's CRL check of that handshake, not revocation: the server verifies
-/// the forwarded agent certificate against its current CRLs on every request.
+/// configuration (every CRL refresh, a promoted certificate). A resumed session skips the
+/// edge's CRL check of that handshake, not revocation: the server verifies the forwarded agent
+/// certificate against its current CRLs on every request.
 #[derive(Debug, Clone)]
-struct Resumption {
-    sessions: Arc<dyn rustls::server::StoresServerSessions>,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
-}
-
-/// Stateful sessions kept for TLS 1.2 agents (TLS 1.3 agents get tickets, which cost no memory).
-const SESSION_CACHE_ENTRIES: usize = 16_384;
+struct Resumption(steward_pki::AgentResumption);
 
 impl Resumption {
     fn new() -> Result<Self, GatewayError> {
-        Ok(Self {
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()
-                .map_err(|e| GatewayError::Crypto(format!("the session ticket key: {e}")))?,
-        })
+        steward_pki::AgentResumption::new()
+            .map(Self)
+            .map_err(|e| GatewayError::Crypto(format!("the session ticket key: {e}")))
     }
 }
 
+/// The edge TLS configuration: the gateway's server certificate, and a client certificate
+/// required from every agent, chained to the platform root and not revoked by the CRL.
 fn edge_config(
     cert: &ServerCert,
     anchors_pem: &[String],
@@ -239,8 +230,7 @@ fn edge_config(
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())
         .map_err(|e| GatewayError::Crypto(format!("the gateway's server certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.session_storage = resumption.sessions.clone();
-    cfg.ticketer = resumption.ticketer.clone();
+    resumption.0.apply(&mut cfg);
     Ok(Arc::new(cfg))
 }
 

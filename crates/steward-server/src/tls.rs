@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
-use steward_pki::RevocationDepth;
+use steward_pki::{AgentResumption, RevocationDepth};
 
 use crate::ServerError;
 use crate::pki::{Crls, ListenerCert, Pki};
@@ -23,31 +23,17 @@ fn base(
         .map_err(|e| ServerError::Tls(e.to_string()))
 }
 
-/// Stateful sessions kept for TLS 1.2 clients (TLS 1.3 clients get tickets, which cost the
-/// server no memory).
-const SESSION_CACHE_ENTRIES: usize = 16_384;
-
-/// The agent site's session resumption state, made once per server and kept across rebuilds of
-/// its configuration. The configuration is rebuilt at every CRL re-signing (minutes) and
-/// certificate renewal; a session store or ticket key of its own would make every agent pay a
-/// full mutual-TLS handshake (about 5x the CPU of a check-in) after each. Resuming skips the
-/// certificate verification of the handshake, not the authorisation of the request: every
-/// route still matches the certificate of the session against the device's current, unrevoked
-/// certificate.
+/// The agent site's session resumption state, made once per server and kept across rebuilds
+/// of its configuration (every CRL re-signing, every certificate renewal).
 #[derive(Debug, Clone)]
-pub(crate) struct Resumption {
-    sessions: Arc<dyn rustls::server::StoresServerSessions>,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
-}
+pub(crate) struct Resumption(AgentResumption);
 
 impl Resumption {
-    /// A session cache and a ticket key (rotated by rustls) for this server.
+    /// A session cache and a ticket key for this server.
     pub(crate) fn new() -> Result<Self, ServerError> {
-        Ok(Self {
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()
-                .map_err(|e| ServerError::Tls(format!("the session ticket key: {e}")))?,
-        })
+        AgentResumption::new()
+            .map(Self)
+            .map_err(|e| ServerError::Tls(format!("the session ticket key: {e}")))
     }
 }
 
@@ -86,8 +72,7 @@ pub(crate) fn agent_config(
     // descriptor here instead of one per held long-poll); agents and older gateways that offer
     // only HTTP/1.1 get it. `http::connection` serves by what was negotiated.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    cfg.session_storage = resumption.sessions.clone();
-    cfg.ticketer = resumption.ticketer.clone();
+    resumption.0.apply(&mut cfg);
     Ok(Arc::new(cfg))
 }
 

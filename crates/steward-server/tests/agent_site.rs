@@ -960,3 +960,96 @@ async fn sessions_resume_across_crl_resigning_and_still_meet_revocation() {
     assert_eq!(kind, rustls::HandshakeKind::Resumed);
     assert!(status.contains(" 403 "), "{status}");
 }
+
+/// A client session store that counts the TLS 1.3 tickets the server sends.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: std::sync::Arc<rustls::client::ClientSessionMemoryCache>,
+    received: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handshake_brings_one_ticket_and_the_next_one_resumes_with_it() {
+    let ts = TestServer::start().await;
+    let pkg = ts.package(3600, 1, &[]).await;
+    let agent = ts.enroll(&pkg.token, "pc-1").await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ts.root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let tickets = std::sync::Arc::new(CountingTickets {
+        inner: std::sync::Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
+        received: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(common::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            agent.chain.clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(agent.key.clone().into()),
+        )
+        .unwrap();
+    cfg.resumption = rustls::client::Resumption::store(tickets.clone());
+    let cfg = std::sync::Arc::new(cfg);
+
+    // Each ticket is single-use and each handshake brings exactly one: a second would be
+    // encrypted (the client certificate inside) and sent for nothing on every connection.
+    let (kind, status) = ping_over(&ts, &cfg).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(
+        tickets.received.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    for n in 2..=4 {
+        let (kind, status) = ping_over(&ts, &cfg).await;
+        assert_eq!(kind, rustls::HandshakeKind::Resumed, "connection {n}");
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(
+            tickets.received.load(std::sync::atomic::Ordering::SeqCst),
+            n,
+            "tickets after connection {n}"
+        );
+    }
+}
