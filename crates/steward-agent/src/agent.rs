@@ -466,7 +466,7 @@ impl Agent {
                     // Admission control: the server is up and asks to be left alone for a
                     // while. Not a failed way and not a fault; the connection is kept.
                     let retry = self.busy_retry.take().unwrap_or(Duration::from_secs(10));
-                    let delay = busy_delay(retry, random_unit());
+                    let delay = steward_proto::busy_delay(retry, random_unit());
                     tracing::info!(
                         id = ids::SERVER_BUSY,
                         "the server is busy (503 SERVER-BUSY, Retry-After {} s); next check-in in {:.1} s",
@@ -1606,19 +1606,6 @@ async fn long_poll(
     }
 }
 
-/// The wait after a 503 `SERVER-BUSY`: its `Retry-After` plus up to as much again, placed by
-/// `r` in [0, 1), so a fleet turned away together does not come back together (at least 1 s,
-/// at most an hour).
-pub fn busy_delay(retry_after: Duration, r: f64) -> Duration {
-    let base = retry_after.clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    let r = if r.is_finite() {
-        r.clamp(0.0, 1.0)
-    } else {
-        0.5
-    };
-    base.mul_f64(1.0 + r)
-}
-
 fn host_port(s: &steward_proto::ServerEndpoint) -> String {
     if s.host.contains(':') && !s.host.starts_with('[') {
         format!("[{}]:{}", s.host, s.port)
@@ -1958,15 +1945,5 @@ mod tests {
         assert_eq!(h.allowed(t0 + PERSISTENT_FALLBACK), Allowed::Again);
         assert_eq!(h.allowed(t0 + PERSISTENT_FALLBACK), Allowed::Yes);
         assert!(!h.failed(t0 + PERSISTENT_FALLBACK));
-    }
-
-    #[test]
-    fn busy_waits_for_retry_after_plus_jitter() {
-        let ten = Duration::from_secs(10);
-        assert_eq!(busy_delay(ten, 0.0), ten);
-        assert_eq!(busy_delay(ten, 0.5), Duration::from_secs(15));
-        assert!(busy_delay(ten, 0.999) < Duration::from_secs(20));
-        assert_eq!(busy_delay(Duration::ZERO, 0.0), Duration::from_secs(1));
-        assert_eq!(busy_delay(ten, f64::NAN), Duration::from_secs(15));
     }
 }

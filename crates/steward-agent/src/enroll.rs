@@ -279,7 +279,7 @@ async fn enroll_inner(opts: &EnrollOptions, proof: Proof) -> Result<Enrolled, En
                     let retry = conn
                         .retry_after()
                         .unwrap_or(std::time::Duration::from_secs(10));
-                    let delay = crate::agent::busy_delay(retry, crate::agent::random_unit());
+                    let delay = steward_proto::busy_delay(retry, crate::agent::random_unit());
                     tracing::info!(
                         id = ids::SERVER_BUSY,
                         "the server is busy (503 SERVER-BUSY, Retry-After {} s); enrolling again in {:.1} s",

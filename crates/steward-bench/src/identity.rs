@@ -277,7 +277,7 @@ async fn enroll_one(
                 busy += 1;
                 let retry = conn.retry_after.unwrap_or(Duration::from_secs(10));
                 let r = (i as f64 * 0.618_033_988_7 + f64::from(busy) * 0.414_213_562_3).fract();
-                tokio::time::sleep(steward_agent::agent::busy_delay(retry, r)).await;
+                tokio::time::sleep(steward_proto::busy_delay(retry, r)).await;
             }
             other => break other?,
         }

@@ -22,7 +22,7 @@
 //!   long-poll request of its own follows; a dropped long-poll means reconnect after a
 //!   random 1 s to interval/4 (at most 15 s), as the agent does after a server restart;
 //! - a check-in answered 503 `SERVER-BUSY` (admission control) is retried after its
-//!   `Retry-After` plus jitter (`steward_agent::agent::busy_delay`) on the same connection,
+//!   `Retry-After` plus jitter (`steward_proto::busy_delay`) on the same connection,
 //!   counted as "busy", not as an error, and not as an outage; without `persistent`,
 //!   every check-in opens a new connection (the TLS session cache makes it a resumed
 //!   handshake when the server still knows the session) and closes it;
@@ -925,7 +925,7 @@ async fn agent(
                     .as_ref()
                     .and_then(|c| c.retry_after)
                     .unwrap_or(Duration::from_secs(10));
-                now + steward_agent::agent::busy_delay(retry, draw)
+                now + steward_proto::busy_delay(retry, draw)
             }
             Err(f) => {
                 conn = None;

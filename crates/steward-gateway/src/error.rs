@@ -45,6 +45,9 @@ pub enum GatewayError {
         id: String,
         /// Its message.
         message: String,
+        /// The answer's `Retry-After` (a 503 `SERVER-BUSY`: the server's admission control
+        /// turned the request away before reading it).
+        retry_after: Option<std::time::Duration>,
     },
     /// The CRL could not be fetched or is not a CRL the verifier accepts.
     #[error("the CRL {url} is unusable: {reason}")]

@@ -52,17 +52,25 @@ pub(crate) fn roots(anchors_pem: &[String]) -> Result<RootCertStore, GatewayErro
 /// Turns a non-2xx answer into [`GatewayError::Refused`] with the server's ID.
 pub(crate) async fn refused(url: &str, resp: reqwest::Response) -> GatewayError {
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
     let body = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ApiError>(&body) {
         Ok(e) => GatewayError::Refused {
             url: url.to_owned(),
             id: e.id,
             message: e.message,
+            retry_after,
         },
         Err(_) => GatewayError::Refused {
             url: url.to_owned(),
             id: format!("HTTP-{}", status.as_u16()),
             message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            retry_after,
         },
     }
 }

@@ -298,6 +298,7 @@ pub async fn renew_certs(data_dir: &Path, what: RenewWhat) -> Result<Renewed, Ga
         url: url.clone(),
         id: "GATEWAY-RENEW-ANSWER".to_owned(),
         message: reason,
+        retry_after: None,
     };
 
     // The server certificate first: staging it changes nothing agents see yet.

@@ -364,15 +364,9 @@ impl Gateway {
         }
         // Listening before the first report: the answer may ask for a probe of this very
         // listener.
-        let first = match report(&shared).await {
-            Ok(answer) => Some(answer),
-            Err(e) => {
-                // Serving starts anyway: the periodic report retries, and agents with a
-                // profile already naming this gateway can use it meanwhile.
-                tracing::warn!(id = e.id(), error = %e, "the first report to the server failed");
-                None
-            }
-        };
+        // A failure does not stop the start: the periodic report retries, and agents with a
+        // profile already naming this gateway can use it meanwhile.
+        let first = report(&shared).await;
         tasks.spawn(crl_loop(
             shared.clone(),
             opts.crl_refresh,
@@ -872,26 +866,61 @@ async fn crl_loop(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Rec
 async fn report_loop(
     shared: Arc<Shared>,
     every: Duration,
-    first: Option<Answer>,
+    first: Result<Answer, GatewayError>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut answer = first;
+    let mut last = first;
     loop {
-        if let Some(a) = answer.take() {
-            tokio::select! {
-                () = follow_up(&shared, a) => {}
-                _ = shutdown.changed() => return,
+        let wait = match last {
+            Ok(a) => {
+                tokio::select! {
+                    () = follow_up(&shared, a) => {}
+                    _ = shutdown.changed() => return,
+                }
+                every
             }
-        }
+            Err(e) => {
+                let wait = wait_after(&e, every);
+                tracing::warn!(id = e.id(), error = %e, retry_in_s = wait.as_secs_f64(), "report to the server failed");
+                wait
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        match report(&shared).await {
-            Ok(a) => answer = Some(a),
-            Err(e) => tracing::warn!(id = e.id(), error = %e, "report to the server failed"),
-        }
+        last = report(&shared).await;
     }
+}
+
+/// When to report again after a failed report: as the server said when its admission control
+/// turned the report away (503 `SERVER-BUSY` with `Retry-After`: nothing was read, and the
+/// server's view of this gateway, with any certificate waiting to be promoted, would go stale
+/// by a whole interval), otherwise at the next interval.
+fn wait_after(e: &GatewayError, every: Duration) -> Duration {
+    match busy_retry(e) {
+        Some(retry) => steward_proto::busy_delay(retry, random_unit()).min(every),
+        None => every,
+    }
+}
+
+/// The `Retry-After` of a 503 `SERVER-BUSY` answer.
+fn busy_retry(e: &GatewayError) -> Option<Duration> {
+    match e {
+        GatewayError::Refused {
+            id, retry_after, ..
+        } if id == "SERVER-BUSY" => *retry_after,
+        _ => None,
+    }
+}
+
+/// A number in [0, 1) for jitter (0.5 if the system has no randomness to give).
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if provider().secure_random.fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Accepts until the gateway stops (`shutdown`) or this listener is retired (`stopped`).

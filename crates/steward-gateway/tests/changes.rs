@@ -380,3 +380,61 @@ async fn an_imported_certificate_goes_live_once_every_agent_has_it() {
     gateway.shutdown().await;
     rig.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_turned_away_busy_is_sent_again_after_retry_after_not_an_interval() {
+    capture_logs();
+    let listen: SocketAddr = format!("127.0.0.2:{}", free_port()).parse().unwrap();
+    // One request slot, a short queue wait, Retry-After 1 s.
+    let rig = Rig::start_with(
+        listen,
+        &[
+            ("max_in_flight = 0", "max_in_flight = 1"),
+            ("max_queued = 0", "max_queued = 1"),
+            ("queue_wait_ms = 10000", "queue_wait_ms = 300"),
+            ("retry_after_secs = 5", "retry_after_secs = 1"),
+        ],
+    )
+    .await;
+    let every = Duration::from_secs(10);
+    let _gateway = rig.gateway(every).await;
+    let first = rig.summary().await.reported_at;
+    assert!(first.is_some(), "the first report did not arrive");
+
+    // The server's only slot is taken: the next periodic report is turned away busy.
+    let service = rig.server.service();
+    let admission = service.admission();
+    let slot = admission.admit().await.unwrap();
+    let busy = || {
+        admission
+            .stats
+            .busy
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = busy();
+    assert!(
+        eventually(every + Duration::from_secs(5), || async { busy() > before }).await,
+        "no report was turned away"
+    );
+    let refused = Instant::now();
+    drop(slot);
+
+    // Sent again after the Retry-After (1 s, plus up to as much again), not an interval later.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            rig.summary().await.reported_at != first
+        })
+        .await,
+        "no report after the busy one"
+    );
+    let again = refused.elapsed();
+    assert!(
+        again < every / 2,
+        "reported again {again:?} after the busy answer (interval {every:?})"
+    );
+    let log = logged();
+    assert!(
+        log.contains("SERVER-BUSY") && log.contains("retry_in_s"),
+        "{log}"
+    );
+}

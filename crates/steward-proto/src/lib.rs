@@ -26,6 +26,21 @@ pub const DEFAULT_CONSOLE_PORT: u16 = 4727;
 /// Largest request body the agent site accepts (an inventory, or a batch of task results).
 pub const MAX_AGENT_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a client waits after a 503 `SERVER-BUSY` (the server's admission control): the
+/// answer's `Retry-After` plus up to as much again, placed by `r` in [0, 1), so clients turned
+/// away together do not come back together (at least 1 s, at most an hour). Agents, the
+/// swarm and gateways' reports all wait this way.
+pub fn busy_delay(retry_after: std::time::Duration, r: f64) -> std::time::Duration {
+    use std::time::Duration;
+    let base = retry_after.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let r = if r.is_finite() {
+        r.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    base.mul_f64(1.0 + r)
+}
+
 /// Paths of the agent site.
 pub mod paths {
     /// POST [`crate::EnrollRequest`] → [`crate::EnrollResponse`]. The only agent route without a
@@ -778,6 +793,17 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_waits_for_retry_after_plus_jitter() {
+        use std::time::Duration;
+        let ten = Duration::from_secs(10);
+        assert_eq!(busy_delay(ten, 0.0), ten);
+        assert_eq!(busy_delay(ten, 0.5), Duration::from_secs(15));
+        assert!(busy_delay(ten, 0.999) < Duration::from_secs(20));
+        assert_eq!(busy_delay(Duration::ZERO, 0.0), Duration::from_secs(1));
+        assert_eq!(busy_delay(ten, f64::NAN), Duration::from_secs(15));
+    }
 
     #[test]
     fn unknown_fields_are_ignored_and_optional_ones_default() {

@@ -108,6 +108,12 @@ impl Rig {
     /// A server on 127.0.0.1 (admin logged in), and a gateway joined with external name
     /// 127.0.0.2 to listen on `listen` (not started).
     pub(crate) async fn start(listen: SocketAddr) -> Self {
+        Self::start_with(listen, &[]).await
+    }
+
+    /// As [`Rig::start`], with lines of the server's `steward.toml` replaced before it starts
+    /// (`(from, to)` pairs; each `from` must be there).
+    pub(crate) async fn start_with(listen: SocketAddr, config: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let crl_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -121,6 +127,13 @@ impl Rig {
         opts.crl_addr = Some(SocketAddr::from(([127, 0, 0, 1], crl_port)));
         let report = steward_server::init(opts).await.unwrap();
         let root_pem = std::fs::read_to_string(&report.root_cert_path).unwrap();
+        let toml = root.join("server").join("steward.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        for (from, to) in config {
+            assert!(text.contains(from), "{from} not in steward.toml");
+            text = text.replace(from, to);
+        }
+        std::fs::write(&toml, text).unwrap();
         let loopback = Some("127.0.0.1:0".parse().unwrap());
         let server = Server::start(
             &root.join("server"),
