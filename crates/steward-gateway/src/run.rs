@@ -1014,7 +1014,8 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc);
     if let Err(e) = conn.await {
-        tracing::debug!(peer = %addr, error = %e, "agent connection ended with an error");
+        // The whole chain: hyper's own message is only "connection error" and the like.
+        tracing::debug!(peer = %addr, error = %error_chain(&e), "agent connection ended with an error");
     }
 }
 
