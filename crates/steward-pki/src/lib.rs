@@ -32,7 +32,7 @@ pub use keyspec::{KeySpec, RsaBits, RsaHash};
 pub use material::{
     Material, MaterialFormat, Pkcs12Encryption, key_matches_cert, read_material, write_pkcs12,
 };
-pub use resumption::{AgentResumption, TLS13_TICKETS_PER_HANDSHAKE};
+pub use resumption::AgentResumption;
 pub use revocation::{RevocationDepth, crl_client_verifier};
 pub use thumbprint::Thumbprint;
 

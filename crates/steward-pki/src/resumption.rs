@@ -24,7 +24,7 @@ const SESSION_CACHE_ENTRIES: usize = 16_384;
 /// kilobyte), was made, sent and stored for nothing on both sides of every handshake: 10 % of
 /// the agent site's instructions per resumed handshake (BENCHMARKS.md, round 12). An agent
 /// that opens two connections at once makes one full handshake.
-pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
+const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 
 /// A site's session store and ticket key, kept across rebuilds of its configuration.
 #[derive(Debug, Clone)]
