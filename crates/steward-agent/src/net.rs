@@ -1122,14 +1122,7 @@ impl HeldRest {
 
 /// `Retry-After` in seconds (the form Steward's server sends; an HTTP date is ignored).
 fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(3600)))
+    steward_proto::parse_retry_after(headers.get(header::RETRY_AFTER)?.to_str().ok()?)
 }
 
 /// Whether the server answered "busy, come back later" (503, `SERVER-BUSY`): admission

@@ -446,8 +446,7 @@ impl Conn {
                 .headers()
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(steward_proto::parse_retry_after);
             let held = held_ok
                 && status.is_success()
                 && resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {

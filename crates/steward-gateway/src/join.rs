@@ -56,8 +56,7 @@ pub(crate) async fn refused(url: &str, resp: reqwest::Response) -> GatewayError 
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(std::time::Duration::from_secs);
+        .and_then(steward_proto::parse_retry_after);
     let body = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ApiError>(&body) {
         Ok(e) => GatewayError::Refused {

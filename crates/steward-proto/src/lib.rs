@@ -26,6 +26,13 @@ pub const DEFAULT_CONSOLE_PORT: u16 = 4727;
 /// Largest request body the agent site accepts (an inventory, or a batch of task results).
 pub const MAX_AGENT_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// A `Retry-After` header's value in seconds (the form the server sends; an HTTP date is not
+/// understood), at most an hour. `None` when it is not a whole number of seconds.
+pub fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(secs.min(3600)))
+}
+
 /// How long a client waits after a 503 `SERVER-BUSY` (the server's admission control): the
 /// answer's `Retry-After` plus up to as much again, placed by `r` in [0, 1), so clients turned
 /// away together do not come back together (at least 1 s, at most an hour). Agents, the
@@ -793,6 +800,15 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_at_most_an_hour() {
+        use std::time::Duration;
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("86400"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
 
     #[test]
     fn busy_waits_for_retry_after_plus_jitter() {
