@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
@@ -28,7 +28,7 @@ use steward_proto::{
 };
 
 use crate::join::error_chain;
-use crate::renew::Upstream;
+use crate::upstream::{LinkError, Upstream};
 
 /// Where agent requests go: the server's agent site, with the gateway's identity of the
 /// moment.
@@ -56,7 +56,9 @@ pub(crate) enum AgentBody {
 #[derive(Debug)]
 pub(crate) struct FromServer {
     /// `None` once it ended.
-    body: Option<reqwest::Body>,
+    body: Option<Incoming>,
+    /// When the exchange's time is up (`Upstream::timeout`, from the request's start).
+    deadline: Pin<Box<tokio::time::Sleep>>,
     /// For a held check-in (`steward_proto::CHECKIN_HELD_CONTENT_TYPE`, lines of JSON): whether
     /// what was passed on so far ends with a whole line. Past its first line the answer is a
     /// long-poll, and an upstream failure there (the server restarting, its connection lost)
@@ -80,7 +82,19 @@ impl Body for AgentBody {
                 let Some(body) = &mut up.body else {
                     return Poll::Ready(None);
                 };
-                match ready!(Pin::new(body).poll_frame(cx)) {
+                let frame = match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(f) => f,
+                    Poll::Pending => {
+                        ready!(up.deadline.as_mut().poll(cx));
+                        // A server that stopped sending without closing: the stream is reset
+                        // (dropped), the agent's connection aborted, as for any cut answer.
+                        up.body = None;
+                        return Poll::Ready(Some(Err(std::io::Error::other(
+                            "the server's answer did not end within the gateway's upstream timeout",
+                        ))));
+                    }
+                };
+                match frame {
                     Some(Ok(frame)) => {
                         // Data only: trailers have no place on the agent's HTTP/1.1
                         // connection, and the agent site sends none.
@@ -140,7 +154,7 @@ impl Drop for AgentBody {
 }
 
 /// Reads a body to its end and drops it.
-async fn drain(mut body: reqwest::Body) {
+async fn drain(mut body: Incoming) {
     while let Some(Ok(_)) = body.frame().await {}
 }
 
@@ -156,14 +170,14 @@ fn detach(fut: impl Future<Output = ()> + Send + 'static) {
 /// finished on a task of its own and its answer drained (see the module's doc).
 struct Detached<F>
 where
-    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+    F: Future<Output = Result<Response<Incoming>, LinkError>> + Send + 'static,
 {
     fut: Option<Pin<Box<F>>>,
 }
 
 impl<F> Future for Detached<F>
 where
-    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+    F: Future<Output = Result<Response<Incoming>, LinkError>> + Send + 'static,
 {
     type Output = F::Output;
 
@@ -180,13 +194,13 @@ where
 
 impl<F> Drop for Detached<F>
 where
-    F: Future<Output = Result<reqwest::Response, reqwest::Error>> + Send + 'static,
+    F: Future<Output = Result<Response<Incoming>, LinkError>> + Send + 'static,
 {
     fn drop(&mut self) {
         if let Some(fut) = self.fut.take() {
             detach(async move {
                 if let Ok(resp) = fut.await {
-                    drain(resp.into()).await;
+                    drain(resp.into_body()).await;
                 }
             });
         }
@@ -227,9 +241,11 @@ pub(crate) async fn forward(
     agent_cert: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<AgentBody>, Infallible> {
-    let path = req.uri().path();
     // Only the agent site's authenticated routes: enrollment needs no client certificate and
     // happens on the LAN, and nothing else of the server is reachable through the gateway.
+    // (No path and query: an asterisk- or authority-form target, never an agent's.)
+    let path_and_query = req.uri().path_and_query().cloned();
+    let path = path_and_query.as_ref().map_or("", |pq| pq.path());
     if !path.starts_with("/agent/v1/") || path == paths::ENROLL {
         return Ok(api_error(
             StatusCode::NOT_FOUND,
@@ -237,8 +253,17 @@ pub(crate) async fn forward(
             format!("{path} is not forwarded by the gateway"),
         ));
     }
-    let path_and_query = req.uri().path_and_query().map_or(path, |p| p.as_str());
-    let url = format!("{}{path_and_query}", target.server_url);
+    let deadline = tokio::time::Instant::now() + target.upstream.timeout();
+    let uri = match path_and_query.clone().map(|pq| target.upstream.uri(pq)) {
+        Some(Ok(uri)) => uri,
+        _ => {
+            return Ok(api_error(
+                StatusCode::BAD_REQUEST,
+                "GATEWAY-ROUTE-NOT-FORWARDED",
+                format!("{path} is not a request target the gateway can forward"),
+            ));
+        }
+    };
     let method = req.method().clone();
     let content_type = req.headers().get(CONTENT_TYPE).cloned();
     let body = match Limited::new(req.into_body(), MAX_AGENT_BODY_BYTES)
@@ -260,43 +285,40 @@ pub(crate) async fn forward(
     // the agent's request is copied but its content type: in particular no hop-by-hop header
     // (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE), which belong to the agent's
     // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
+    let upstream = Arc::clone(&target.upstream);
     let exchange = async move {
-        let send = |client: reqwest::Client| {
-            let mut up = client
-                .request(method.clone(), &url)
-                .header(AGENT_CERT_HEADER, agent_cert.clone())
-                .body(body.clone());
+        let request = || {
+            let mut up = Request::new(Full::new(body.clone()));
+            *up.method_mut() = method.clone();
+            *up.uri_mut() = uri.clone();
+            up.headers_mut()
+                .insert(AGENT_CERT_HEADER, agent_cert.clone());
             if let Some(ct) = &content_type {
-                up = up.header(CONTENT_TYPE, ct.clone());
+                up.headers_mut().insert(CONTENT_TYPE, ct.clone());
             }
-            up.send()
+            up
         };
-        let (client, identity) = target.upstream.client_and_thumbprint();
-        let sent = send(client).await;
+        let (resp, identity) = upstream.send(request()).await?;
         // Sent with the identity a renewal just replaced: the server may have retired it
         // in the meantime (the new one's first use). Once more with the new one, so no
         // agent sees it.
-        if sent
-            .as_ref()
-            .is_ok_and(|r| r.status() == StatusCode::FORBIDDEN)
-            && target.upstream.thumbprint() != identity
-        {
-            return send(target.upstream.client()).await;
+        if resp.status() == StatusCode::FORBIDDEN && upstream.thumbprint() != identity {
+            drain(resp.into_body()).await;
+            return upstream.send(request()).await.map(|(r, _)| r);
         }
-        sent
+        Ok(resp)
     };
-    let resp = match (Detached {
+    let exchange = Detached {
         fut: Some(Box::pin(exchange)),
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = error_chain(&e);
-            // reqwest names the URL in every error of a request; the exchange owns ours.
-            let url = e
-                .url()
-                .map_or_else(|| "its agent site".to_owned(), ToString::to_string);
+    };
+    let resp = match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(Ok(r)) => r,
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(e)) => error_chain(&e),
+                _ => error_chain(&LinkError::Timeout(target.upstream.timeout())),
+            };
+            let url = format!("{}{path}", target.server_url);
             tracing::warn!(id = "GATEWAY-UPSTREAM-UNREACHABLE", url = %url, error = %reason, "the server did not answer");
             return Ok(api_error(
                 StatusCode::BAD_GATEWAY,
@@ -316,7 +338,8 @@ pub(crate) async fn forward(
         .is_some_and(|c| c.as_bytes() == CHECKIN_HELD_CONTENT_TYPE.as_bytes())
         .then_some(false);
     let mut out = Response::new(AgentBody::Upstream(FromServer {
-        body: Some(resp.into()),
+        body: Some(resp.into_body()),
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
         held,
     }));
     *out.status_mut() = status;

@@ -5,7 +5,7 @@
 //! names. `run` listens for agents, authenticates each by its client certificate against the
 //! platform root and the current CRL (fetched periodically; the verifier is rebuilt without a
 //! restart), and forwards their agent-site requests to the server over its own mutually
-//! authenticated, pooled connection, stating the agent's certificate in
+//! authenticated HTTP/2 link (`upstream`), stating the agent's certificate in
 //! [`steward_proto::AGENT_CERT_HEADER`]. It reports itself (external name, the port it really
 //! bound, thumbprints, version, health) on start and periodically; the server derives the
 //! profile's gateway entries from those reports.
@@ -38,6 +38,7 @@ mod probe;
 mod renew;
 mod run;
 mod state;
+mod upstream;
 
 pub use cert::{Staged, import_cert};
 pub use error::GatewayError;

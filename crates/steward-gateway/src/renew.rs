@@ -22,16 +22,16 @@
 //! `steward gateway cert renew` does the same on demand, whether the gateway runs or not.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use steward_pki::{CertFacts, KeySpec, Thumbprint, make_csr};
 use steward_proto::{GatewayRenewRequest, GatewayRenewResponse, paths};
 
 use crate::GatewayError;
-use crate::join::{error_chain, provider, refused, roots};
+use crate::join::{error_chain, refused};
+use crate::state::write_atomic;
 use crate::state::{GatewayDir, IMPORTED_CHAIN, IMPORTED_KEY, certs_from_pem, pem, read_certs};
-use crate::state::{read_key, write_atomic};
+use crate::upstream::upstream_client;
 
 /// Longest renewal request.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(60);
@@ -149,60 +149,6 @@ pub(crate) fn identity_sha256(dir: &GatewayDir) -> Result<String, GatewayError> 
         .map(|c| Thumbprint::of(c).sha256_hex())
         .unwrap_or_default())
 }
-
-/// The mutually authenticated client to the server with the identity on disk, and that
-/// identity's SHA-256.
-pub(crate) fn upstream_client(
-    dir: &GatewayDir,
-    anchors_pem: &[String],
-    timeout: Duration,
-) -> Result<(reqwest::Client, String), GatewayError> {
-    let identity = identity_chain(dir)?;
-    let sha = identity
-        .first()
-        .map(|c| Thumbprint::of(c).sha256_hex())
-        .unwrap_or_default();
-    let key = read_key(&dir.identity_key())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::Crypto(e.to_string()))?
-        .with_root_certificates(roots(anchors_pem)?)
-        .with_client_auth_cert(identity, key)
-        .map_err(|e| GatewayError::Crypto(format!("the gateway identity: {e}")))?;
-    // HTTP/2 when the server offers it: every agent's requests (their long-polls held for up
-    // to a minute each) ride one connection as streams, so the server holds a descriptor per
-    // gateway, not one per agent. HTTP/1.1 with a server that offers only that. reqwest leaves
-    // a preconfigured rustls configuration as it is, so ALPN is set here or not at all.
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(timeout)
-        // One dead HTTP/2 connection would strand every agent's request on it until the
-        // request timeout (minutes, as long-polls are long): a PING unanswered within
-        // H2_PING_TIMEOUT closes it, and the next requests open a new one.
-        .http2_keep_alive_interval(H2_PING_INTERVAL)
-        .http2_keep_alive_timeout(H2_PING_TIMEOUT)
-        .http2_keep_alive_while_idle(true)
-        // The connection's receive window is shared by every agent's answer; an agent that
-        // reads slowly holds at most a stream window of it, so the connection window is many
-        // of those. Not adaptive (BDP pings): answers are small JSON on a LAN, and fixed
-        // windows keep the memory a connection may buffer known.
-        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-        .http2_initial_connection_window_size(H2_CONN_WINDOW)
-        .no_proxy()
-        .build()
-        .map_err(|e| GatewayError::Crypto(e.to_string()))?;
-    Ok((client, sha))
-}
-
-/// HTTP/2 keep-alive of the upstream connection (see `upstream_client`).
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Upstream HTTP/2 receive windows: per answer, and for the whole connection (32 answers
-/// stalled by slow agents before the others wait).
-const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
 
 pub(crate) fn read_anchors(dir: &GatewayDir) -> Result<Vec<String>, GatewayError> {
     let anchors =
@@ -360,64 +306,4 @@ pub async fn renew_certs(data_dir: &Path, what: RenewWhat) -> Result<Renewed, Ga
         out.identity = Some(sha);
     }
     Ok(out)
-}
-
-/// Shared by the running gateway: its client with the identity on disk, rebuilt when that
-/// changed.
-#[derive(Debug)]
-pub(crate) struct Upstream {
-    client: std::sync::RwLock<(reqwest::Client, String)>,
-}
-
-impl Upstream {
-    pub(crate) fn new(client: reqwest::Client, sha: String) -> Arc<Self> {
-        Arc::new(Self {
-            client: std::sync::RwLock::new((client, sha)),
-        })
-    }
-
-    /// The client in use (cheap: reqwest clients share their pool).
-    pub(crate) fn client(&self) -> reqwest::Client {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
-    }
-
-    /// The client in use and the SHA-256 of its identity.
-    pub(crate) fn client_and_thumbprint(&self) -> (reqwest::Client, String) {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// SHA-256 of the identity in use.
-    pub(crate) fn thumbprint(&self) -> String {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
-    }
-
-    /// Rebuilds the client when `identity.pem` on disk is another certificate than the one in
-    /// use (a renewal, by this process or by `steward gateway cert renew`). Requests under way
-    /// finish on the old connections; new ones use the new identity.
-    pub(crate) fn reload(
-        &self,
-        dir: &GatewayDir,
-        anchors_pem: &[String],
-        timeout: Duration,
-    ) -> Result<bool, GatewayError> {
-        let on_disk = identity_sha256(dir)?;
-        if self.client.read().unwrap_or_else(|p| p.into_inner()).1 == on_disk {
-            return Ok(false);
-        }
-        let fresh = upstream_client(dir, anchors_pem, timeout)?;
-        tracing::info!(thumbprint = %fresh.1, "the gateway uses its renewed identity from now on");
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(true)
-    }
 }

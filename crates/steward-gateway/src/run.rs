@@ -21,8 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::forward::{Target, forward};
 use crate::join::{error_chain, provider, refused, roots};
 use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
-use crate::renew::{RenewWhat, Upstream, read_anchors, recover, renew_certs, upstream_client};
+use crate::renew::{RenewWhat, read_anchors, recover, renew_certs};
 use crate::state::{GatewayConfig, GatewayDir, ServerCert};
+use crate::upstream::Upstream;
 use crate::{GatewayError, VERSION};
 
 /// A TLS handshake must finish within this.
@@ -297,9 +298,9 @@ impl Gateway {
         let current = Arc::new(dir.load_current()?);
         let next = load_next(&dir, &current.sha256)?;
 
-        // One pooled client for every agent: connections to the server are reused.
-        let (client, identity_sha) = upstream_client(&dir, &anchors_pem, UPSTREAM_TIMEOUT)?;
-        let upstream = Upstream::new(client, identity_sha);
+        // One link for every agent (no connection yet), and a client for the gateway's own
+        // requests.
+        let upstream = Upstream::new(&dir, &anchors_pem, &config.server_url, UPSTREAM_TIMEOUT)?;
 
         // No CRL, no edge: agents are refused rather than let in unchecked.
         let crl = fetch_crl(&upstream.client(), &crl_url(&config)).await?;
@@ -642,11 +643,10 @@ async fn follow_up(shared: &Shared, mut answer: Answer) {
 /// Takes a renewed identity from disk (see [`Upstream::reload`]); a failure keeps the one in
 /// use, which the server still accepts.
 fn reload_identity(shared: &Shared) {
-    if let Err(e) =
-        shared
-            .target
-            .upstream
-            .reload(&shared.dir, &shared.anchors_pem, UPSTREAM_TIMEOUT)
+    if let Err(e) = shared
+        .target
+        .upstream
+        .reload(&shared.dir, &shared.anchors_pem)
     {
         tracing::warn!(id = e.id(), error = %e, "the renewed identity cannot be loaded; the current one stays in use");
     }
