@@ -82,16 +82,16 @@ impl Body for AgentBody {
                 let Some(body) = &mut up.body else {
                     return Poll::Ready(None);
                 };
+                // A server that stopped sending without closing fails as a cut answer does
+                // (the stream is reset when the body is dropped).
                 let frame = match Pin::new(body).poll_frame(cx) {
-                    Poll::Ready(f) => f,
+                    Poll::Ready(f) => f.map(|r| r.map_err(|e| error_chain(&e))),
                     Poll::Pending => {
                         ready!(up.deadline.as_mut().poll(cx));
-                        // A server that stopped sending without closing: the stream is reset
-                        // (dropped), the agent's connection aborted, as for any cut answer.
-                        up.body = None;
-                        return Poll::Ready(Some(Err(std::io::Error::other(
-                            "the server's answer did not end within the gateway's upstream timeout",
-                        ))));
+                        Some(Err(
+                            "the server's answer did not end within the gateway's upstream timeout"
+                                .to_owned(),
+                        ))
                     }
                 };
                 match frame {
@@ -105,9 +105,8 @@ impl Body for AgentBody {
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                     }
-                    Some(Err(e)) => {
+                    Some(Err(reason)) => {
                         up.body = None;
-                        let reason = error_chain(&e);
                         if up.held == Some(true) {
                             tracing::debug!(error = %reason, "a held check-in's long-poll failed upstream; ended as an empty hold");
                             return Poll::Ready(None);
