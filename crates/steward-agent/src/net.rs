@@ -7,8 +7,6 @@
 //! certificate the server presented is recorded by a wrapping verifier so a failure can quote
 //! its subject, issuer and dates: the first thing an administrator needs after a renewal.
 
-use std::error::Error as _;
-use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -1557,11 +1555,7 @@ fn classify_hyper(addr: &str, expected: &ServerName<'_>, e: &hyper::Error) -> Fa
     } else {
         e.to_string()
     };
-    let mut source = e.source();
-    while let Some(s) = source {
-        let _ = write!(reason, ": {s}");
-        source = s.source();
-    }
+    steward_proto::push_causes(&mut reason, e);
     Fault::ConnectionFailed {
         addr: addr.to_owned(),
         reason,

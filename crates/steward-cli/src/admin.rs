@@ -234,11 +234,7 @@ fn api_error(status: reqwest::StatusCode, body: &[u8], base: &str) -> anyhow::Er
 /// is visible rather than reqwest's generic first line.
 fn describe(e: reqwest::Error, base: &str) -> anyhow::Error {
     let mut msg = format!("cannot reach {base}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    steward_proto::push_causes(&mut msg, &e);
     anyhow::anyhow!(msg)
 }
 

@@ -24,10 +24,9 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use steward_proto::{
     AGENT_CERT_HEADER, ApiError, CHECKIN_HELD_CONTENT_TYPE, GATEWAY_TIME_HEADER,
-    MAX_AGENT_BODY_BYTES, paths,
+    MAX_AGENT_BODY_BYTES, error_chain, paths,
 };
 
-use crate::join::error_chain;
 use crate::upstream::{LinkError, Upstream};
 
 /// Where agent requests go: the server's agent site, with the gateway's identity of the

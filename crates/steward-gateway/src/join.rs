@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use steward_pki::{KeySpec, make_csr};
 use steward_proto::admin::GatewayToken;
-use steward_proto::{ApiError, GatewayJoinRequest, GatewayJoinResponse, paths};
+use steward_proto::{ApiError, GatewayJoinRequest, GatewayJoinResponse, error_chain, paths};
 
 use crate::state::{GatewayConfig, GatewayDir, certs_from_pem, pem, write_atomic};
 use crate::{GatewayError, VERSION};
@@ -176,18 +176,6 @@ pub async fn join(opts: &JoinOptions) -> Result<GatewayConfig, GatewayError> {
     dir.write_config(&cfg)?;
     tracing::info!(gateway = %cfg.gateway_id, server = %cfg.server_url, "gateway joined");
     Ok(cfg)
-}
-
-/// An error with its sources (reqwest's own message rarely names the cause).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

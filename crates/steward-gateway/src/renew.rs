@@ -25,10 +25,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use steward_pki::{CertFacts, KeySpec, Thumbprint, make_csr};
-use steward_proto::{GatewayRenewRequest, GatewayRenewResponse, paths};
+use steward_proto::{GatewayRenewRequest, GatewayRenewResponse, error_chain, paths};
 
 use crate::GatewayError;
-use crate::join::{error_chain, refused};
+use crate::join::refused;
 use crate::state::write_atomic;
 use crate::state::{GatewayDir, IMPORTED_CHAIN, IMPORTED_KEY, certs_from_pem, pem, read_certs};
 use crate::upstream::upstream_client;

@@ -12,14 +12,16 @@ use hyper::header::HeaderValue;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateRevocationListDer;
-use steward_proto::{GatewayReport, GatewayReportResponse, ProbeTarget, ReachProbe, paths};
+use steward_proto::{
+    GatewayReport, GatewayReportResponse, ProbeTarget, ReachProbe, error_chain, paths,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{Target, forward};
-use crate::join::{error_chain, provider, refused, roots};
+use crate::join::{provider, refused, roots};
 use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
 use crate::renew::{RenewWhat, read_anchors, recover, renew_certs};
 use crate::state::{GatewayConfig, GatewayDir, ServerCert};

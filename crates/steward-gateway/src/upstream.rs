@@ -26,11 +26,12 @@ use hyper::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use steward_pki::Thumbprint;
+use steward_proto::error_chain;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::GatewayError;
-use crate::join::{error_chain, provider, roots};
+use crate::join::{provider, roots};
 use crate::renew::identity_chain;
 use crate::state::{GatewayDir, read_key};
 

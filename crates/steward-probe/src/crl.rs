@@ -1,6 +1,5 @@
 //! Fetching a CRL from its HTTP distribution point, as a relying party would.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -150,12 +149,7 @@ fn hyper_error(addr: &str, e: &hyper::Error) -> ProbeError {
     } else {
         e.to_string()
     };
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
+    steward_proto::push_causes(&mut reason, e);
     ProbeError::Io {
         addr: addr.to_owned(),
         reason,

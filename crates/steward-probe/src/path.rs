@@ -31,7 +31,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 use steward_doctor::{Finding, RULES, Severity};
 use steward_pki::{CertFacts, OffsetDateTime, Thumbprint, rfc3339};
-use steward_proto::{ApiError, CommunicationProfile, GATEWAY_TIME_HEADER, Pong, paths};
+use steward_proto::{
+    ApiError, CommunicationProfile, GATEWAY_TIME_HEADER, Pong, error_chain, paths,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -796,16 +798,6 @@ async fn ping(
         Err(e) => return transport(out, e),
     };
     judge_ping(target, status, &body, gateway_time, out)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
 }
 
 fn looks_like_client_refusal(text: &str) -> bool {

@@ -26,6 +26,26 @@ pub const DEFAULT_CONSOLE_PORT: u16 = 4727;
 /// Largest request body the agent site accepts (an inventory, or a batch of task results).
 pub const MAX_AGENT_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// `e`'s message followed by each of its causes, `": "` between them: what a log line or an
+/// error shown to a person needs, where HTTP libraries' own first line is often only
+/// "connection error" or "error sending request".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    push_causes(&mut text, e);
+    text
+}
+
+/// Appends each cause of `e` (not `e` itself) to `text`, each after `": "`; for messages that
+/// say what `e` is in their own words first.
+pub fn push_causes(text: &mut String, e: &dyn std::error::Error) {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+}
+
 /// A `Retry-After` header's value in seconds (the form the server sends; an HTTP date is not
 /// understood), at most an hour. `None` when it is not a whole number of seconds.
 pub fn parse_retry_after(value: &str) -> Option<std::time::Duration> {
@@ -800,6 +820,42 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a cause, as HTTP libraries wrap an OS error.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_is_shown_with_every_cause() {
+        let e = Wrapped(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        assert_eq!(
+            error_chain(&e),
+            "connection error: connection reset by peer"
+        );
+        let mut own = "the server closed the connection".to_owned();
+        push_causes(&mut own, &e);
+        assert_eq!(
+            own,
+            "the server closed the connection: connection reset by peer"
+        );
+        let plain = std::io::Error::other("refused");
+        assert_eq!(error_chain(&plain), "refused");
+    }
 
     #[test]
     fn retry_after_is_whole_seconds_at_most_an_hour() {

@@ -553,7 +553,7 @@ where
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
-                    tracing::debug!(listener = name, peer = %addr, error = %e, "HTTP/2 connection ended with an error");
+                    tracing::debug!(listener = name, peer = %addr, error = %steward_proto::error_chain(&e), "HTTP/2 connection ended with an error");
                 }
                 return;
             }
@@ -584,6 +584,6 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(io, svc);
     if let Err(e) = conn.await {
-        tracing::debug!(listener = name, peer = %addr, error = %e, "connection ended with an error");
+        tracing::debug!(listener = name, peer = %addr, error = %steward_proto::error_chain(&e), "connection ended with an error");
     }
 }
