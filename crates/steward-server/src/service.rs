@@ -277,6 +277,39 @@ pub struct Service {
     crl_kick: RwLock<Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>>,
     /// The listener certificates (set once the listeners are built).
     listeners: std::sync::OnceLock<Arc<crate::renew::Listeners>>,
+    /// Devices' configurations, made once per set of tags (see [`ConfigCache`]).
+    configs: Mutex<ConfigCache>,
+}
+
+/// At most this many sets of tags have their configuration kept; past it the cache starts
+/// over (a fleet has few distinct sets; this bounds one that has many).
+const MAX_CACHED_CONFIGS: usize = 4096;
+
+/// Every check-in and long-poll needs its device's configuration version, and making the
+/// configuration (cloning the profile, settings and policies, serializing them to JSON and
+/// hashing that) was a fifth of the server's instructions per request in a steady state
+/// (BENCHMARKS.md, swarm round 13). It depends only on the profile, the policies and the
+/// device's tags, so it is made once per set of tags and kept until the profile or the
+/// policies in use are other ones (they are replaced whole, so a pointer comparison tells).
+#[derive(Debug, Default)]
+struct ConfigCache {
+    /// The profile and the policies the entries were made from.
+    made_from: Option<(Arc<CommunicationProfile>, Arc<Vec<PolicyRecord>>)>,
+    by_tags: HashMap<Vec<String>, Arc<AgentConfig>>,
+}
+
+impl ConfigCache {
+    /// Empties the cache unless it was made from `profile` and `policies`.
+    fn align(&mut self, profile: &Arc<CommunicationProfile>, policies: &Arc<Vec<PolicyRecord>>) {
+        let same = self
+            .made_from
+            .as_ref()
+            .is_some_and(|(p, q)| Arc::ptr_eq(p, profile) && Arc::ptr_eq(q, policies));
+        if !same {
+            self.by_tags.clear();
+            self.made_from = Some((profile.clone(), policies.clone()));
+        }
+    }
 }
 
 impl Service {
@@ -303,6 +336,7 @@ impl Service {
             profile_lock: tokio::sync::Mutex::new(()),
             crl_kick: RwLock::new(None),
             listeners: std::sync::OnceLock::new(),
+            configs: Mutex::new(ConfigCache::default()),
         })
     }
 
@@ -348,8 +382,11 @@ impl Service {
 
     /// The agent settings that apply to a device with these tags.
     pub fn settings_for(&self, tags: &[String]) -> AgentSettings {
+        self.settings_from(&self.policy_cache(), tags)
+    }
+
+    fn settings_from(&self, policies: &[PolicyRecord], tags: &[String]) -> AgentSettings {
         let base = self.config.agents.settings();
-        let policies = self.policy_cache();
         match policies
             .iter()
             .find(|p| p.name == AGENT_SETTINGS && applies(&p.target, tags))
@@ -360,11 +397,18 @@ impl Service {
     }
 
     /// The full configuration of a device; its version is a hash of everything in it.
-    pub fn device_config(&self, device: &Device) -> AgentConfig {
-        let profile = (*self.profile()).clone();
-        let settings = self.settings_for(&device.tags);
-        let policies: Vec<AppliedPolicy> = self
-            .policy_cache()
+    pub fn device_config(&self, device: &Device) -> Arc<AgentConfig> {
+        let profile = self.profile();
+        let policies = self.policy_cache();
+        {
+            let mut cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+            cache.align(&profile, &policies);
+            if let Some(made) = cache.by_tags.get(&device.tags) {
+                return made.clone();
+            }
+        }
+        let settings = self.settings_from(&policies, &device.tags);
+        let applied: Vec<AppliedPolicy> = policies
             .iter()
             .filter(|p| p.name != AGENT_SETTINGS && applies(&p.target, &device.tags))
             .map(|p| AppliedPolicy {
@@ -372,13 +416,22 @@ impl Service {
                 values: p.values.clone(),
             })
             .collect();
-        let version = config_version(&profile, &settings, &policies);
-        AgentConfig {
+        let version = config_version(&profile, &settings, &applied);
+        let made = Arc::new(AgentConfig {
             version,
-            profile,
+            profile: (*profile).clone(),
             settings,
-            policies,
+            policies: applied,
+        });
+        let mut cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries always belong to the snapshot in `made_from`: if another profile or
+        // policies came in meanwhile, this one is kept under its own until the next look-up.
+        cache.align(&profile, &policies);
+        if cache.by_tags.len() >= MAX_CACHED_CONFIGS {
+            cache.by_tags.clear();
         }
+        cache.by_tags.insert(device.tags.clone(), made.clone());
+        made
     }
 
     /// Whether a device counts as Online: seen within two of its check-in intervals plus the
@@ -1088,7 +1141,7 @@ impl Service {
         }
         Ok(CheckinResponse {
             device_id: device.id.clone(),
-            config: (req.config_version != config.version).then_some(config),
+            config: (req.config_version != config.version).then(|| (*config).clone()),
             tasks,
             acked_results: acked,
             send_inventory,
