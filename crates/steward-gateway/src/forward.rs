@@ -296,11 +296,11 @@ pub(crate) async fn forward(
             }
             up
         };
-        let (resp, identity) = upstream.send(request()).await?;
+        let (resp, sent_with) = upstream.send(request()).await?;
         // Sent with the identity a renewal just replaced: the server may have retired it
         // in the meantime (the new one's first use). Once more with the new one, so no
         // agent sees it.
-        if resp.status() == StatusCode::FORBIDDEN && upstream.thumbprint() != identity {
+        if resp.status() == StatusCode::FORBIDDEN && !upstream.is_current(&sent_with) {
             drain(resp.into_body()).await;
             return upstream.send(request()).await.map(|(r, _)| r);
         }

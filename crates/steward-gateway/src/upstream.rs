@@ -172,6 +172,11 @@ impl Identity {
     }
 }
 
+/// Which identity an exchange went with (see [`Upstream::is_current`]); comparing it costs a
+/// pointer comparison, not a thumbprint per request.
+#[derive(Debug, Clone)]
+pub(crate) struct SentWith(Arc<Identity>);
+
 /// The link's connection of the moment.
 #[derive(Debug, Clone)]
 struct Live {
@@ -231,6 +236,11 @@ impl Upstream {
         read(&self.identity).sha.clone()
     }
 
+    /// Whether `sent` is the identity in use (a renewal may have replaced it since).
+    pub(crate) fn is_current(&self, sent: &SentWith) -> bool {
+        Arc::ptr_eq(&sent.0, &read(&self.identity))
+    }
+
     /// The longest an exchange may take, answer included.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
@@ -246,19 +256,19 @@ impl Upstream {
     }
 
     /// Sends an agent's request over the link, connecting first when there is no live
-    /// connection. Returns the answer's head (its body follows as it arrives) and the SHA-256
-    /// of the identity it went with.
+    /// connection. Returns the answer's head (its body follows as it arrives) and the identity
+    /// it went with.
     pub(crate) async fn send(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, String), LinkError> {
+    ) -> Result<(Response<Incoming>, SentWith), LinkError> {
         let mut live = self.connection().await?;
         let resp = live
             .send
             .send_request(req)
             .await
             .map_err(LinkError::Exchange)?;
-        Ok((resp, live.identity.sha.clone()))
+        Ok((resp, SentWith(live.identity)))
     }
 
     /// The live connection with the identity in use, or a new one.
