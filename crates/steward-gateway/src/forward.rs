@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,8 +24,8 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use steward_proto::{
-    AGENT_CERT_HEADER, ApiError, CHECKIN_HELD_CONTENT_TYPE, GATEWAY_TIME_HEADER,
-    MAX_AGENT_BODY_BYTES, error_chain, paths,
+    AGENT_CERT_HEADER, AGENT_CERT_KNOWN_HEADER, AGENT_CERT_SHA256_HEADER, ApiError,
+    CHECKIN_HELD_CONTENT_TYPE, GATEWAY_TIME_HEADER, MAX_AGENT_BODY_BYTES, error_chain, paths,
 };
 
 use crate::upstream::{LinkError, Upstream};
@@ -37,6 +38,50 @@ pub(crate) struct Target {
     pub(crate) server_url: String,
     /// Rebuilt when the identity on disk changes (a renewal).
     pub(crate) upstream: Arc<Upstream>,
+}
+
+/// The certificate of the agent on one connection, as the gateway states it to the server:
+/// whole until the server says it verified it ([`AGENT_CERT_KNOWN_HEADER`]), by thumbprint
+/// after. The whole certificate is about 1 KB of base64 per request that HPACK cannot index
+/// (different for every agent, a 4 KB table), so its coding was a fifth of the gateway's
+/// instructions per forwarded request (BENCHMARKS.md, round 13).
+#[derive(Debug)]
+pub(crate) struct AgentCert {
+    /// Base64 of the DER ([`AGENT_CERT_HEADER`]).
+    whole: HeaderValue,
+    /// SHA-256 thumbprint, upper-case hex ([`AGENT_CERT_SHA256_HEADER`]).
+    sha256: HeaderValue,
+    /// The server acknowledged the whole certificate on this connection and has not said it
+    /// forgot it since. Servers that do not know thumbprints never acknowledge.
+    known: AtomicBool,
+}
+
+impl AgentCert {
+    /// The agent's certificate as it presented it (DER).
+    pub(crate) fn new(der: &[u8]) -> Option<Self> {
+        use base64::Engine;
+        let whole = base64::engine::general_purpose::STANDARD.encode(der);
+        let sha256 = steward_pki::Thumbprint::sha256_hex_of(der);
+        Some(Self {
+            whole: HeaderValue::from_str(&whole).ok()?,
+            sha256: HeaderValue::from_str(&sha256).ok()?,
+            known: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the next request names the certificate by thumbprint.
+    fn by_thumbprint(&self) -> bool {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    /// The identity header of a request, whole or by thumbprint.
+    fn header(&self, by_thumbprint: bool) -> (&'static str, HeaderValue) {
+        if by_thumbprint {
+            (AGENT_CERT_SHA256_HEADER, self.sha256.clone())
+        } else {
+            (AGENT_CERT_HEADER, self.whole.clone())
+        }
+    }
 }
 
 /// A response body for the agent: the gateway's own answer, or the server's, passed on as it
@@ -236,7 +281,7 @@ fn api_error(status: StatusCode, id: &str, message: String) -> Response<AgentBod
 /// certificate in the identity header, and passes the answer back.
 pub(crate) async fn forward(
     target: Arc<Target>,
-    agent_cert: HeaderValue,
+    agent_cert: Arc<AgentCert>,
     req: Request<Incoming>,
 ) -> Result<Response<AgentBody>, Infallible> {
     // Only the agent site's authenticated routes: enrollment needs no client certificate and
@@ -285,24 +330,41 @@ pub(crate) async fn forward(
     // HTTP/1.1 connection and are malformed in the HTTP/2 request upstream.
     let upstream = Arc::clone(&target.upstream);
     let exchange = async move {
-        let request = || {
+        let request = |by_thumbprint: bool| {
             let mut up = Request::new(Full::new(body.clone()));
             *up.method_mut() = method.clone();
             *up.uri_mut() = uri.clone();
-            up.headers_mut()
-                .insert(AGENT_CERT_HEADER, agent_cert.clone());
+            let (name, value) = agent_cert.header(by_thumbprint);
+            up.headers_mut().insert(name, value);
             if let Some(ct) = &content_type {
                 up.headers_mut().insert(CONTENT_TYPE, ct.clone());
             }
             up
         };
-        let (resp, sent_with) = upstream.send(request()).await?;
+        let by_thumbprint = agent_cert.by_thumbprint();
+        let (mut resp, mut sent_with) = upstream.send(request(by_thumbprint)).await?;
+        // Named by thumbprint and not taken: the server forgot the certificate (412: it
+        // restarted, or re-signed its CRLs), or it is an older one that reads the request as
+        // the gateway's own (403). Once more with the certificate whole, which both settle.
+        if by_thumbprint
+            && matches!(
+                resp.status(),
+                StatusCode::PRECONDITION_FAILED | StatusCode::FORBIDDEN
+            )
+        {
+            agent_cert.known.store(false, Ordering::Relaxed);
+            drain(resp.into_body()).await;
+            (resp, sent_with) = upstream.send(request(false)).await?;
+        }
         // Sent with the identity a renewal just replaced: the server may have retired it
         // in the meantime (the new one's first use). Once more with the new one, so no
         // agent sees it.
         if resp.status() == StatusCode::FORBIDDEN && !upstream.is_current(&sent_with) {
             drain(resp.into_body()).await;
-            return upstream.send(request()).await.map(|(r, _)| r);
+            (resp, _) = upstream.send(request(agent_cert.by_thumbprint())).await?;
+        }
+        if resp.headers().contains_key(AGENT_CERT_KNOWN_HEADER) {
+            agent_cert.known.store(true, Ordering::Relaxed);
         }
         Ok(resp)
     };

@@ -7,8 +7,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use base64::Engine;
-use hyper::header::HeaderValue;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateRevocationListDer;
@@ -20,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::forward::{Target, forward};
+use crate::forward::{AgentCert, Target, forward};
 use crate::join::{provider, refused, roots};
 use crate::probe::{MAX_TARGETS, SELF_PROBE_STEP_TIMEOUT, changed, self_probe};
 use crate::renew::{RenewWhat, read_anchors, recover, renew_certs};
@@ -1000,13 +998,11 @@ async fn connection(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_ref()))
+        .and_then(|c| AgentCert::new(c.as_ref()))
     else {
         return;
     };
-    let Ok(agent_cert) = HeaderValue::from_str(&agent_cert) else {
-        return;
-    };
+    let agent_cert = Arc::new(agent_cert);
     let target = Arc::clone(&shared.target);
     drop(shared);
     let svc =

@@ -3,8 +3,9 @@
 //! descriptor per gateway rather than per agent; a task wakes them through it; the agent site
 //! gives a gateway's identity a stream limit for its whole fleet and anyone else a small one;
 //! and when the upstream connection dies (the server restarts), the gateway opens a new one,
-//! one at a time, and names a peer that does not speak HTTP/2. Real server, gateway and TLS in
-//! one process, on loopback.
+//! one at a time, and names a peer that does not speak HTTP/2; and it names an agent's
+//! certificate to the server by thumbprint once the server has verified it whole. Real server,
+//! gateway and TLS in one process, on loopback.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -627,21 +628,9 @@ async fn requests_waiting_for_the_server_share_one_connection_attempt() {
     gateway.shutdown().await;
 }
 
-/// Something at the server's address that completes TLS with the server's own certificate but
-/// speaks only HTTP/1.1 (a proxy, another service) is named as such in the 502 agents get.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_without_http2_at_the_servers_address_is_named() {
-    capture_logs();
-    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
-    let gateway = rig.gateway(Duration::from_secs(3600)).await;
-    let dirs = enroll_many(&rig, 1).await;
-    let Stopped {
-        _dir,
-        root,
-        root_pem,
-        agent_addr,
-    } = stop_server(rig).await;
-
+/// TLS as the server's agent site has it (its certificate and key, from the rig's `root`),
+/// agreeing to `alpn`, for a stand-in in its place.
+fn stand_in_tls(root: &Path, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
     let pki = root.join("server").join("pki");
     let mut chain = CertificateDer::pem_file_iter(pki.join("agent-site.crt"))
         .unwrap()
@@ -659,8 +648,26 @@ async fn a_peer_without_http2_at_the_servers_address_is_named() {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// Something at the server's address that completes TLS with the server's own certificate but
+/// speaks only HTTP/1.1 (a proxy, another service) is named as such in the 502 agents get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_http2_at_the_servers_address_is_named() {
+    capture_logs();
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, 1).await;
+    let Stopped {
+        _dir,
+        root,
+        root_pem,
+        agent_addr,
+    } = stop_server(rig).await;
+
+    let acceptor = stand_in_tls(&root, b"http/1.1");
     let stand_in = tokio::net::TcpListener::bind(agent_addr).await.unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));
     let counted = handshakes.clone();
@@ -691,6 +698,207 @@ async fn a_peer_without_http2_at_the_servers_address_is_named() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    listener.abort();
+    gateway.shutdown().await;
+}
+
+/// How the server's agent site counts the agent certificates gateways forward: whole, by a
+/// thumbprint it knew, by one it did not.
+fn forwarded(service: &steward_server::Service) -> [u64; 3] {
+    let s = &service.admission().stats;
+    [
+        s.forwarded_whole.load(Ordering::Relaxed),
+        s.forwarded_by_thumbprint.load(Ordering::Relaxed),
+        s.forwarded_unknown.load(Ordering::Relaxed),
+    ]
+}
+
+/// One agent's connection to the gateway: HTTP/1.1 over one TLS connection, never made
+/// again (a closed connection fails the request rather than opening another).
+struct AgentConn {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl AgentConn {
+    async fn open(root_pem: &str, dir: &Path, gateway_port: u16) -> Self {
+        let (chain, key) = agent_identity(dir);
+        let cfg = client_tls(root_pem, chain, key, &[b"http/1.1"]);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.2", gateway_port))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(
+                rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+        let driver = tokio::spawn(async move {
+            conn.await.unwrap();
+        });
+        Self { send, driver }
+    }
+
+    /// `n` pings, one after the other: each one's status.
+    async fn pings(&mut self, n: usize) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let req = hyper::Request::get(paths::PING)
+                .header(hyper::header::HOST, "127.0.0.2")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            // An error here is the gateway having closed the connection.
+            self.send.ready().await.unwrap();
+            let resp = self.send.send_request(req).await.unwrap();
+            out.push(resp.status().as_u16());
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+        }
+        out
+    }
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The agent's certificate crosses from gateway to server whole once per agent connection;
+/// after the server acknowledged it, the gateway names it by thumbprint. When the server
+/// forgets it (its CRLs re-signed), the agent does not notice: the gateway sends it whole
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_crosses_whole_once_then_by_thumbprint() {
+    capture_logs();
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, 2).await;
+    let service = rig.server.service();
+    let port = gateway.addr.port();
+    let mut agent = AgentConn::open(&rig.root_pem, &dirs[0], port).await;
+
+    assert_eq!(agent.pings(5).await, vec![200; 5]);
+    assert_eq!(forwarded(&service), [1, 4, 0]);
+
+    // Revoking the other agent re-signs the CRLs: the server's verifier is new and knows no
+    // certificate. The next ping is named, refused as unknown, and sent again whole.
+    let other = steward_pki::CertIdentity::from_der(&agent_identity(&dirs[1]).0[0])
+        .unwrap()
+        .common_name
+        .unwrap();
+    let resp = rig
+        .admin
+        .post(format!(
+            "{}{}",
+            rig.server.console_url(),
+            admin::DEVICE_REVOKE.replace("{id}", &other)
+        ))
+        .bearer_auth(&rig.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(agent.pings(3).await, vec![200; 3]);
+    assert_eq!(forwarded(&service), [2, 6, 1]);
+
+    // Another connection starts whole again.
+    let mut again = AgentConn::open(&rig.root_pem, &dirs[0], port).await;
+    assert_eq!(again.pings(2).await, vec![200; 2]);
+    assert_eq!(forwarded(&service), [3, 7, 1]);
+    drop((agent, again));
+    gateway.shutdown().await;
+    rig.server.shutdown().await.unwrap();
+}
+
+/// How the stand-in server below answers.
+const OLDER: usize = 0;
+const NEWER: usize = 1;
+
+/// A gateway never names a certificate by thumbprint to a server that did not say it may (a
+/// server older than thumbprints), and when a server that said so is replaced by an older one
+/// (which reads a request without the certificate as the gateway's own, 403), the agent's
+/// request is sent again whole and the gateway stops naming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_is_only_ever_sent_the_certificate_whole() {
+    capture_logs();
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, 1).await;
+    let Stopped {
+        _dir,
+        root,
+        root_pem,
+        agent_addr,
+    } = stop_server(rig).await;
+
+    // In the server's place: HTTP/2 with its certificate, answering every request 200 (403 to
+    // a thumbprint when it plays an older server), and noting which way each named the agent.
+    let acceptor = stand_in_tls(&root, b"h2");
+    let stand_in = tokio::net::TcpListener::bind(agent_addr).await.unwrap();
+    let mode = Arc::new(AtomicUsize::new(OLDER));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let (m, log) = (mode.clone(), seen.clone());
+    let listener = tokio::spawn(async move {
+        while let Ok((tcp, _)) = stand_in.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (m, log) = (m.clone(), log.clone());
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let h = req.headers();
+                    let how = match (
+                        h.contains_key(steward_proto::AGENT_CERT_HEADER),
+                        h.contains_key(steward_proto::AGENT_CERT_SHA256_HEADER),
+                    ) {
+                        (true, false) => "whole",
+                        (false, true) => "thumbprint",
+                        _ => "other",
+                    };
+                    log.lock().unwrap().push(how);
+                    let newer = m.load(Ordering::SeqCst) == NEWER;
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from_static(b"{}"),
+                    ));
+                    if how == "thumbprint" && !newer {
+                        *resp.status_mut() = hyper::StatusCode::FORBIDDEN;
+                    }
+                    if how == "whole" && newer {
+                        resp.headers_mut().insert(
+                            steward_proto::AGENT_CERT_KNOWN_HEADER,
+                            hyper::header::HeaderValue::from_static("sha256"),
+                        );
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc),
+            );
+        }
+    });
+    let mut agent = AgentConn::open(&root_pem, &dirs[0], gateway.addr.port()).await;
+    let taken = || std::mem::take(&mut *seen.lock().unwrap());
+
+    // Never told it may: whole every time.
+    assert_eq!(agent.pings(3).await, vec![200; 3]);
+    assert_eq!(taken(), ["whole"; 3]);
+    // A server that acknowledges: whole once, then by thumbprint.
+    mode.store(NEWER, Ordering::SeqCst);
+    assert_eq!(agent.pings(3).await, vec![200; 3]);
+    assert_eq!(taken(), ["whole", "thumbprint", "thumbprint"]);
+    // Replaced by an older one: the named request's 403 never reaches the agent, and from
+    // then on the certificate goes whole.
+    mode.store(OLDER, Ordering::SeqCst);
+    assert_eq!(agent.pings(2).await, vec![200; 2]);
+    assert_eq!(taken(), ["thumbprint", "whole", "whole"]);
+    drop(agent);
     listener.abort();
     gateway.shutdown().await;
 }

@@ -30,6 +30,25 @@ impl Thumbprint {
         hex_upper(digest::digest(&digest::SHA256, der).as_ref(), "")
     }
 
+    /// The SHA-256 digest that 64 hex digits (any case, nothing else) spell, as
+    /// [`Thumbprint::sha256_hex`] writes it; `None` for anything else.
+    pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(out)
+    }
+
     /// SHA-1 as Windows shows it: `A1B2C3...` (40 hex digits).
     pub fn sha1_hex(&self) -> String {
         hex_upper(&self.sha1, "")
@@ -86,6 +105,29 @@ pub(crate) fn hex_upper(bytes: &[u8], sep: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sha256_thumbprint_parses_back_from_its_hex_and_nothing_else_does() {
+        let t = Thumbprint::of(b"abc");
+        assert_eq!(
+            Thumbprint::parse_sha256_hex(&t.sha256_hex()),
+            Some(t.sha256)
+        );
+        let lower = t.sha256_hex().to_ascii_lowercase();
+        assert_eq!(Thumbprint::parse_sha256_hex(&lower), Some(t.sha256));
+        for bad in [
+            "",
+            &t.sha1_hex(),
+            &t.sha256_colons(),
+            &format!("{}0", t.sha256_hex()),
+            &format!(" {}", &t.sha256_hex()[1..]),
+            &format!("G{}", &t.sha256_hex()[1..]),
+            // Non-ASCII of the right byte length.
+            &format!("é{}", &t.sha256_hex()[2..]),
+        ] {
+            assert_eq!(Thumbprint::parse_sha256_hex(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn known_digests() {

@@ -114,6 +114,21 @@ pub mod paths {
 /// honours it only on connections authenticated with an enrolled gateway's certificate.
 pub const AGENT_CERT_HEADER: &str = "x-steward-agent-cert";
 
+/// What a gateway sends instead of [`AGENT_CERT_HEADER`] once the server has accepted the
+/// certificate whole on the same agent connection ([`AGENT_CERT_KNOWN_HEADER`]): its SHA-256
+/// thumbprint, 64 hex digits. The whole certificate is about 1 KB of base64 that HPACK cannot
+/// index (4 KB table, a different one per agent) and the server would hash again on every
+/// request. A server that does not know the thumbprint (restarted, or its CRLs re-signed since)
+/// answers 412 `GATEWAY-AGENT-CERT-UNKNOWN`, and the gateway sends the request again with the
+/// certificate whole.
+pub const AGENT_CERT_SHA256_HEADER: &str = "x-steward-agent-cert-sha256";
+
+/// The server's answer to a request that forwarded the agent's certificate whole: it verified
+/// the certificate, and will take its thumbprint ([`AGENT_CERT_SHA256_HEADER`]) instead from now
+/// on. Servers older than this never send it, so a gateway never names a certificate to them by
+/// thumbprint.
+pub const AGENT_CERT_KNOWN_HEADER: &str = "x-steward-agent-cert-known";
+
 /// The header a gateway adds to every answer it forwards: its own clock, in seconds since
 /// the Unix epoch, so a doctor can name clock skew between agent, gateway and server (the
 /// server's clock is in the ping's body).

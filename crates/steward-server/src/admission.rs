@@ -185,6 +185,14 @@ pub struct Stats {
     /// Check-ins that went on as the long-poll after them (`wait=SECS` on a check-in whose
     /// answer left the agent nothing to do): each one a long-poll request saved.
     pub held_checkins: AtomicU64,
+    /// Requests from gateways that carried the agent's certificate whole.
+    pub forwarded_whole: AtomicU64,
+    /// Requests from gateways that named the agent's certificate by a thumbprint the server
+    /// knew.
+    pub forwarded_by_thumbprint: AtomicU64,
+    /// Requests from gateways that named a certificate by a thumbprint the server did not know
+    /// (answered 412 `GATEWAY-AGENT-CERT-UNKNOWN`; the gateway sends it again whole).
+    pub forwarded_unknown: AtomicU64,
 }
 
 /// The agent site's bounds and counters, shared by the accept loop and the routes.

@@ -82,7 +82,8 @@ async fn checkin(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiFailure> {
-    let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let caller = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let (device, via_gateway) = (caller.device, caller.gateway);
     let who = format!("{} (device {})", peer.addr, device.id);
     let mut req: CheckinRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "check-in", &who).await?;
@@ -99,24 +100,30 @@ async fn checkin(
     // first: the answer is sent at once, and the same response then waits as a long-poll for
     // the configuration the agent now holds (no `config` in the answer: it is current). Never
     // on the plain-HTTP site, whose answers are signed whole.
-    match wait_param(query.as_deref()) {
+    let resp = match wait_param(query.as_deref()) {
         Some(secs) if holdable(&answer) && !signed => {
             svc.admission()
                 .stats
                 .held_checkins
                 .fetch_add(1, Ordering::Relaxed);
             let carry = carry_param(query.as_deref());
-            Ok(held_checkin(
-                svc,
-                device,
-                &answer,
-                config_version,
-                secs,
-                carry,
-            ))
+            held_checkin(svc, device, &answer, config_version, secs, carry)
         }
-        _ => Ok(Json(answer).into_response()),
+        _ => Json(answer).into_response(),
+    };
+    Ok(acknowledged(resp, caller.learned))
+}
+
+/// `resp`, telling the gateway that forwarded the agent's certificate whole that it may name
+/// it by thumbprint from now on, when it did and the certificate was accepted.
+fn acknowledged(mut resp: Response, learned: bool) -> Response {
+    if learned {
+        resp.headers_mut().insert(
+            steward_proto::AGENT_CERT_KNOWN_HEADER,
+            axum::http::HeaderValue::from_static("sha256"),
+        );
     }
+    resp
 }
 
 /// Whether a check-in's answer leaves the agent nothing to do at once (acknowledged results
@@ -174,7 +181,7 @@ async fn wait(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiFailure> {
-    let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let caller = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
     svc.admission()
         .stats
         .long_polls
@@ -182,10 +189,11 @@ async fn wait(
     let version = config_version_param(query.as_deref())?;
     let agent_wait = wait_param(query.as_deref());
     let carry = carry_param(query.as_deref());
-    Ok(match svc.wait(&device, version, agent_wait, carry).await? {
+    let resp = match svc.wait(&caller.device, version, agent_wait, carry).await? {
         Some(w) => Json(w).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
-    })
+    };
+    Ok(acknowledged(resp, caller.learned))
 }
 
 /// Authenticated exactly as a check-in (directly, or through a gateway's forwarded identity),
@@ -194,9 +202,10 @@ async fn ping(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-) -> Result<Json<Pong>, ApiFailure> {
-    let (device, via_gateway) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
-    Ok(Json(svc.ping(&device, via_gateway)))
+) -> Result<Response, ApiFailure> {
+    let caller = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let pong: Pong = svc.ping(&caller.device, caller.gateway);
+    Ok(acknowledged(Json(pong).into_response(), caller.learned))
 }
 
 /// Authenticated like a check-in (directly or through a gateway): the current identity (or
@@ -206,12 +215,13 @@ async fn renew(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<RenewResponse>, ApiFailure> {
-    let (device, _) = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
-    let who = format!("{} (device {})", peer.addr, device.id);
+) -> Result<Response, ApiFailure> {
+    let caller = svc.agent_identity(peer.cert.as_deref(), &headers).await?;
+    let who = format!("{} (device {})", peer.addr, caller.device.id);
     let req: RenewRequest =
         read_json(&headers, body, MAX_AGENT_BODY_BYTES, "renewal", &who).await?;
-    Ok(Json(svc.renew(&device, req).await?))
+    let renewed: RenewResponse = svc.renew(&caller.device, req).await?;
+    Ok(acknowledged(Json(renewed).into_response(), caller.learned))
 }
 
 async fn gateway_join(

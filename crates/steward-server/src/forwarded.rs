@@ -1,11 +1,16 @@
 //! Agent certificates that gateways forward (`X-Steward-Agent-Cert`), verified once per
-//! certificate rather than on every request.
+//! certificate rather than on every request, and afterwards named by thumbprint
+//! (`X-Steward-Agent-Cert-SHA256`).
 //!
 //! Behind a gateway every check-in and every long-poll carries the agent's certificate, and
 //! verifying it (its chain's ECDSA signatures, the CRLs) was the largest single cost of the
 //! server's CPU with 100,000 agents behind gateways (a quarter of its samples; BENCHMARKS.md,
 //! swarm round 5). The verdict for one certificate under one verifier (its roots and CRLs)
-//! only changes with time, so it is remembered with the certificate's expiry.
+//! only changes with time, so it is remembered with the certificate's expiry. A gateway that
+//! was told so names a remembered certificate by its SHA-256 thumbprint alone, which saves it
+//! and the server the HPACK coding of the whole certificate on every request. A thumbprint
+//! carries no more trust than the certificate would: only certificates this verifier accepted
+//! are found by it, and a certificate is no secret.
 //!
 //! **Invariant:** a remembered verdict never outlives the verifier that reached it. The cache
 //! lives inside [`Forwarded`], and a new verifier (every CRL re-signing, a revocation, a root
@@ -30,7 +35,7 @@ const CAPACITY: usize = 262_144;
 /// A verifier of forwarded agent certificates and the certificates it has accepted.
 pub(crate) struct Forwarded {
     verifier: Arc<dyn ClientCertVerifier>,
-    /// SHA-256 of the header's text → the agent it names, and its certificate's expiry.
+    /// SHA-256 of the certificate (its thumbprint) → the agent it names, and its expiry.
     accepted: Mutex<HashMap<[u8; 32], Accepted>>,
 }
 
@@ -71,19 +76,16 @@ impl Forwarded {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<PeerCert, String> {
-        let text = header.trim();
-        let key: [u8; 32] = digest::digest(&digest::SHA256, text.as_bytes())
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(header.trim())
+            .map_err(|e| format!("the forwarded agent certificate is not base64: {e}"))?;
+        let key: [u8; 32] = digest::digest(&digest::SHA256, &der)
             .as_ref()
             .try_into()
             .map_err(|_| "SHA-256 is not 32 bytes".to_owned())?;
-        if let Some(a) = self.lock().get(&key)
-            && now.as_secs() < a.not_after
-        {
-            return Ok(a.peer.clone());
+        if let Some(peer) = self.known(&key, now) {
+            return Ok(peer);
         }
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| format!("the forwarded agent certificate is not base64: {e}"))?;
         let leaf = CertificateDer::from(der);
         self.verifier
             .verify_client_cert(&leaf, intermediates, now)
@@ -104,6 +106,15 @@ impl Forwarded {
             },
         );
         Ok(peer)
+    }
+
+    /// The agent of a certificate this verifier accepted, named by its SHA-256 thumbprint;
+    /// `None` if it has not accepted it (or forgot it), or the certificate has expired since.
+    pub(crate) fn known(&self, sha256: &[u8; 32], now: UnixTime) -> Option<PeerCert> {
+        self.lock()
+            .get(sha256)
+            .filter(|a| now.as_secs() < a.not_after)
+            .map(|a| a.peer.clone())
     }
 }
 
@@ -204,6 +215,10 @@ mod tests {
             ))
         };
 
+        // Not known by thumbprint before it was verified whole.
+        let thumbprint = steward_pki::Thumbprint::of(&issued.cert).sha256;
+        assert_eq!(fwd.known(&thumbprint, at(now)), None);
+
         // Verified the first time, remembered after (surrounding whitespace is not a new one).
         let peer = fwd.verify(&header, intermediates, at(now)).unwrap();
         assert_eq!(peer.common_name.as_deref(), Some("device-1"));
@@ -213,9 +228,17 @@ mod tests {
             .unwrap();
         assert_eq!(again, peer);
         assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
+        // Now its thumbprint names it too, and no other thumbprint names anything.
+        assert_eq!(fwd.known(&thumbprint, at(now)), Some(peer.clone()));
+        assert_eq!(
+            peer.sha256,
+            steward_pki::Thumbprint::of(&issued.cert).sha256_hex()
+        );
+        assert_eq!(fwd.known(&[0u8; 32], at(now)), None);
 
-        // Past its expiry it is asked about again, and refused.
+        // Past its expiry it is asked about again, and refused; its thumbprint names nothing.
         let late = now + time::Duration::days(31);
+        assert_eq!(fwd.known(&thumbprint, at(late)), None);
         let e = fwd.verify(&header, intermediates, at(late)).unwrap_err();
         assert!(e.contains("refused"), "{e}");
         assert_eq!(counting.calls.load(Ordering::SeqCst), 2);
@@ -224,8 +247,10 @@ mod tests {
         let revoked = Forwarded::new(
             forwarded_verifier(&pki, &crls(&[(serial, now.unix_timestamp() - 60)])).unwrap(),
         );
+        assert_eq!(revoked.known(&thumbprint, at(now)), None);
         let e = revoked.verify(&header, intermediates, at(now)).unwrap_err();
         assert!(e.contains("refused"), "{e}");
+        assert_eq!(revoked.known(&thumbprint, at(now)), None);
 
         // Not base64, and base64 of something that is no certificate.
         let e = fwd.verify("%%%", intermediates, at(now)).unwrap_err();

@@ -32,7 +32,9 @@ use rustls::SignatureScheme;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::SigningKey;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use steward_proto::{AGENT_CERT_HEADER, MAX_AGENT_BODY_BYTES, http_sig, paths};
+use steward_proto::{
+    AGENT_CERT_HEADER, AGENT_CERT_SHA256_HEADER, MAX_AGENT_BODY_BYTES, http_sig, paths,
+};
 
 use crate::ApiFailure;
 use crate::http::Peer;
@@ -442,13 +444,16 @@ async fn admit(site: &HttpSite, req: Request) -> Result<Request, ApiFailure> {
             &who,
         ));
     }
-    if parts.headers.contains_key(AGENT_CERT_HEADER) {
+    if let Some(h) = [AGENT_CERT_HEADER, AGENT_CERT_SHA256_HEADER]
+        .into_iter()
+        .find(|h| parts.headers.contains_key(*h))
+    {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "AGENT-HTTP-ROUTE-REFUSED",
             format!(
-                "{AGENT_CERT_HEADER} on the plain-HTTP agent site: gateways always use the \
-                 HTTPS agent site with mutual TLS"
+                "{h} on the plain-HTTP agent site: gateways always use the HTTPS agent site \
+                 with mutual TLS"
             ),
             &who,
         ));

@@ -61,7 +61,7 @@ pub use openapi::document as openapi_document;
 pub use password::MIN_PASSWORD_LEN;
 pub use server::{Addresses, RunningServer, SEEN_FLUSH_INTERVAL, Server, ServerOverrides, run};
 pub use service::{
-    AGENT_SETTINGS, AGENT_SETTINGS_KEYS, AdminUser, LOCAL_TOKEN_USER, LOCK_SECS, LONG_POLL_MARGIN,
-    MAX_FAILED_LOGINS, PeerCert, SESSION_COOKIE, SESSION_SECS, Service, missing_credentials,
-    rfc3339,
+    AGENT_SETTINGS, AGENT_SETTINGS_KEYS, AdminUser, AgentCaller, LOCAL_TOKEN_USER, LOCK_SECS,
+    LONG_POLL_MARGIN, MAX_FAILED_LOGINS, PeerCert, SESSION_COOKIE, SESSION_SECS, Service,
+    missing_credentials, rfc3339,
 };

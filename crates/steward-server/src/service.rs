@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 mod certs;
 mod gateway;
 
+pub use gateway::AgentCaller;
 pub(crate) use gateway::{actual_path, gateway_entries, gateway_identity, stamp_version};
 
 use crate::ApiFailure;

@@ -10,11 +10,14 @@ use base64::Engine;
 use common::{Agent, TestServer, checkin_request, client, decode};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::atomic::Ordering;
 use steward_pki::{Authority, KeySpec, LeafRequest, OffsetDateTime, Usage, make_csr};
 use steward_proto::admin::{GatewaySummary, GatewayToken, NewGatewayToken, paths as admin};
+
 use steward_proto::{
-    AGENT_CERT_HEADER, ApiError, CheckinResponse, GatewayJoinRequest, GatewayJoinResponse,
-    GatewayReport, GatewayReportResponse, paths,
+    AGENT_CERT_HEADER, AGENT_CERT_KNOWN_HEADER, AGENT_CERT_SHA256_HEADER, ApiError,
+    CheckinResponse, GatewayJoinRequest, GatewayJoinResponse, GatewayReport, GatewayReportResponse,
+    paths,
 };
 
 async fn gateway_token(ts: &TestServer) -> GatewayToken {
@@ -220,6 +223,145 @@ async fn only_an_enrolled_gateway_may_state_an_agent_identity() {
     );
     let (status, e) = forwarded_checkin(&ts, &gw, &a_cert).await.err().unwrap();
     assert_eq!((status, e.id.as_str()), (403, "GATEWAY-NOT-TRUSTED"));
+}
+
+/// A check-in a gateway forwards with the agent's certificate named by `header`: the answer,
+/// and whether it told the gateway the server now knows the certificate.
+async fn checkin_naming(
+    ts: &TestServer,
+    http: &reqwest::Client,
+    header: &str,
+    value: &str,
+) -> (Result<CheckinResponse, (u16, ApiError)>, bool) {
+    let resp = http
+        .post(ts.agent_url(paths::CHECKIN))
+        .header(header, value)
+        .json(&checkin_request(0))
+        .send()
+        .await
+        .unwrap();
+    let known = resp
+        .headers()
+        .get(AGENT_CERT_KNOWN_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        known.is_none() || known.as_deref() == Some("sha256"),
+        "{known:?}"
+    );
+    (decode(resp).await, known.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_names_a_certificate_by_thumbprint_only_once_the_server_verified_it() {
+    let ts = TestServer::start().await;
+    let a = enrolled(&ts, "pc-a").await;
+    let b = enrolled(&ts, "pc-b").await;
+    let c = enrolled(&ts, "pc-c").await;
+    let t = gateway_token(&ts).await;
+    let (joined, key) = join(&ts, &t.token).await.unwrap();
+    let gw = gateway_client(&ts, &joined, &key);
+    let a_whole = b64(&a.chain[0]);
+    let a_named = steward_pki::Thumbprint::of(&a.chain[0]).sha256_hex();
+    let stats = || {
+        let service = ts.running().service();
+        let s = &service.admission().stats;
+        [
+            s.forwarded_whole.load(Ordering::Relaxed),
+            s.forwarded_by_thumbprint.load(Ordering::Relaxed),
+            s.forwarded_unknown.load(Ordering::Relaxed),
+        ]
+    };
+    let unknown = |r: (Result<CheckinResponse, (u16, ApiError)>, bool)| {
+        let (status, e) = r.0.err().unwrap();
+        assert_eq!((status, e.id.as_str()), (412, "GATEWAY-AGENT-CERT-UNKNOWN"));
+        assert!(e.message.contains("send it whole"), "{}", e.message);
+        assert!(!r.1, "a refusal told the gateway the certificate is known");
+    };
+
+    // Never verified here: not known by its thumbprint.
+    unknown(checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &a_named).await);
+    // Forwarded whole and verified: the answer says so, and the thumbprint (either case) now
+    // names A.
+    let (r, known) = checkin_naming(&ts, &gw, AGENT_CERT_HEADER, &a_whole).await;
+    assert_eq!(r.unwrap().device_id, a.id);
+    assert!(known, "a verified certificate was not acknowledged");
+    for named in [a_named.clone(), a_named.to_ascii_lowercase()] {
+        let (r, known) = checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &named).await;
+        assert_eq!(r.unwrap().device_id, a.id);
+        assert!(!known);
+    }
+    assert_eq!(stats(), [1, 2, 1]);
+    // Sent both ways at once, the whole certificate is the one that counts.
+    let c_named = steward_pki::Thumbprint::of(&c.chain[0]).sha256_hex();
+    let resp = gw
+        .post(ts.agent_url(paths::CHECKIN))
+        .header(AGENT_CERT_HEADER, &a_whole)
+        .header(AGENT_CERT_SHA256_HEADER, &c_named)
+        .json(&checkin_request(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        decode::<CheckinResponse>(resp).await.unwrap().device_id,
+        a.id
+    );
+
+    // Not a thumbprint at all: refused as an invalid forwarded identity, not as unknown.
+    for bad in ["", "not hex", &a_named[..40], &format!("{a_named}00")] {
+        let (r, _) = checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, bad).await;
+        let (status, e) = r.err().unwrap();
+        assert_eq!(
+            (status, e.id.as_str()),
+            (403, "GATEWAY-AGENT-CERT-INVALID"),
+            "{bad:?}"
+        );
+    }
+    // Only a gateway may name one: an agent naming A's thumbprint is refused like an agent
+    // forwarding A's certificate, and a direct check-in is not acknowledged.
+    let (r, _) = checkin_naming(&ts, &b.http, AGENT_CERT_SHA256_HEADER, &a_named).await;
+    let (status, e) = r.err().unwrap();
+    assert_eq!((status, e.id.as_str()), (403, "GATEWAY-NOT-TRUSTED"));
+    let resp = a
+        .http
+        .post(ts.agent_url(paths::CHECKIN))
+        .json(&checkin_request(0))
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key(AGENT_CERT_KNOWN_HEADER));
+
+    // Revoking B re-signs the CRLs: a new verifier, which has verified nothing yet. A is
+    // unknown by thumbprint until it is forwarded whole once more.
+    let before = stats();
+    let resp = ts
+        .admin
+        .post(ts.console(&admin::DEVICE_REVOKE.replace("{id}", &b.id)))
+        .bearer_auth(&ts.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    unknown(checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &a_named).await);
+    let (r, known) = checkin_naming(&ts, &gw, AGENT_CERT_HEADER, &a_whole).await;
+    assert_eq!(r.unwrap().device_id, a.id);
+    assert!(known);
+    let (r, _) = checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &a_named).await;
+    assert_eq!(r.unwrap().device_id, a.id);
+    let after = stats();
+    assert_eq!(
+        [
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2]
+        ],
+        [1, 1, 1]
+    );
+    // B's certificate, revoked, is refused whole; its thumbprint was never learned.
+    let (r, known) = checkin_naming(&ts, &gw, AGENT_CERT_HEADER, &b64(&b.chain[0])).await;
+    assert_eq!(r.err().unwrap().0, 403);
+    assert!(!known);
+    let b_named = steward_pki::Thumbprint::of(&b.chain[0]).sha256_hex();
+    unknown(checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &b_named).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::http::{HeaderMap, StatusCode};
 use rustls::server::danger::ClientCertVerifier;
@@ -13,8 +14,8 @@ use steward_proto::admin::{
     GatewayProblem, GatewayStatus, GatewaySummary, GatewayToken, NewGatewayToken,
 };
 use steward_proto::{
-    AGENT_CERT_HEADER, CommunicationProfile, ConnectionPath, FailureKind, GatewayCertStatus,
-    GatewayEntry, GatewayJoinRequest, GatewayJoinResponse, GatewayRenewRequest,
+    AGENT_CERT_HEADER, AGENT_CERT_SHA256_HEADER, CommunicationProfile, ConnectionPath, FailureKind,
+    GatewayCertStatus, GatewayEntry, GatewayJoinRequest, GatewayJoinResponse, GatewayRenewRequest,
     GatewayRenewResponse, GatewayReport, GatewayReportResponse, ProbeTarget,
 };
 use steward_store::{
@@ -797,15 +798,24 @@ impl Service {
     /// The device behind an agent-site request: the TLS peer itself, or — when the request
     /// carries [`AGENT_CERT_HEADER`] — the agent an enrolled gateway vouches for, after its
     /// certificate is verified again here against the platform root and the current CRLs.
-    /// Also returns the ID of the gateway that vouched, if one did.
+    /// A gateway told so ([`steward_proto::AGENT_CERT_KNOWN_HEADER`]) may name an agent's certificate by its
+    /// thumbprint ([`AGENT_CERT_SHA256_HEADER`]) instead: it is found only if this server
+    /// verified it whole under the current CRLs, and is answered 412
+    /// `GATEWAY-AGENT-CERT-UNKNOWN` otherwise.
     pub async fn agent_identity(
         &self,
         peer: Option<&PeerCert>,
         headers: &HeaderMap,
-    ) -> Result<(Device, Option<String>), ApiFailure> {
-        let Some(forwarded) = headers.get(AGENT_CERT_HEADER) else {
-            return Ok((self.agent_device(peer).await?, None));
-        };
+    ) -> Result<AgentCaller, ApiFailure> {
+        let whole = headers.get(AGENT_CERT_HEADER);
+        let named = headers.get(AGENT_CERT_SHA256_HEADER);
+        if whole.is_none() && named.is_none() {
+            return Ok(AgentCaller {
+                device: self.agent_device(peer).await?,
+                gateway: None,
+                learned: false,
+            });
+        }
         let Some(p) = peer else {
             return Err(Self::not_trusted(None, "no client certificate"));
         };
@@ -819,26 +829,72 @@ impl Service {
             tracing::warn!(id = "GATEWAY-AGENT-CERT-INVALID", gateway = %gw.id, "{m}");
             forbidden("GATEWAY-AGENT-CERT-INVALID", m)
         };
-        let text = forwarded
-            .to_str()
-            .ok()
-            .filter(|t| t.len() <= MAX_FORWARDED_CERT)
-            .ok_or_else(|| invalid("the forwarded agent certificate header is malformed".into()))?;
         let verifier = self
             .forwarded
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| invalid("no CRL is loaded yet to check it against".into()))?;
-        let agent = verifier
-            .verify(
-                text,
-                std::slice::from_ref(self.pki.issuing.cert()),
-                UnixTime::now(),
-            )
-            .map_err(invalid)?;
-        Ok((self.agent_device(Some(&agent)).await?, Some(gw.id)))
+        let stats = &self.admission().stats;
+        let now = UnixTime::now();
+        // The whole certificate wins when both are sent: it can be verified.
+        let (agent, learned) = if let Some(whole) = whole {
+            let text = whole
+                .to_str()
+                .ok()
+                .filter(|t| t.len() <= MAX_FORWARDED_CERT)
+                .ok_or_else(|| {
+                    invalid("the forwarded agent certificate header is malformed".into())
+                })?;
+            stats.forwarded_whole.fetch_add(1, Ordering::Relaxed);
+            let agent = verifier
+                .verify(text, std::slice::from_ref(self.pki.issuing.cert()), now)
+                .map_err(invalid)?;
+            (agent, true)
+        } else {
+            let thumbprint = named
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| Thumbprint::parse_sha256_hex(t.trim()))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{AGENT_CERT_SHA256_HEADER} is not a SHA-256 thumbprint (64 hex digits)"
+                    ))
+                })?;
+            let Some(agent) = verifier.known(&thumbprint, now) else {
+                stats.forwarded_unknown.fetch_add(1, Ordering::Relaxed);
+                // A step of the protocol, not a fault: after a restart or a CRL re-signing
+                // every persistent agent's next request comes here once.
+                tracing::debug!(id = "GATEWAY-AGENT-CERT-UNKNOWN", gateway = %gw.id, "a forwarded thumbprint this server has not verified; the gateway sends the certificate whole");
+                return Err(ApiFailure::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "GATEWAY-AGENT-CERT-UNKNOWN",
+                    "this server has not verified the agent certificate the thumbprint names \
+                     (restarted, or its CRLs were re-signed since): send it whole",
+                ));
+            };
+            stats
+                .forwarded_by_thumbprint
+                .fetch_add(1, Ordering::Relaxed);
+            (agent, false)
+        };
+        Ok(AgentCaller {
+            device: self.agent_device(Some(&agent)).await?,
+            gateway: Some(gw.id),
+            learned,
+        })
     }
+}
+
+/// Who an agent-site request is from, as [`Service::agent_identity`] found it.
+#[derive(Debug)]
+pub struct AgentCaller {
+    /// The device.
+    pub device: Device,
+    /// The ID of the gateway that vouched for it, if one did.
+    pub gateway: Option<String>,
+    /// A gateway forwarded the certificate whole and it was accepted: the answer carries
+    /// [`steward_proto::AGENT_CERT_KNOWN_HEADER`], so the gateway names it by thumbprint from now on.
+    pub learned: bool,
 }
 
 /// Which of an enrolled, unrevoked gateway's identities a certificate is.
