@@ -23,7 +23,7 @@ use crate::http_site::HttpSite;
 use crate::pki::{Crls, Pki};
 use crate::renew::Listeners;
 use crate::service::{AGENT_SETTINGS, Service, gateway_entries, stamp_version};
-use crate::tls::forwarded_verifier;
+use crate::tls::{forwarded_trust, forwarded_verifier};
 
 /// How often last-seen times are written (one transaction for all devices seen meanwhile).
 /// A crash loses at most this much last-seen history, which the next check-in restores.
@@ -334,7 +334,10 @@ impl Server {
             )
             .await?,
         );
-        service.set_forwarded_verifier(forwarded_verifier(&pki, &crls)?);
+        service.set_forwarded_verifier(
+            forwarded_verifier(&pki, &crls)?,
+            forwarded_trust(&pki, &crls),
+        );
         let http_site = Arc::new(HttpSite::new(
             forwarded_verifier(&pki, &crls)?,
             pki.issuing.cert().clone(),
@@ -571,7 +574,7 @@ async fn crl_loop(
             Ok(v) => {
                 // Signed plain-HTTP requests are checked against the same, fresh CRLs too.
                 http_site.set_verifier(v.clone());
-                service.set_forwarded_verifier(v);
+                service.set_forwarded_verifier(v, forwarded_trust(&pki, &fresh));
             }
             Err(e) => {
                 tracing::error!(id = e.id(), error = %e, "rebuilding the forwarded-agent verifier failed");

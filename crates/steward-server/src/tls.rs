@@ -98,6 +98,19 @@ pub(crate) fn forwarded_verifier(
     .map_err(|e| ServerError::Tls(format!("the forwarded-agent verifier: {e}")))
 }
 
+/// What the forwarded-agent verifier built from `pki` and `crls` rests on
+/// ([`crate::forwarded::Trust`]); `None`, logged, if a CRL does not parse (then nothing
+/// verified before is kept).
+pub(crate) fn forwarded_trust(pki: &Pki, crls: &Crls) -> Option<crate::forwarded::Trust> {
+    crate::forwarded::Trust::of(
+        &pki.client_anchors(),
+        std::slice::from_ref(pki.issuing.cert()),
+        &crls.all(),
+    )
+    .inspect_err(|e| tracing::error!(error = %e, "the forwarded-agent verifier's trust"))
+    .ok()
+}
+
 /// The console and admin API: server authentication only.
 pub(crate) fn console_config(cert: &ListenerCert) -> Result<Arc<ServerConfig>, ServerError> {
     let mut cfg = base(provider())?

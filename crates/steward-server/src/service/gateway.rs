@@ -386,11 +386,17 @@ pub(crate) fn gateway_problems(
 
 impl Service {
     /// Replaces the verifier for agent certificates forwarded by gateways (same anchors and
-    /// CRLs as the agent site's TLS layer; rebuilt whenever the CRLs are re-signed).
-    pub(crate) fn set_forwarded_verifier(&self, v: Arc<dyn ClientCertVerifier>) {
-        // A new verifier starts with nothing remembered (crate::forwarded's invariant).
-        *self.forwarded.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(crate::forwarded::Forwarded::new(v)));
+    /// CRLs as the agent site's TLS layer; rebuilt whenever the CRLs are re-signed). What the
+    /// previous one verified is kept only when `trust` is the same (crate::forwarded's
+    /// invariant): the hourly re-signing keeps it, a revocation does not.
+    pub(crate) fn set_forwarded_verifier(
+        &self,
+        v: Arc<dyn ClientCertVerifier>,
+        trust: Option<crate::forwarded::Trust>,
+    ) {
+        let mut slot = self.forwarded.write().unwrap_or_else(|p| p.into_inner());
+        let next = crate::forwarded::Forwarded::after(slot.as_deref(), v, trust);
+        *slot = Some(Arc::new(next));
     }
 
     /// Replaces the issuing CA's CRL served to gateways (at each re-signing).
