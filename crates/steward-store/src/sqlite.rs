@@ -291,13 +291,21 @@ const HAS_PENDING_TASK: &str =
     "SELECT 1 FROM task_devices WHERE device_id = ? AND state = 'pending' LIMIT 1";
 const HAS_OPEN_TASK: &str =
     "SELECT 1 FROM task_devices WHERE device_id = ? AND state IN ('pending', 'running') LIMIT 1";
-/// One device's last-seen write, repeated for each device in a batched flush: the newer time
-/// wins, a path-less sighting keeps the stored path. A device that does not exist (any more) is
-/// skipped rather than failing the whole batch on the foreign key.
-const FLUSH_SEEN_ONE: &str = "INSERT INTO device_seen (device_id, last_seen, connection_path) \
-     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?1) \
+/// The last-seen writes of a flush (binds: a JSON array of `[device, last seen, path or
+/// null]`), in one statement: the newer time wins, a path-less sighting keeps the stored path.
+/// A device that does not exist (any more) is skipped rather than failing the whole batch on
+/// the foreign key. One statement per chunk rather than one per device: each statement is a
+/// round trip to SQLite's thread, two context switches, and a flush writes every device that
+/// checked in since the last one (BENCHMARKS.md, swarm round 14). The `WHERE` also settles
+/// SQLite's parsing ambiguity of an upsert after `SELECT ... FROM`.
+const FLUSH_SEEN_MANY: &str = "INSERT INTO device_seen (device_id, last_seen, connection_path) \
+     SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) \
+     WHERE EXISTS (SELECT 1 FROM devices WHERE id = value ->> 0) \
      ON CONFLICT (device_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
      connection_path = COALESCE(excluded.connection_path, connection_path)";
+
+/// Devices per [`FLUSH_SEEN_MANY`] statement: a few hundred KB of JSON at most.
+const FLUSH_SEEN_CHUNK: usize = 4096;
 
 /// `OS name version` as shown in the console, from an inventory.
 fn os_of(inventory: &Inventory) -> String {
@@ -1665,11 +1673,14 @@ impl Store for SqliteStore {
             rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut tx = self.begin().await?;
             let mut written = 0;
-            for (id, seen) in rows {
-                written += sqlx::query(FLUSH_SEEN_ONE)
-                    .bind(id)
-                    .bind(seen.at)
-                    .bind(seen.connection_path.as_deref())
+            for chunk in rows.chunks(FLUSH_SEEN_CHUNK) {
+                let batch: Vec<(&str, i64, Option<&str>)> = chunk
+                    .iter()
+                    .map(|(id, seen)| (id.as_str(), seen.at, seen.connection_path.as_deref()))
+                    .collect();
+                let json = to_json("device_seen (flush batch)", &batch)?;
+                written += sqlx::query(FLUSH_SEEN_MANY)
+                    .bind(json)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -3087,8 +3098,12 @@ mod tests {
                      (device_id=? AND state=?)",
                 ],
             ),
-            // The upsert's own conflict check is not part of the plan; the guard is.
-            (FLUSH_SEEN_ONE, vec![devices_exists]),
+            // The upsert's own conflict check is not part of the plan; the guard is, once
+            // per device of the batch.
+            (
+                FLUSH_SEEN_MANY,
+                vec!["SCAN json_each VIRTUAL TABLE INDEX 1:", devices_exists],
+            ),
             // Only the device's open rows, not every task it ever had; each task's columns
             // by its primary key.
             (

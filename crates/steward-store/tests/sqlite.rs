@@ -370,6 +370,63 @@ async fn the_reads_of_an_unchanged_checkin_commit_nothing_until_the_batched_flus
     assert_ne!(data_version(&mut obs).await, before);
 }
 
+/// A flush writes every sighting in statements of up to 4,096 devices each (JSON arrays):
+/// more devices than one statement takes, paths that JSON must escape, a path-less sighting
+/// and a device that is gone all come back as they went in.
+#[tokio::test]
+async fn a_flush_of_more_devices_than_one_statement_takes_writes_each_once() {
+    const N: usize = 4096 * 2 + 5;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let ids: Vec<String> = (0..N).map(|i| format!("dev-{i:05}")).collect();
+    let fleet: Vec<ImportedDevice> = ids.iter().map(|id| imported(id, id)).collect();
+    assert_eq!(store.import_devices(&fleet).await.unwrap(), N);
+    let odd = "gateway \"gw\" via ☃\\x:443\n";
+    for (i, id) in ids.iter().enumerate() {
+        store.note_seen(
+            id,
+            Seen {
+                at: NOW + i64::try_from(i).unwrap(),
+                connection_path: match i % 3 {
+                    0 => Some(format!("lan via s{i}:4726")),
+                    1 => Some(odd.to_owned()),
+                    _ => None,
+                },
+            },
+        );
+    }
+    store.note_seen(
+        "gone",
+        Seen {
+            at: NOW,
+            connection_path: None,
+        },
+    );
+    assert_eq!(store.flush_seen().await.unwrap(), N);
+    store.close().await;
+
+    // Read back by a store opened afresh: from the database, not the first one's cache.
+    let fresh = open(&dir).await;
+    for i in [0, 1, 2, 4095, 4096, 4097, N - 1] {
+        let d = fresh.device(&ids[i]).await.unwrap().unwrap();
+        assert_eq!(
+            d.last_seen,
+            Some(NOW + i64::try_from(i).unwrap()),
+            "{}",
+            ids[i]
+        );
+        // A path-less sighting keeps the path the device was imported with.
+        let path = match i % 3 {
+            0 => format!("lan via s{i}:4726"),
+            1 => odd.to_owned(),
+            _ => "lan via s:4726".to_owned(),
+        };
+        assert_eq!(d.connection_path, Some(path), "{}", ids[i]);
+    }
+    assert!(fresh.device("gone").await.unwrap().is_none());
+    fresh.close().await;
+}
+
 fn imported(id: &str, name: &str) -> ImportedDevice {
     ImportedDevice {
         device: device(id, name),
