@@ -126,6 +126,15 @@ async fn stop_server(rig: common::Rig) -> Stopped {
     }
 }
 
+/// A running gateway and `agents` agents enrolled on a rig whose server is then stopped, so
+/// that a stand-in can take the server's address.
+async fn gateway_alone(agents: usize) -> (steward_gateway::RunningGateway, Vec<PathBuf>, Stopped) {
+    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
+    let gateway = rig.gateway(Duration::from_secs(3600)).await;
+    let dirs = enroll_many(&rig, agents).await;
+    (gateway, dirs, stop_server(rig).await)
+}
+
 /// The gateway's identity certificate chain and key, as its data directory holds them.
 fn gateway_identity(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let chain = CertificateDer::pem_file_iter(dir.join("identity.pem"))
@@ -588,15 +597,16 @@ async fn ping_all(root_pem: &str, dirs: &[PathBuf], gateway_port: u16) -> Vec<(u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_for_the_server_share_one_connection_attempt() {
     capture_logs();
-    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
-    let gateway = rig.gateway(Duration::from_secs(3600)).await;
-    let dirs = enroll_many(&rig, WAITING).await;
-    let Stopped {
-        _dir,
-        root_pem,
-        agent_addr,
-        ..
-    } = stop_server(rig).await;
+    let (
+        gateway,
+        dirs,
+        Stopped {
+            _dir,
+            root_pem,
+            agent_addr,
+            ..
+        },
+    ) = gateway_alone(WAITING).await;
 
     // In the server's place: a listener that takes each connection and says nothing until it
     // closes it, so every ping arrives while the gateway's one attempt is under way.
@@ -657,15 +667,16 @@ fn stand_in_tls(root: &Path, alpn: &[u8]) -> tokio_rustls::TlsAcceptor {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_http2_at_the_servers_address_is_named() {
     capture_logs();
-    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
-    let gateway = rig.gateway(Duration::from_secs(3600)).await;
-    let dirs = enroll_many(&rig, 1).await;
-    let Stopped {
-        _dir,
-        root,
-        root_pem,
-        agent_addr,
-    } = stop_server(rig).await;
+    let (
+        gateway,
+        dirs,
+        Stopped {
+            _dir,
+            root,
+            root_pem,
+            agent_addr,
+        },
+    ) = gateway_alone(1).await;
 
     let acceptor = stand_in_tls(&root, b"http/1.1");
     let stand_in = tokio::net::TcpListener::bind(agent_addr).await.unwrap();
@@ -827,15 +838,16 @@ const NEWER: usize = 1;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_server_is_only_ever_sent_the_certificate_whole() {
     capture_logs();
-    let rig = common::Rig::start("127.0.0.2:0".parse().unwrap()).await;
-    let gateway = rig.gateway(Duration::from_secs(3600)).await;
-    let dirs = enroll_many(&rig, 1).await;
-    let Stopped {
-        _dir,
-        root,
-        root_pem,
-        agent_addr,
-    } = stop_server(rig).await;
+    let (
+        gateway,
+        dirs,
+        Stopped {
+            _dir,
+            root,
+            root_pem,
+            agent_addr,
+        },
+    ) = gateway_alone(1).await;
 
     // In the server's place: HTTP/2 with its certificate, answering every request 200 (403 to
     // a thumbprint when it plays an older server), and noting which way each named the agent.

@@ -77,14 +77,9 @@ async fn forwarded_checkin(
     http: &reqwest::Client,
     agent_cert: &str,
 ) -> Result<CheckinResponse, (u16, ApiError)> {
-    let resp = http
-        .post(ts.agent_url(paths::CHECKIN))
-        .header(AGENT_CERT_HEADER, agent_cert)
-        .json(&checkin_request(0))
-        .send()
+    checkin_naming(ts, http, AGENT_CERT_HEADER, agent_cert)
         .await
-        .unwrap();
-    decode(resp).await
+        .0
 }
 
 async fn report(
