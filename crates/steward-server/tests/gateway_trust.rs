@@ -106,6 +106,18 @@ async fn report(
     decode::<GatewayReportResponse>(resp).await.map(|_| ())
 }
 
+/// Revokes a device through the admin API, which re-signs the CRLs before it answers.
+async fn revoke_device(ts: &TestServer, id: &str) {
+    let resp = ts
+        .admin
+        .post(ts.console(&admin::DEVICE_REVOKE.replace("{id}", id)))
+        .bearer_auth(&ts.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+}
+
 async fn enrolled(ts: &TestServer, host: &str) -> Agent {
     let pkg = ts.package(600, 1, &[]).await;
     ts.enroll(&pkg.token, host).await.unwrap()
@@ -328,14 +340,7 @@ async fn a_gateway_names_a_certificate_by_thumbprint_only_once_the_server_verifi
     // Revoking B re-signs the CRLs: a new verifier, which has verified nothing yet. A is
     // unknown by thumbprint until it is forwarded whole once more.
     let before = stats();
-    let resp = ts
-        .admin
-        .post(ts.console(&admin::DEVICE_REVOKE.replace("{id}", &b.id)))
-        .bearer_auth(&ts.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    revoke_device(&ts, &b.id).await;
     unknown(checkin_naming(&ts, &gw, AGENT_CERT_SHA256_HEADER, &a_named).await);
     let (r, known) = checkin_naming(&ts, &gw, AGENT_CERT_HEADER, &a_whole).await;
     assert_eq!(r.unwrap().device_id, a.id);
@@ -531,14 +536,7 @@ async fn a_gateway_gets_the_crl_on_the_agent_site_and_nobody_else_does() {
 
     // A revocation re-signs it: the gateway sees the new CRL at once.
     let b = enrolled(&ts, "pc-b").await;
-    let resp = ts
-        .admin
-        .post(ts.console(&admin::DEVICE_REVOKE.replace("{id}", &b.id)))
-        .bearer_auth(&ts.token)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    revoke_device(&ts, &b.id).await;
     let fresh = gateway_crl(&gw, &ts).await.unwrap();
     assert_ne!(fresh, crl);
     assert_eq!(fresh, cdp().await);
