@@ -344,8 +344,9 @@ pub(crate) async fn forward(
         let by_thumbprint = agent_cert.by_thumbprint();
         let (mut resp, mut sent_with) = upstream.send(request(by_thumbprint)).await?;
         // Named by thumbprint and not taken: the server forgot the certificate (412: it
-        // restarted, or re-signed its CRLs), or it is an older one that reads the request as
-        // the gateway's own (403). Once more with the certificate whole, which both settle.
+        // restarted, or a certificate was revoked), or it is an older one that reads the
+        // request as the gateway's own (403). Once more with the certificate whole, which
+        // both settle.
         if by_thumbprint
             && matches!(
                 resp.status(),

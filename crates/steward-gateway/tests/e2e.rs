@@ -464,18 +464,7 @@ async fn the_gateway_vouches_only_for_agents_it_verified() {
         .await
         .unwrap();
     assert_eq!(before.status().as_u16(), 200);
-    let resp = rig
-        .admin
-        .post(format!(
-            "{}{}",
-            rig.server.console_url(),
-            admin::DEVICE_REVOKE.replace("{id}", &own)
-        ))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    rig.revoke_device(&own).await;
     rig.gateway.refresh_crl().await.unwrap();
     let (chain, key) = agent_identity(&pc);
     let err = https(&rig.root_pem, Some((chain, key)))
@@ -566,18 +555,7 @@ async fn sessions_resume_across_crl_refreshes_until_a_revocation() {
         .unwrap()
         .unwrap()
         .device_id;
-    let resp = rig
-        .admin
-        .post(format!(
-            "{}{}",
-            rig.server.console_url(),
-            steward_proto::admin::paths::DEVICE_REVOKE.replace("{id}", &id)
-        ))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    rig.revoke_device(&id).await;
     rig.gateway.refresh_crl().await.unwrap();
     let (kind, status) = ping_through(rig.gateway.addr, &cfg).await;
     assert_eq!(kind, rustls::HandshakeKind::Full);

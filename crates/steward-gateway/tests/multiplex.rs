@@ -782,7 +782,7 @@ impl Drop for AgentConn {
 
 /// The agent's certificate crosses from gateway to server whole once per agent connection;
 /// after the server acknowledged it, the gateway names it by thumbprint. When the server
-/// forgets it (its CRLs re-signed), the agent does not notice: the gateway sends it whole
+/// forgets it (a revocation since), the agent does not notice: the gateway sends it whole
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_certificate_crosses_whole_once_then_by_thumbprint() {
@@ -799,22 +799,12 @@ async fn an_agent_certificate_crosses_whole_once_then_by_thumbprint() {
 
     // Revoking the other agent re-signs the CRLs: the server's verifier is new and knows no
     // certificate. The next ping is named, refused as unknown, and sent again whole.
-    let other = steward_pki::CertIdentity::from_der(&agent_identity(&dirs[1]).0[0])
+    let other = steward_agent::store::DataDir::new(&dirs[1])
+        .load_identity()
         .unwrap()
-        .common_name
-        .unwrap();
-    let resp = rig
-        .admin
-        .post(format!(
-            "{}{}",
-            rig.server.console_url(),
-            admin::DEVICE_REVOKE.replace("{id}", &other)
-        ))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+        .unwrap()
+        .device_id;
+    rig.revoke_device(&other).await;
     assert_eq!(agent.pings(3).await, vec![200; 3]);
     assert_eq!(forwarded(&service), [2, 6, 1]);
 

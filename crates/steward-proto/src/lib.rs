@@ -118,7 +118,7 @@ pub const AGENT_CERT_HEADER: &str = "x-steward-agent-cert";
 /// certificate whole on the same agent connection ([`AGENT_CERT_KNOWN_HEADER`]): its SHA-256
 /// thumbprint, 64 hex digits. The whole certificate is about 1 KB of base64 that HPACK cannot
 /// index (4 KB table, a different one per agent) and the server would hash again on every
-/// request. A server that does not know the thumbprint (restarted, or its CRLs re-signed since)
+/// request. A server that does not know the thumbprint (restarted, or a certificate was revoked since)
 /// answers 412 `GATEWAY-AGENT-CERT-UNKNOWN`, and the gateway sends the request again with the
 /// certificate whole.
 pub const AGENT_CERT_SHA256_HEADER: &str = "x-steward-agent-cert-sha256";

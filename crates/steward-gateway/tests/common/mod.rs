@@ -211,6 +211,22 @@ impl Rig {
         .await
     }
 
+    /// Revokes a device through the admin API, which re-signs the CRLs before it answers.
+    pub(crate) async fn revoke_device(&self, id: &str) {
+        let resp = self
+            .admin
+            .post(format!(
+                "{}{}",
+                self.server.console_url(),
+                admin::DEVICE_REVOKE.replace("{id}", id)
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 204);
+    }
+
     /// The (only) gateway the server knows.
     pub(crate) async fn summary(&self) -> GatewaySummary {
         let gws: Vec<GatewaySummary> = self.admin_get(admin::GATEWAYS).await;

@@ -868,14 +868,14 @@ impl Service {
                 })?;
             let Some(agent) = verifier.known(&thumbprint, now) else {
                 stats.forwarded_unknown.fetch_add(1, Ordering::Relaxed);
-                // A step of the protocol, not a fault: after a restart or a CRL re-signing
+                // A step of the protocol, not a fault: after a restart or a revocation
                 // every persistent agent's next request comes here once.
                 tracing::debug!(id = "GATEWAY-AGENT-CERT-UNKNOWN", gateway = %gw.id, "a forwarded thumbprint this server has not verified; the gateway sends the certificate whole");
                 return Err(ApiFailure::new(
                     StatusCode::PRECONDITION_FAILED,
                     "GATEWAY-AGENT-CERT-UNKNOWN",
                     "this server has not verified the agent certificate the thumbprint names \
-                     (restarted, or its CRLs were re-signed since): send it whole",
+                     (restarted, or a certificate was revoked since): send it whole",
                 ));
             };
             stats
